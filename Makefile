@@ -1,0 +1,44 @@
+# The two commands the README names:
+#   make serve  - set up a torch-free environment and run the service on the shipped models
+#   make test   - set up the full environment and run ruff, mypy and the whole pytest suite
+SHELL := /bin/bash
+SERVE_VENV ?= .venv-serve
+DEV_VENV ?= .venv
+HOST ?= 127.0.0.1
+PORT ?= 8000
+PYTEST_ARGS ?=
+
+.PHONY: serve test setup-serve setup-dev lint typecheck pytest format bench clean
+
+setup-serve:
+	scripts/setup-env.sh $(SERVE_VENV) serve
+
+setup-dev:
+	scripts/setup-env.sh $(DEV_VENV) serve,train,dev
+
+serve: setup-serve
+	$(SERVE_VENV)/bin/breastdx serve --host $(HOST) --port $(PORT)
+
+test: setup-dev
+	scripts/system-deps.sh
+	$(MAKE) lint typecheck pytest
+
+lint:
+	$(DEV_VENV)/bin/ruff check .
+	$(DEV_VENV)/bin/ruff format --check .
+
+format:
+	$(DEV_VENV)/bin/ruff format .
+	$(DEV_VENV)/bin/ruff check --fix .
+
+typecheck:
+	$(DEV_VENV)/bin/mypy
+
+pytest:
+	$(DEV_VENV)/bin/pytest $(PYTEST_ARGS)
+
+bench: setup-dev
+	$(DEV_VENV)/bin/python bench/bench_imaging.py
+
+clean:
+	rm -rf $(SERVE_VENV) $(DEV_VENV) .pytest_cache .mypy_cache .ruff_cache

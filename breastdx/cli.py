@@ -1,0 +1,65 @@
+"""The ``breastdx`` command: one entry point, one sub-command per job to be done.
+
+Sub-commands are looked up lazily by module path so that ``breastdx inspect`` or ``breastdx
+serve`` never import torch; only the training commands do. Each target is a module-level
+``main(argv: list[str] | None = None) -> int`` that parses its own arguments.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
+
+
+class Command(NamedTuple):
+    target: str  # "package.module:function"
+    help: str
+
+
+COMMANDS: dict[str, Command] = {
+    "inspect": Command("imaging.cli:main", "decode images and print their metadata as JSON lines"),
+    "serve": Command("service.cli:serve_main", "run the HTTP API (in process, or queued with Redis)"),
+}
+
+
+def _usage() -> str:
+    width = max(len(name) for name in COMMANDS)
+    lines = ["usage: breastdx COMMAND [ARGS...]", "", "commands:"]
+    lines += [f"  {name:<{width}}  {cmd.help}" for name, cmd in sorted(COMMANDS.items())]
+    lines += ["", "Run 'breastdx COMMAND --help' for a command's options."]
+    return "\n".join(lines)
+
+
+def resolve(name: str) -> Callable[[list[str] | None], int]:
+    """The ``main`` of sub-command ``name``; an unknown name lists the valid ones."""
+    if name not in COMMANDS:
+        valid = ", ".join(sorted(COMMANDS))
+        raise KeyError(f"unknown command {name!r}; valid commands: {valid}")
+    module_name, _, attr = COMMANDS[name].target.partition(":")
+    module = importlib.import_module(module_name)
+    func: Callable[[list[str] | None], int] = getattr(module, attr)
+    return func
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in {"-h", "--help", "help"}:
+        print(_usage())
+        return 0 if args else 2
+    if args[0] == "--version":
+        from breastdx import __version__
+
+        print(f"breastdx {__version__}")
+        return 0
+    try:
+        func = resolve(args[0])
+    except KeyError as exc:
+        print(f"breastdx: {exc.args[0]}", file=sys.stderr)
+        return 2
+    return int(func(args[1:]) or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

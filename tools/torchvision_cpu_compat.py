@@ -13,6 +13,7 @@ the torch-free service never imports torch because of this hook.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.abc
 import sys
 
@@ -32,10 +33,8 @@ class _TorchvisionOpsFinder(importlib.abc.MetaPathFinder):
 
         lib = torch.library.Library("torchvision", "FRAGMENT")
         for schema in _SCHEMAS:
-            try:
+            with contextlib.suppress(RuntimeError):  # already defined by a working build
                 lib.define(schema)
-            except RuntimeError:  # already defined (a working torchvision build)
-                pass
         _LIBRARIES.append(lib)
         return None  # let the regular finders load torchvision itself
 

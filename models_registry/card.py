@@ -1,0 +1,395 @@
+"""The model card: how to feed an ONNX model, what its outputs mean and what it was measured on.
+
+A card travels with every registered ONNX file (``card.json`` beside ``model.onnx``); the service
+reads input, preprocessing, thresholds, calibration and labels from it, never from its own
+constants. Two directions of the same content:
+
+- :class:`CardDraft` is what an exporter writes: everything but the registry's facts.
+- :class:`ModelCard` is what the registry stores: the draft plus name, version, registration
+  time and the ONNX file's sha256 and size, computed at registration.
+
+The JSON Schema of :class:`ModelCard` is committed at ``models_registry/schema/``: regenerate it
+with ``breastdx models schema --write``; bump :data:`CARD_SCHEMA_VERSION` on incompatible changes.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from datetime import datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Final, Literal, Self, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from models_registry.errors import InvalidCardError
+
+if TYPE_CHECKING:
+    from imaging.preprocess import PreprocessConfig
+
+CARD_SCHEMA_VERSION: Final = 1
+SCHEMA_PATH = Path(__file__).resolve().parent / "schema" / "model-card.schema.json"
+ONNX_FILE: Final = "model.onnx"
+FP16_FILE: Final = "model.fp16.onnx"
+NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
+
+DEFAULT_INTENDED_USE = (
+    "Research and software development only: locating suspicious lesions and scoring "
+    "malignancy on breast images to study the method of the seed paper. Not for clinical use."
+)
+DEFAULT_LIMITATIONS = (
+    "Not for clinical use: not a medical device, not cleared or approved by any regulator.",
+    "Trained and measured on small public data sets; figures do not transfer to other scanners, "
+    "sites or populations without a new evaluation.",
+    "Figures measured under the paper's protocol (augmentation before the split) overstate "
+    "performance; compare with the leakage-safe figures on the same card.",
+)
+
+Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$", description="lowercase hex sha256")]
+Probability = Annotated[float, Field(ge=0.0, le=1.0)]
+Dim = Annotated[int, Field(ge=1)] | Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
+Text = Annotated[str, Field(min_length=1)]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Stage(StrEnum):
+    """The work-up stage a model serves (the paper's Fig. 1)."""
+
+    MAMMOGRAPHY = "mammography"
+    ULTRASOUND = "ultrasound"
+    HISTOPATHOLOGY = "histopathology"
+
+
+class Task(StrEnum):
+    SEGMENTATION = "segmentation"
+    CLASSIFICATION = "classification"
+
+
+class TensorDType(StrEnum):
+    """Element type of the input tensor, named as numpy names it."""
+
+    FLOAT32 = "float32"
+    FLOAT16 = "float16"
+    UINT8 = "uint8"
+
+
+class Activation(StrEnum):
+    """What turns a raw output into probabilities (after dividing by the temperature)."""
+
+    SIGMOID = "sigmoid"
+    SOFTMAX = "softmax"
+    IDENTITY = "identity"  # the graph already outputs the final values
+
+
+class OutputRole(StrEnum):
+    """What the service does with an output."""
+
+    MASK = "mask"  # per-pixel lesion logits, (N, 1, H, W)
+    MALIGNANCY = "malignancy"  # per-image malignancy logit, (N, 1)
+    CLASS_LOGITS = "class_logits"  # per-image logits over ``labels``, (N, len(labels))
+
+
+class EvaluationProtocol(StrEnum):
+    """How the evaluation split was made (docs/paper.md, "What to keep in mind")."""
+
+    PAPER = "paper"  # augmented copies made before the split, as the paper did
+    LEAKAGE_SAFE = "leakage_safe"  # split by patient or source image first, augment train only
+
+
+class Architecture(_Frozen):
+    name: Text = Field(description='network family, e.g. "unet", "resunetpp", "resnet50"')
+    encoder: str | None = Field(default=None, description="backbone, where the family has one")
+    width: int | None = Field(default=None, ge=1, description="base channel count")
+    parameters: int = Field(ge=1, description="number of trainable parameters")
+    options: dict[str, Any] = Field(default_factory=dict, description="other constructor args")
+
+
+class InputSpec(_Frozen):
+    """The one input tensor: ``(batch, channels, height, width)``."""
+
+    name: Text = "image"
+    channels: int = Field(ge=1, le=4)
+    size: tuple[Annotated[int, Field(ge=1)], Annotated[int, Field(ge=1)]] = Field(
+        description="(height, width) in pixels"
+    )
+    dtype: TensorDType = TensorDType.FLOAT32
+    layout: Literal["NCHW"] = "NCHW"
+    batch: Dim = Field(default="N", description="batch dim: a symbol if dynamic, else its size")
+    preprocess: dict[str, Any] = Field(
+        description="imaging.preprocess.PreprocessConfig fields used in training; see "
+        "ModelCard.preprocess_config()"
+    )
+
+    def shape(self) -> list[int | str]:
+        """The input shape as the ONNX graph should declare it."""
+        return [self.batch, self.channels, self.size[0], self.size[1]]
+
+
+class OutputSpec(_Frozen):
+    name: Text
+    role: OutputRole
+    meaning: Text = Field(description="what the values are, in words")
+    shape: list[Dim] = Field(min_length=1, description="symbols for dynamic dims")
+    activation: Activation
+
+
+class Thresholds(_Frozen):
+    mask: Probability = Field(default=0.5, description="pixel probability -> lesion")
+    malignancy: Probability = Field(default=0.5, description="probability -> malignant call")
+    min_lesion_area_px: int = Field(default=0, ge=0, description="smaller components dropped")
+
+
+class Calibration(_Frozen):
+    """Temperature scaling: probabilities are ``activation(logits / temperature)``."""
+
+    temperature: float = Field(default=1.0, gt=0.0)
+    fitted_on: str | None = Field(default=None, description="data the temperature was fit on")
+
+
+class EvaluationSet(_Frozen):
+    """The exact data a metric was measured on."""
+
+    dataset: Text = Field(description='e.g. "CBIS-DDSM", "BUSI", "BHI"')
+    split: Text = Field(description='e.g. "test", "val", "fold-3"')
+    protocol: EvaluationProtocol
+    data_root: Text = Field(description="where the data came from: release, folder, filters")
+    split_file: str | None = Field(default=None, description="file name of the split list")
+    split_file_sha256: Sha256
+    unit: Text = Field(default="images", description='what is counted: "images", "patients"')
+    class_counts: dict[str, Annotated[int, Field(ge=0)]] = Field(min_length=1)
+
+
+class Metric(_Frozen):
+    name: Text = Field(description='e.g. "dice_fg", "iou_fg", "mean_iou", "accuracy", "auroc"')
+    value: float
+    ci_low: float | None = None
+    ci_high: float | None = None
+    ci_level: Probability = 0.95
+    n: int = Field(ge=1, description="number of units the value averages over")
+    dataset: Text
+    split: Text
+    protocol: EvaluationProtocol
+
+    @model_validator(mode="after")
+    def _interval_holds_value(self) -> Self:
+        low, high = self.ci_low, self.ci_high
+        if (low is None) != (high is None):
+            raise ValueError("give both ci_low and ci_high, or neither")
+        if low is not None and high is not None and not low <= self.value <= high:
+            raise ValueError(f"{self.name}: ci [{low}, {high}] must hold the value {self.value}")
+        return self
+
+
+class Training(_Frozen):
+    config: dict[str, Any] = Field(description="the resolved training config")
+    git_commit: str = Field(pattern=r"^[0-9a-f]{7,40}(-dirty)?$")
+    date: datetime
+    seed: int
+    hardware: Text = Field(description='e.g. "1x NVIDIA H200, 16 CPU cores"')
+    duration_s: float = Field(ge=0.0)
+    framework: str | None = Field(default=None, description='e.g. "torch 2.13.0"')
+
+
+class DataSource(_Frozen):
+    name: Text
+    licence: Text
+    citation: Text
+    url: str | None = None
+
+
+class Parity(_Frozen):
+    """Reference (torch, or the fp32 ONNX for fp16) vs this ONNX file, measured at export."""
+
+    max_abs_prob_diff: float = Field(ge=0.0)
+    mask_agreement: Probability | None = Field(
+        default=None, description="fraction of mask pixels with the same thresholded value"
+    )
+    n_images: int = Field(ge=1)
+    tolerance: float | None = Field(default=None, ge=0.0, description="max_abs_prob_diff bound")
+
+
+class Fp16Export(_Frozen):
+    parity: Parity
+
+
+class Fp16Artifact(_Frozen):
+    file: Literal["model.fp16.onnx"] = FP16_FILE
+    sha256: Sha256
+    size_bytes: int = Field(ge=1)
+    parity: Parity
+
+
+class OnnxExport(_Frozen):
+    """What the exporter knows about the ONNX file; the registry adds hash and size."""
+
+    opset: int = Field(ge=7)
+    fp16: Fp16Export | None = None
+
+
+class OnnxArtifact(_Frozen):
+    file: Literal["model.onnx"] = ONNX_FILE
+    sha256: Sha256
+    size_bytes: int = Field(ge=1)
+    opset: int = Field(ge=7)
+    fp16: Fp16Artifact | None = None
+
+
+class _CardBase(_Frozen):
+    card_schema_version: Literal[1] = CARD_SCHEMA_VERSION
+
+
+class _Identity(_CardBase):
+    name: str = Field(pattern=NAME_PATTERN)
+    version: int = Field(ge=1)
+    registered_at: datetime
+
+
+class _CardBody(_CardBase):
+    stage: Stage
+    task: Task
+    architecture: Architecture
+    input: InputSpec
+    outputs: list[OutputSpec] = Field(min_length=1)
+    labels: list[Text] = Field(min_length=1, description='e.g. ["benign", "malignant"]')
+    thresholds: Thresholds = Thresholds()
+    calibration: Calibration = Calibration()
+    metrics: list[Metric] = Field(default_factory=list)
+    evaluation_sets: list[EvaluationSet] = Field(default_factory=list)
+    training: Training
+    provenance: list[DataSource] = Field(min_length=1, description="training data sources")
+    intended_use: Text = DEFAULT_INTENDED_USE
+    limitations: list[Text] = Field(default_factory=lambda: list(DEFAULT_LIMITATIONS))
+    parity: Parity = Field(description="torch vs the fp32 ONNX file, measured at export")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        _require_unique("output names", [o.name for o in self.outputs])
+        _require_unique("output roles", [o.role.value for o in self.outputs])
+        _require_unique("labels", self.labels)
+        keys = [(e.dataset, e.split, e.protocol.value) for e in self.evaluation_sets]
+        _require_unique("evaluation sets (dataset, split, protocol)", keys)
+        for metric in self.metrics:
+            if (metric.dataset, metric.split, metric.protocol.value) not in keys:
+                raise ValueError(
+                    f"metric {metric.name!r} names ({metric.dataset}, {metric.split}, "
+                    f"{metric.protocol.value}); every metric must name one of evaluation_sets"
+                )
+        return self
+
+    def describe(self) -> str:  # how messages name this card
+        return "the card draft"
+
+    def preprocess_config(self) -> PreprocessConfig:
+        """``input.preprocess`` validated as ``imaging.preprocess.PreprocessConfig``.
+
+        Raises:
+            InvalidCardError: the parameters do not validate, or their size and channels differ
+                from ``input``.
+        """
+        from imaging.preprocess import PreprocessConfig  # lazy: keeps the card module light
+
+        try:
+            config = PreprocessConfig.model_validate(self.input.preprocess)
+        except ValidationError as exc:
+            raise InvalidCardError(
+                f"{self.describe()}: input.preprocess does not validate as "
+                f"imaging.preprocess.PreprocessConfig: {_summary(exc)}"
+            ) from exc
+        made = (config.channels, *config.input_size)
+        wanted = (self.input.channels, *self.input.size)
+        if made != wanted:
+            raise InvalidCardError(
+                f"{self.describe()}: input.preprocess makes (C, H, W) = {made} images but the "
+                f"input takes {wanted}; the two must agree"
+            )
+        return config
+
+
+def _require_unique(what: str, values: list[Any]) -> None:
+    duplicates = sorted({str(v) for v in values if values.count(v) > 1})
+    if duplicates:
+        raise ValueError(f"{what} must be unique; repeated: {', '.join(duplicates)}")
+
+
+class CardDraft(_CardBody):
+    """A card as an exporter writes it, before registration."""
+
+    name: str | None = Field(default=None, pattern=NAME_PATTERN)
+    onnx: OnnxExport
+
+    def describe(self) -> str:
+        return f"the card draft for {self.name!r}" if self.name else "the card draft"
+
+
+class ModelCard(_CardBody, _Identity):
+    """A registered model's card (``card.json``)."""
+
+    onnx: OnnxArtifact
+
+    @property
+    def ref(self) -> str:
+        """``name@version``: how logs, errors and DICOM outputs name this model."""
+        return f"{self.name}@{self.version}"
+
+    def describe(self) -> str:
+        return self.ref
+
+    def to_json(self) -> str:
+        """Indented JSON with a final newline, as stored in ``card.json``."""
+        return self.model_dump_json(indent=2) + "\n"
+
+
+CardT = TypeVar("CardT", ModelCard, CardDraft)
+
+
+def _summary(exc: ValidationError, limit: int = 5) -> str:
+    parts = [f"{'.'.join(map(str, e['loc'])) or '(card)'}: {e['msg']}" for e in exc.errors()]
+    more = f" (and {len(parts) - limit} more)" if len(parts) > limit else ""
+    return "; ".join(parts[:limit]) + more
+
+
+def parse_card(cls: type[CardT], data: str | bytes | Mapping[str, Any], *, source: str) -> CardT:
+    """Validate JSON text or a mapping as ``cls``; errors become :class:`InvalidCardError`."""
+    try:
+        if isinstance(data, Mapping):
+            return cls.model_validate(data)
+        return cls.model_validate_json(data)
+    except ValidationError as exc:
+        raise InvalidCardError(
+            f"{source} is not a valid {cls.__name__}: {_summary(exc)}", source=source
+        ) from exc
+
+
+def read_card(cls: type[CardT], path: Path) -> CardT:
+    """Read and validate a card file."""
+    try:
+        text = path.read_bytes()
+    except OSError as exc:
+        raise InvalidCardError(f"cannot read card {path.name}: {exc.strerror}") from exc
+    return parse_card(cls, text, source="/".join(path.parts[-3:]))
+
+
+def card_json_schema() -> dict[str, Any]:
+    """The JSON Schema (draft 2020-12) of :class:`ModelCard`."""
+    schema = ModelCard.model_json_schema()
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": f"urn:breastdx:schema:model-card:{CARD_SCHEMA_VERSION}",
+        **schema,
+    }
+
+
+def render_card_schema() -> str:
+    """The schema file's exact text."""
+    return json.dumps(card_json_schema(), indent=2, ensure_ascii=False) + "\n"
+
+
+def write_card_schema(path: Path = SCHEMA_PATH) -> Path:
+    """(Re)write the committed schema file; returns its path."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(render_card_schema(), encoding="utf-8")
+    return path

@@ -78,3 +78,26 @@ class InvalidGeometryError(ImagingError):
 
     code = "invalid_geometry"
     title = "Invalid geometry"
+
+
+class UnsupportedCompressionError(ImagingError):
+    """A raster file uses a compression this service has no decoder for (e.g. 12-bit JPEG)."""
+
+    code = "unsupported_compression"
+    title = "Unsupported compression"
+    http_status = 415
+
+
+class ImageFileNotFoundError(ImagingError):
+    """A path given to ``decode`` does not exist."""
+
+    code = "file_not_found"
+    title = "File not found"
+    http_status = 404
+
+
+class UnreadableFileError(ImagingError):
+    """A path exists but is not a regular file that can be read (directory, device, no access)."""
+
+    code = "unreadable_file"
+    title = "Unreadable file"

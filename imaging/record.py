@@ -56,6 +56,7 @@ class PixelSpacingSource(StrEnum):
     IMAGER_PIXEL_SPACING = "ImagerPixelSpacing"
     ULTRASOUND_REGION = "SequenceOfUltrasoundRegions"
     NOMINAL_SCANNED_PIXEL_SPACING = "NominalScannedPixelSpacing"
+    PIXEL_MEASURES = "PixelMeasuresSequence"  # enhanced / slide microscopy functional groups
     TOTAL_PIXEL_MATRIX = "TotalPixelMatrix"  # slide microscopy: Imaged Volume / matrix size
     RASTER_RESOLUTION = "RasterResolution"  # PNG pHYs / TIFF resolution tags
     UNKNOWN = "unknown"
@@ -80,7 +81,9 @@ class ImageMetadata(BaseModel):
 
     format: ImageFormat
     modality: str | None = None  # DICOM (0008,0060); None for raster formats
-    sop_class: str | None = None  # keyword, e.g. "DigitalMammographyXRayImageStorageForPresentation"
+    sop_class: str | None = (
+        None  # keyword, e.g. "DigitalMammographyXRayImageStorageForPresentation"
+    )
     transfer_syntax: str | None = None  # name, e.g. "JPEG 2000 Image Compression (Lossless Only)"
     rows: int
     columns: int
@@ -88,7 +91,9 @@ class ImageMetadata(BaseModel):
     samples_per_pixel: int = 1  # of the decoded record: 1 (grey) or 3 (RGB)
     bits_allocated: int = 8
     bits_stored: int = 8
-    photometric_interpretation: str  # as stored, e.g. "MONOCHROME1", "YBR_FULL_422", "PALETTE COLOR"
+    photometric_interpretation: (
+        str  # as stored, e.g. "MONOCHROME1", "YBR_FULL_422", "PALETTE COLOR"
+    )
     pixel_spacing_mm: tuple[float, float] | None = None  # (row spacing, column spacing)
     pixel_spacing_source: PixelSpacingSource = PixelSpacingSource.UNKNOWN
     laterality: Laterality = Laterality.UNKNOWN

@@ -1,0 +1,68 @@
+"""The paper's histopathology classifiers, from torchvision's builders with ``weights=None``.
+
+VGG19 (Simonyan & Zisserman 2015), ResNet50 (He et al. 2016), DenseNet121 (Huang et al. 2017)
+and EfficientNetV2-S (Tan & Le 2021), each adapted to ``in_channels`` (the first convolution is
+replaced) and ``num_classes`` (torchvision's own classifier layer). The architectures are the
+paper's, with torchvision's fixed widths, so ``width`` is ignored (recorded as None); for small
+machines lower ``input_size`` instead (down to 32 px, e.g. the 50x50 BHI patches resized to 64):
+every model ends in adaptive average pooling, so VGG19's 7x7 classifier input is kept by
+torchvision's ``AdaptiveAvgPool2d((7, 7))`` whatever the input size.
+
+Nothing is downloaded; a local ImageNet state dict saved from torchvision loads with
+``build_model(..., pretrained=path)`` (its 1000-class layer is skipped with a log line).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import ClassVar
+
+import torch
+from torch import nn
+from torchvision import models as tvm
+
+from training.models.heads import (
+    MODELS,
+    BreastdxModel,
+    ModelSpec,
+    ModelTask,
+    replace_first_conv,
+)
+
+
+class TorchvisionClassifier(BreastdxModel):
+    """A torchvision classification network returning ``{"class_logits": (B, num_classes)}``."""
+
+    task = ModelTask.CLASSIFICATION
+    default_num_classes = 2
+    pretrained_prefixes = ("", "net.")
+    builder: ClassVar[Callable[..., nn.Module]]
+
+    def __init__(self, config: ModelSpec) -> None:
+        super().__init__(config)
+        builder = type(self).builder
+        self.net = builder(weights=None, num_classes=self.config.num_classes)
+        replace_first_conv(self.net, self.config.in_channels)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"class_logits": self.net(x)}  # (B, num_classes)
+
+
+@MODELS.register("vgg19")
+class VGG19(TorchvisionClassifier):
+    builder = staticmethod(tvm.vgg19)
+
+
+@MODELS.register("resnet50")
+class ResNet50(TorchvisionClassifier):
+    builder = staticmethod(tvm.resnet50)
+
+
+@MODELS.register("densenet121")
+class DenseNet121(TorchvisionClassifier):
+    builder = staticmethod(tvm.densenet121)
+
+
+@MODELS.register("efficientnet_v2_s")
+class EfficientNetV2S(TorchvisionClassifier):
+    builder = staticmethod(tvm.efficientnet_v2_s)

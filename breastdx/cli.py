@@ -20,7 +20,14 @@ class Command(NamedTuple):
 
 COMMANDS: dict[str, Command] = {
     "inspect": Command("imaging.cli:main", "decode images and print their metadata as JSON lines"),
-    "serve": Command("service.cli:serve_main", "run the HTTP API (in process, or queued with Redis)"),
+    "models": Command("models_registry.cli:main", "list, show, register, promote, verify models"),
+    "augment-preview": Command(
+        "training.cli_augment:main", "write a PNG grid of one image under every augmentation"
+    ),
+    "train": Command("training.cli_train:main", "train a model from a YAML config (+ overrides)"),
+    "serve": Command(
+        "service.cli:serve_main", "run the HTTP API (in process, or queued with Redis)"
+    ),
 }
 
 

@@ -1,0 +1,305 @@
+"""The trainer on tiny synthetic blobs: logs, checkpoints, resume, early stopping, the CLI."""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from torch import nn
+
+from imaging.preprocess import PreprocessConfig
+from training.checkpoint import load_checkpoint
+from training.cli_train import main as train_main
+from training.config import ConfigError, TrainConfig, config_from_dict, save_config
+from training.torch_dataset import DataSplits, Item, SampleDataset, build_splits
+from training.trainer import train
+
+SIZE = 32
+
+
+@dataclass(frozen=True)
+class Blob:
+    """A synthetic sample: a bright disc (the lesion) in noise; large discs are 'malignant'."""
+
+    id: str
+    label: int
+    seed: int
+
+
+def load_blob(sample: Blob) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(sample.seed)
+    yy, xx = np.mgrid[:SIZE, :SIZE]
+    cy, cx = rng.integers(9, SIZE - 9, size=2)
+    radius = 7 if sample.label else 4
+    mask = ((yy - cy) ** 2 + (xx - cx) ** 2 <= radius**2).astype(np.uint8)  # (H, W)
+    image = 0.2 + 0.1 * rng.random((SIZE, SIZE)) + 0.6 * mask  # (H, W)
+    return image[..., None].astype(np.float32), mask  # (H, W, 1), (H, W)
+
+
+def blobs(prefix: str, n: int, offset: int) -> list[Blob]:
+    return [Blob(f"{prefix}{i}", i % 2, offset + i) for i in range(n)]
+
+
+def make_config(out: Path, task: str = "segmentation", **optim: Any) -> TrainConfig:
+    classification = task == "classification"
+    return config_from_dict(
+        {
+            "stage": "histopathology" if classification else "ultrasound",
+            "task": task,
+            "data": {"dataset": "idc" if classification else "busi", "root": str(out)},
+            "model": {"name": "tiny" if classification else "unet", "width": 4, "input_size": SIZE},
+            "loss": {"malignancy_weight": 0.0 if classification else 0.1},
+            "optim": {
+                "lr": 0.01,
+                "epochs": 2,
+                "batch_size": 16,
+                "patience": 5,
+                "scheduler": "none",  # extending a run would change a cosine schedule
+                **optim,
+            },
+            "device": "cpu",
+            "output_dir": str(out),
+            "progress": False,
+        }
+    )
+
+
+def updated(config: TrainConfig, **changes: Any) -> TrainConfig:
+    """A validated copy of ``config`` with top-level ``changes``."""
+    return config_from_dict(config.model_dump(mode="json") | changes)
+
+
+def make_data(config: TrainConfig, augment: str | None = "geometric") -> DataSplits:
+    from training.augment import Augmenter
+
+    preprocess, task = config.preprocess, config.task
+    augmenter = Augmenter(augment, seed=config.seed) if augment else None
+
+    def split(items: list[Blob], aug: Any) -> SampleDataset:
+        return SampleDataset(items, preprocess, task=task, augmenter=aug, load=load_blob)
+
+    return DataSplits(
+        split(blobs("t", 16, 0), augmenter),
+        split(blobs("v", 8, 100), None),
+        split(blobs("s", 8, 200), None),
+    )
+
+
+def unet(config: TrainConfig) -> nn.Module:
+    from training.models import build_model
+
+    torch.manual_seed(config.seed)
+    return build_model("unet", in_channels=1, width=4, input_size=SIZE, depth=2)
+
+
+class TinyClassifier(nn.Module):
+    """Follows the classification contract: ``{"class_logits": (B, K)}``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1)
+        )
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"class_logits": self.head(self.features(x).flatten(1))}  # (B, 2)
+
+
+def read_history(out: Path) -> list[dict[str, str]]:
+    with (out / "history.csv").open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+@pytest.fixture(scope="module")
+def two_epochs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("run")
+    config = make_config(out)
+    result = train(config, data=make_data(config), model=unet(config))
+    assert result.epochs_run == 2 and result.last_epoch == 2 and not result.stopped_early
+    return out
+
+
+def test_two_epochs_write_logs_plots_checkpoints_and_metrics(two_epochs: Path) -> None:
+    out = two_epochs
+    for name in ("history.csv", "learning_curves.png", "last.pt", "best.pt", "config.yaml"):
+        assert (out / name).is_file(), name
+    rows = read_history(out)
+    assert [r["epoch"] for r in rows] == ["1", "2"]
+    assert {"train_loss", "val_loss", "val_dice", "val_iou", "lr", "seconds"} <= set(rows[0])
+    header = (out / "history.csv").read_text().splitlines()[0].split(",")
+    assert len(header) == len(set(header))
+    assert (out / "learning_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    last = load_checkpoint(out / "last.pt")
+    assert last["epoch"] == 2 and last["monitor"] == "dice"
+    assert {"model", "optimizer", "config", "git_commit", "metric"} <= set(last)
+    assert yaml.safe_load((out / "config.yaml").read_text())["optim"]["epochs"] == 2
+    report = json.loads((out / "metrics.json").read_text())
+    assert report["monitor"] == "dice" and 1 <= report["best_epoch"] <= 2
+    assert report["temperature"] > 0  # fitted on the validation malignancy logits
+    assert {"dice", "iou", "miou_fg_bg"} <= set(report["test"])
+    assert 0.0 <= report["test"]["dice"]["value"] <= 1.0
+
+
+def test_resume_continues_from_epoch_two_to_three(two_epochs: Path, tmp_path: Path) -> None:
+    config = make_config(two_epochs, epochs=3)
+    before = load_checkpoint(two_epochs / "last.pt")["model"]
+    result = train(config, data=make_data(config), model=unet(config), resume=True)
+    assert result.epochs_run == 1 and result.last_epoch == 3
+    assert [r["epoch"] for r in read_history(two_epochs)] == ["1", "2", "3"]
+    resumed = load_checkpoint(two_epochs / "last.pt")
+    assert resumed["epoch"] == 3
+    assert any(not torch.equal(resumed["model"][k], v) for k, v in before.items())
+    # the same three epochs in one go end with the same weights: nothing started over
+    straight_config = make_config(tmp_path, epochs=3)
+    train(straight_config, data=make_data(straight_config), model=unet(straight_config))
+    straight = load_checkpoint(tmp_path / "last.pt")["model"]
+    for key, value in straight.items():
+        assert torch.allclose(value.float(), resumed["model"][key].float(), atol=1e-5), key
+    losses = [float(r["train_loss"]) for r in read_history(tmp_path)]
+    assert losses[-1] < losses[0]  # the loss goes down
+
+
+def test_early_stopping_on_a_constant_metric(tmp_path: Path) -> None:
+    config = make_config(tmp_path, lr=0.0, weight_decay=0.0, epochs=6, patience=1)
+    result = train(config, data=make_data(config, augment=None), model=unet(config))
+    assert result.stopped_early and result.last_epoch == 2 and result.best_epoch == 1
+    assert len(read_history(tmp_path)) == 2
+
+
+@pytest.mark.gpu
+def test_cuda_with_mixed_precision(tmp_path: Path) -> None:
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    config = updated(make_config(tmp_path, epochs=1), device="cuda", amp=True)
+    result = train(config, data=make_data(config), model=unet(config))
+    assert result.last_epoch == 1 and (tmp_path / "metrics.json").is_file()
+    assert load_checkpoint(tmp_path / "last.pt")["scaler"]  # GradScaler state saved
+
+
+def test_cuda_requested_without_a_gpu_is_a_config_error(tmp_path: Path) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present")
+    config = updated(make_config(tmp_path), device="cuda")
+    with pytest.raises(ConfigError, match="no CUDA device"):
+        train(config, data=make_data(config), model=unet(config))
+
+
+def test_classification_with_mixing(tmp_path: Path) -> None:
+    config = make_config(tmp_path, task="classification")
+    mixing = {"policy": "filter", "cutmix_alpha": 1.0, "mixup_alpha": 0.4, "mix_prob": 1.0}
+    config = updated(config, augment=mixing)
+    result = train(config, data=make_data(config, augment="filter"), model=TinyClassifier())
+    assert result.last_epoch == 2
+    rows = read_history(tmp_path)
+    assert {"val_balanced_accuracy", "val_auc", "val_accuracy"} <= set(rows[0])
+    report = json.loads((tmp_path / "metrics.json").read_text())
+    assert report["monitor"] == "balanced_accuracy"
+    assert {"accuracy", "balanced_accuracy", "auc"} <= set(report["test"])
+
+
+def test_dataset_augments_training_items_deterministically() -> None:
+    preprocess = PreprocessConfig(input_size=(SIZE, SIZE), channels=1)
+    from training.augment import Augmenter
+    from training.config import Task
+
+    aug = Augmenter("all", seed=0)
+    data = SampleDataset(
+        [Item(b) for b in blobs("a", 4, 0)] + [Item(Blob("a0", 0, 0), copy=2)],
+        preprocess,
+        task=Task.SEGMENTATION,
+        augmenter=aug,
+        copy_augmenter=aug,
+        load=load_blob,
+    )
+    first = data[0]
+    assert first["image"].shape == (1, SIZE, SIZE) and first["mask"].shape == (1, SIZE, SIZE)
+    assert set(torch.unique(first["mask"]).tolist()) <= {0.0, 1.0}
+    assert torch.equal(data[0]["image"], first["image"])
+    changed = []
+    for epoch in range(1, 6):
+        data.set_epoch(epoch)
+        changed.append(not torch.equal(data[0]["image"], first["image"]))
+    assert any(changed)
+    plain = SampleDataset(blobs("a", 1, 0), preprocess, task=Task.SEGMENTATION, load=load_blob)
+    image, _ = load_blob(Blob("a0", 0, 0))
+    assert torch.allclose(plain[0]["image"][0], torch.from_numpy(image[..., 0]))  # no augmenter
+
+
+def busi_config(tmp_path: Path, **data: Any) -> TrainConfig:
+    from training.data.synthetic import make_busi
+
+    root = make_busi(tmp_path / "busi", n=12, seed=0, duplicates=0)
+    fractions = {"train": 0.5, "val": 0.25, "test": 0.25}
+    return config_from_dict(
+        {
+            "stage": "ultrasound",
+            "task": "segmentation",
+            "data": {"dataset": "busi", "root": str(root), "fractions": fractions, **data},
+            "model": {"name": "unet", "width": 4, "input_size": SIZE, "options": {"depth": 2}},
+            "augment": {"policy": "all"},
+            "optim": {"epochs": 1, "batch_size": 4},
+            "device": "cpu",
+            "output_dir": str(tmp_path / "run"),
+        }
+    )
+
+
+def test_paper_protocol_copies_are_regenerated_identically(tmp_path: Path) -> None:
+    config = busi_config(tmp_path, protocol="paper", paper_copies=3)
+    splits = build_splits(config)
+    sides = [splits.train, splits.val, splits.test]
+    assert sum(len(s) for s in sides if s is not None) == 12 * 3  # copies before the split
+    train_items = splits.train.items  # type: ignore[attr-defined]
+    index = next(i for i, item in enumerate(train_items) if item.copy > 0)
+    first = splits.train[index]
+    splits.train.set_epoch(7)  # type: ignore[attr-defined]
+    assert torch.equal(splits.train[index]["image"], first["image"])  # fixed, not per epoch
+    again = build_splits(config).train[index]
+    assert torch.equal(again["image"], first["image"]) and torch.equal(again["mask"], first["mask"])
+    assert (tmp_path / "run" / "split.json").is_file()
+
+
+def test_leakage_safe_split_augments_only_training(tmp_path: Path) -> None:
+    splits = build_splits(busi_config(tmp_path))
+    assert splits.train.augmenter is not None  # type: ignore[attr-defined]
+    assert splits.val.augmenter is None and splits.test.augmenter is None  # type: ignore[union-attr]
+    ids = {n: {it.sample.id for it in getattr(splits, n).items} for n in ("train", "val", "test")}
+    assert not (ids["train"] & ids["test"]) and not (ids["train"] & ids["val"])
+
+
+def test_cli_trains_on_a_synthetic_busi_copy(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = busi_config(tmp_path)
+    cfg = tmp_path / "cfg.yaml"
+    save_config(config, cfg)
+    assert train_main(["--config", str(cfg), "--no-progress", "optim.lr=0.005"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["last_epoch"] == 1 and Path(summary["metrics_file"]).is_file()
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert saved["optim"]["lr"] == 0.005 and saved["progress"] is False
+
+
+def test_cli_bad_config_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "stage": "ultrasound",
+                "task": "segmentation",
+                "data": {"dataset": "busi", "root": "x"},
+            }
+        )
+    )
+    assert train_main(["--config", str(cfg), "optim.learning_rate=1"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown key 'optim.learning_rate'" in err and "lr" in err
+    assert train_main(["--config", str(tmp_path / "absent.yaml")]) == 2

@@ -1,0 +1,386 @@
+"""The training loop: one ``train(config)`` for every stage, on CPU or CUDA.
+
+AdamW, optional cosine or plateau schedule, mixed precision with a gradient scaler on CUDA only,
+early stopping on a validation metric (Dice for segmentation, balanced accuracy or AUC for
+classification), ``last.pt``/``best.pt`` checkpoints with resume, a per-epoch CSV log,
+learning-curve plots, and a final evaluation of the best weights on the test split written to
+``metrics.json``. Every random draw derives from ``(config.seed, epoch)``, so a resumed run
+continues exactly as an uninterrupted one would.
+
+Model contract: segmentation models return ``{"mask_logits": (B, 1, H, W), "malignancy_logit":
+(B, 1)}``, classification models ``{"class_logits": (B, K)}``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from training import checkpoint as ckpt
+from training.calibration import fit_temperature
+from training.config import (
+    ConfigError,
+    Device,
+    Scheduler,
+    Task,
+    TrainConfig,
+    config_to_dict,
+    save_config,
+)
+from training.logs import CURVES, HISTORY, EpochLog, plot_curves, progress
+from training.mix import BatchMixer
+from training.steps import Criterion, EvalOutput, build_criterion, evaluate, jsonable, summarise
+from training.steps import report as report_metrics
+from training.torch_dataset import DataSplits
+
+logger = logging.getLogger(__name__)
+METRICS_FILE = "metrics.json"
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What a finished run produced; every path lies under ``output_dir``."""
+
+    output_dir: Path
+    epochs_run: int  # epochs trained by this call (0 when a resumed run was already complete)
+    last_epoch: int
+    best_epoch: int
+    best_metric: float
+    stopped_early: bool
+    test_metrics: dict[str, Any]
+    best_checkpoint: Path
+    last_checkpoint: Path
+    metrics_file: Path | None
+
+
+@dataclass
+class _Run:
+    config: TrainConfig
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: torch.amp.GradScaler
+    device: torch.device
+    amp: bool
+    criterion: Criterion
+    mixer: BatchMixer | None
+    train_loader: DataLoader[dict[str, Any]]
+    val_loader: DataLoader[dict[str, Any]]
+    shuffle: torch.Generator
+    stopper: ckpt.EarlyStopping
+    out: Path
+
+
+def seed_everything(seed: int, deterministic: bool = True) -> None:
+    """Seed python, numpy and torch; ask cuDNN for deterministic kernels where that is cheap."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+
+
+def resolve_device(device: Device) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; ``cuda`` without a GPU is an error."""
+    if device is Device.CUDA and not torch.cuda.is_available():
+        raise ConfigError("device 'cuda' was requested but no CUDA device is available")
+    if device is Device.CPU or not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda")
+
+
+def _loader(
+    data: Dataset[dict[str, Any]], config: TrainConfig, shuffle: torch.Generator | None
+) -> DataLoader[dict[str, Any]]:
+    return DataLoader(
+        data,
+        batch_size=config.optim.batch_size,
+        shuffle=shuffle is not None,
+        generator=shuffle,
+        num_workers=config.num_workers,
+        pin_memory=config.device is not Device.CPU and torch.cuda.is_available(),
+        drop_last=False,
+    )
+
+
+def _scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer) -> Any:
+    if config.optim.scheduler is Scheduler.COSINE:
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.optim.epochs)
+    if config.optim.scheduler is Scheduler.PLATEAU:
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", patience=2)
+    return None
+
+
+def _setup(config: TrainConfig, data: DataSplits, model: nn.Module) -> _Run:
+    device = resolve_device(config.device)
+    amp = config.amp and device.type == "cuda"
+    model = model.to(device)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=config.optim.lr, weight_decay=config.optim.weight_decay
+    )
+    mixer = None
+    if config.task is Task.CLASSIFICATION:
+        aug = config.augment
+        mixer = BatchMixer(config.num_classes, aug.mixup_alpha, aug.cutmix_alpha, aug.mix_prob)
+    shuffle = torch.Generator().manual_seed(config.seed)
+    return _Run(
+        config=config,
+        model=model,
+        optimizer=optimizer,
+        scheduler=_scheduler(config, optimizer),
+        scaler=torch.amp.GradScaler("cuda", enabled=amp),
+        device=device,
+        amp=amp,
+        criterion=build_criterion(config),
+        mixer=mixer if mixer is not None and mixer.enabled else None,
+        train_loader=_loader(data.train, config, shuffle),
+        val_loader=_loader(data.val, config, None),
+        shuffle=shuffle,
+        stopper=ckpt.EarlyStopping(config.optim.patience),
+        out=Path(config.output_dir),
+    )
+
+
+def _set_epoch(loader: DataLoader[dict[str, Any]], epoch: int) -> None:
+    set_epoch = getattr(loader.dataset, "set_epoch", None)
+    if callable(set_epoch):
+        set_epoch(epoch)
+
+
+def train_epoch(run: _Run, epoch: int) -> float:
+    """One pass over the training split; returns the mean loss per sample."""
+    run.model.train()
+    epoch_seed = int(np.random.SeedSequence([run.config.seed, epoch]).generate_state(1)[0])
+    run.shuffle.manual_seed(epoch_seed)  # batch order
+    torch.manual_seed(epoch_seed)  # dropout and other in-model draws
+    _set_epoch(run.train_loader, epoch)  # per-sample augmentation seeds
+    rng = np.random.default_rng(epoch_seed)  # MixUp / CutMix
+    total, count = 0.0, 0
+    batches = progress(
+        run.train_loader,
+        enabled=run.config.progress,
+        total=len(run.train_loader),
+        desc=f"epoch {epoch}",
+    )
+    for batch in batches:
+        batch = {k: v.to(run.device, non_blocking=True) for k, v in batch.items()}
+        if run.mixer is not None:
+            mixed = run.mixer(batch["image"], batch["label"], rng)
+            batch["image"], batch["soft_label"] = mixed.inputs, mixed.targets
+        with torch.autocast(run.device.type, enabled=run.amp):
+            outputs = run.model(batch["image"])
+            loss = run.criterion(outputs, batch)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"training loss is {loss.item()} at epoch {epoch}")
+        run.optimizer.zero_grad(set_to_none=True)
+        run.scaler.scale(loss).backward()
+        run.scaler.step(run.optimizer)
+        run.scaler.update()
+        size = int(batch["image"].shape[0])
+        total, count = total + float(loss.detach()) * size, count + size
+    return total / max(count, 1)
+
+
+def _checkpoint_state(run: _Run, epoch: int, metric: float, commit: str | None) -> dict[str, Any]:
+    return {
+        "model": run.model.state_dict(),
+        "optimizer": run.optimizer.state_dict(),
+        "scheduler": run.scheduler.state_dict() if run.scheduler is not None else None,
+        "scaler": run.scaler.state_dict(),
+        "epoch": epoch,
+        "metric": metric,
+        "monitor": run.config.monitor_metric,
+        "early_stopping": run.stopper.state_dict(),
+        "config": config_to_dict(run.config),
+        "git_commit": commit,
+    }
+
+
+def _resume(run: _Run, path: Path) -> int:
+    state = ckpt.load_checkpoint(path, map_location=run.device)
+    run.model.load_state_dict(state["model"])
+    run.optimizer.load_state_dict(state["optimizer"])
+    if run.scheduler is not None and state.get("scheduler") is not None:
+        run.scheduler.load_state_dict(state["scheduler"])
+    run.scaler.load_state_dict(state["scaler"])
+    run.stopper.load_state_dict(state["early_stopping"])
+    logger.info("resumed from %s at epoch %d", path, state["epoch"])
+    changed = _changed_keys(state.get("config", {}), config_to_dict(run.config))
+    if changed:
+        logger.warning("resuming with a changed config (%s); a cosine schedule keeps its "
+                       "original length", ", ".join(changed))  # fmt: skip
+    return int(state["epoch"])
+
+
+def _changed_keys(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    keys = sorted(set(old) | set(new))
+    changed = []
+    for key in keys:
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            changed += _changed_keys(a, b, f"{prefix}{key}.")
+        elif a != b:
+            changed.append(prefix + key)
+    return changed
+
+
+def _step_scheduler(run: _Run, metric: float) -> None:
+    if isinstance(run.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+        run.scheduler.step(metric)
+    elif run.scheduler is not None:
+        run.scheduler.step()
+
+
+def _one_epoch(run: _Run, epoch: int, commit: str | None) -> dict[str, float]:
+    """Train, validate, step the schedule, checkpoint; returns the epoch's CSV row."""
+    monitor = run.config.monitor_metric
+    began = time.monotonic()
+    lr = float(run.optimizer.param_groups[0]["lr"])
+    train_loss = train_epoch(run, epoch)
+    val = evaluate(run.model, run.val_loader, run.criterion, run.device, run.amp)
+    metrics = summarise(run.config.task, val)
+    improved = run.stopper.update(metrics[monitor], epoch)
+    _step_scheduler(run, metrics[monitor])
+    state = _checkpoint_state(run, epoch, metrics[monitor], commit)
+    ckpt.save_checkpoint(run.out / ckpt.LAST, state)
+    if improved:
+        ckpt.save_checkpoint(run.out / ckpt.BEST, state)
+    row = {"epoch": epoch, "train_loss": train_loss, "val_loss": val.loss, "lr": lr}
+    row |= {f"val_{k}": v for k, v in metrics.items()}
+    return row | {"seconds": time.monotonic() - began}
+
+
+def _fit(run: _Run, start: int, commit: str | None) -> tuple[int, bool]:
+    """Epochs ``start + 1 .. epochs``; returns the last epoch and whether it stopped early."""
+    monitor, total = run.config.monitor_metric, run.config.optim.epochs
+    epochs = progress(
+        range(start + 1, total + 1), enabled=run.config.progress, total=total - start, desc="run"
+    )
+    log: EpochLog | None = None
+    epoch = start
+    for epoch in epochs:
+        row = _one_epoch(run, epoch, commit)
+        names = [k[4:] for k in row if k.startswith("val_") and k != "val_loss"]
+        log = log or EpochLog(run.out / HISTORY, names)
+        log.append(row)
+        plot_curves(log.read(), monitor, run.out / CURVES)
+        logger.info(
+            "epoch %d/%d: train loss %.4f, val loss %.4f, val %s %.4f (best %.4f at %d)",
+            epoch, total, row["train_loss"], row["val_loss"], monitor, row[f"val_{monitor}"],
+            run.stopper.best, run.stopper.best_epoch,
+        )  # fmt: skip
+        if run.stopper.should_stop:
+            logger.info("early stop: no better %s for %d epochs", monitor, run.stopper.patience)
+            return epoch, True
+    return epoch, run.stopper.should_stop
+
+
+def build_model(config: TrainConfig) -> nn.Module:
+    """The configured network from ``training.models``."""
+    from training.models import build_model as build
+
+    model = config.model
+    return build(
+        model.name,
+        in_channels=model.in_channels,
+        num_classes=model.num_classes,
+        width=model.width,
+        input_size=model.input_size,
+        pretrained=model.pretrained,
+        **model.options,
+    )
+
+
+def _temperature(val: EvalOutput) -> float | None:
+    """Temperature fitted on validation logits (Guo et al. 2017); None without both classes."""
+    known = val.labels[val.labels >= 0]
+    if len(np.unique(known)) < 2:
+        return None
+    return float(fit_temperature(val.logits, val.labels))
+
+
+def _final_evaluation(run: _Run, test: Dataset[dict[str, Any]] | None, out: Path) -> dict[str, Any]:
+    """Best weights on validation (temperature, metrics) and on the test split -> metrics.json."""
+    best_path = out / ckpt.BEST if (out / ckpt.BEST).is_file() else out / ckpt.LAST  # NaN metric
+    best = ckpt.load_checkpoint(best_path, map_location=run.device)
+    run.model.load_state_dict(best["model"])
+    val = evaluate(run.model, run.val_loader, run.criterion, run.device, run.amp)
+    temperature = _temperature(val)
+    report: dict[str, Any] = {
+        "monitor": run.config.monitor_metric,
+        "best_epoch": best["epoch"],
+        "best_val_metric": best["metric"],
+        "temperature": temperature,
+        "git_commit": best.get("git_commit"),
+        "val": summarise(run.config.task, val, temperature or 1.0),
+        "test": None,
+    }
+    if test is not None and len(test) > 0:  # type: ignore[arg-type]
+        test_out = evaluate(
+            run.model, _loader(test, run.config, None), run.criterion, run.device, run.amp
+        )
+        report["test"] = report_metrics(run.config.task, test_out, temperature or 1.0)
+        report["test_loss"] = test_out.loss
+    (out / METRICS_FILE).write_text(json.dumps(jsonable(report), indent=2), encoding="utf-8")
+    return report
+
+
+def train(
+    config: TrainConfig,
+    *,
+    data: DataSplits | None = None,
+    model: nn.Module | None = None,
+    resume: bool = False,
+) -> TrainResult:
+    """Train, checkpoint, evaluate; ``resume`` continues from ``output_dir/last.pt``.
+
+    Args:
+        config: the resolved configuration (see ``training.config.load_config``).
+        data: the splits; read from ``config.data`` when None.
+        model: the network; built from ``config.model`` when None.
+        resume: continue a run whose ``last.pt`` exists (epochs up to ``optim.epochs``).
+    """
+    seed_everything(config.seed)
+    if data is None:
+        from training.torch_dataset import build_splits
+
+        data = build_splits(config)
+    run = _setup(config, data, model if model is not None else build_model(config))
+    out = Path(config.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(config, out / ckpt.CONFIG)
+    start = 0
+    if resume and (out / ckpt.LAST).is_file():
+        start = _resume(run, out / ckpt.LAST)
+        EpochLog(out / HISTORY, []).truncate_after(start)
+    else:  # a fresh run: nothing of an earlier run in this folder may be mistaken for its own
+        for name in (HISTORY, CURVES, ckpt.LAST, ckpt.BEST, METRICS_FILE):
+            (out / name).unlink(missing_ok=True)
+    done = start >= config.optim.epochs or (start > 0 and run.stopper.should_stop)
+    last, stopped = (
+        (start, run.stopper.should_stop) if done else _fit(run, start, ckpt.git_commit())
+    )
+    report = _final_evaluation(run, data.test, out)
+    return TrainResult(
+        output_dir=out,
+        epochs_run=last - start,
+        last_epoch=last,
+        best_epoch=run.stopper.best_epoch,
+        best_metric=run.stopper.best,
+        stopped_early=stopped,
+        test_metrics=report["test"] or {},
+        best_checkpoint=out / ckpt.BEST,
+        last_checkpoint=out / ckpt.LAST,
+        metrics_file=out / METRICS_FILE,
+    )

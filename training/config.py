@@ -95,6 +95,7 @@ class DataConfig(_Section):
     fractions: Fractions = Field(default_factory=Fractions)
     seed: int = 0
     paper_copies: int = Field(default=5, ge=1)  # paper protocol: copies per image (~5x)
+    max_samples: int | None = Field(default=None, ge=1)  # seeded subset of whole patients/groups
 
 
 class ModelConfig(_Section):

@@ -185,6 +185,10 @@ def build_splits(config: TrainConfig, load: LoadFn | None = None) -> DataSplits:
     samples = read_samples(config.data.dataset.value, config.data.root)
     if config.task is Task.SEGMENTATION:
         samples = [s for s in samples if getattr(s, "segmentable", True)]
+    if config.data.max_samples is not None:
+        from training.data.splits import subset_by_group
+
+        samples = subset_by_group(samples, config.data.max_samples, seed=config.data.seed)
     split = make_split(config, samples)
     Path(config.output_dir).mkdir(parents=True, exist_ok=True)
     split.save(Path(config.output_dir) / "split.json")

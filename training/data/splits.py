@@ -360,3 +360,27 @@ def _records(samples: list[Sample], groups: dict[str, str]) -> dict[str, SampleR
         )
         for s in samples
     }
+
+
+def subset_by_group(samples: list[Sample], max_samples: int, *, seed: int = 0) -> list[Sample]:
+    """A seeded subset of whole groups (patients, near-duplicate sets) of about ``max_samples``.
+
+    Groups are drawn in a seeded random order until the count reaches ``max_samples``, so a
+    patient is never cut in two; the result keeps the input order. For small-machine runs only:
+    the subset's class balance follows the groups drawn, not the whole set.
+    """
+    if max_samples < 1:
+        raise SplitError(f"max_samples must be at least 1, got {max_samples}")
+    if len(samples) <= max_samples:
+        return list(samples)
+    members: dict[str, list[str]] = {}
+    for sample in samples:
+        members.setdefault(sample.group_id, []).append(sample.id)
+    names = sorted(members)
+    order = [names[i] for i in np.random.default_rng(seed).permutation(len(names))]
+    chosen: set[str] = set()
+    for group in order:
+        if len(chosen) >= max_samples:
+            break
+        chosen.update(members[group])
+    return [s for s in samples if s.id in chosen]

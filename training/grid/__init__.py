@@ -1,0 +1,1 @@
+"""The paper's experiment grid: models x losses x policies (x protocol) per modality."""

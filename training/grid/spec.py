@@ -65,9 +65,9 @@ PRESETS: dict[Scale, dict[Modality, ScalePreset]] = {
     Scale.CPU: {
         Modality.ULTRASOUND: ScalePreset(
             64,
-            8,
+            5,
             16,
-            4,
+            3,
             widths={"unet": 16, "resunetpp": 8},
             substitutes={"deeplabv3": "deeplabv3_mobilenet"},
         ),
@@ -79,7 +79,7 @@ PRESETS: dict[Scale, dict[Modality, ScalePreset]] = {
             widths={"unet": 16, "resunetpp": 8},
             substitutes={"deeplabv3": "deeplabv3_mobilenet"},
         ),
-        Modality.HISTOPATHOLOGY: ScalePreset(48, 3, 64, 2, max_samples=1200),
+        Modality.HISTOPATHOLOGY: ScalePreset(48, 2, 64, 2, max_samples=800),
     },
     Scale.FULL: {
         Modality.ULTRASOUND: ScalePreset(256, 60, 8, 10, widths={"unet": 64, "resunetpp": 16}),

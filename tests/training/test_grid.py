@@ -1,0 +1,74 @@
+"""The whole experiment grid at smoke scale: every modality, both protocols, synthetic data."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from training.grid.cli import main
+from training.grid.spec import Modality, Scale, build_cells
+
+
+@pytest.fixture(scope="module")
+def grid(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("grid")
+    argv = ["--modality", "all", "--scale", "smoke", "--synthetic", "--protocol", "both"]
+    assert main([*argv, "--out", str(out), "--report-dir", str(out / "reports")]) == 0
+    return out
+
+
+def test_cell_counts_follow_the_papers_tables() -> None:
+    # Tables 4/6 (3 models x 3 losses) + Tables 5/7 (3 models x 2 losses x 4 policies), shared
+    # vanilla cells counted once; Table 8: 4 models x 5 policies.
+    assert len(build_cells(Modality.ULTRASOUND, ["leakage_safe"])) == 27
+    assert len(build_cells(Modality.HISTOPATHOLOGY, ["leakage_safe", "paper"])) == 40
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("modality", list(Modality))
+def test_every_cell_of_every_modality_trains(grid: Path, modality: Modality) -> None:
+    cells = build_cells(modality, ["leakage_safe", "paper"])
+    for cell in cells:
+        run = grid / modality.value / cell.protocol / cell.id
+        status = json.loads((run / "cell.json").read_text())
+        assert status["status"] == "done", status
+        test = json.loads((run / "metrics.json").read_text())["test"]
+        key = "accuracy" if modality is Modality.HISTOPATHOLOGY else "dice"
+        assert 0.0 <= test[key]["value"] <= 1.0
+        assert test[key]["ci_low"] <= test[key]["value"] <= test[key]["ci_high"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("modality", list(Modality))
+def test_reports_have_the_papers_shapes(grid: Path, modality: Modality) -> None:
+    stem = grid / "reports" / f"{modality.value}-{Scale.SMOKE.value}"
+    text = stem.with_suffix(".md").read_text()
+    assert "Regenerate: `breastdx grid --modality all --scale smoke" in text
+    assert "leakage-safe protocol" in text and "paper protocol" in text
+    expected = {
+        Modality.MAMMOGRAPHY: ["Table 4 shape", "Table 5 shape"],
+        Modality.ULTRASOUND: ["Table 6 shape", "Table 7 shape"],
+        Modality.HISTOPATHOLOGY: ["Table 8 shape"],
+    }[modality]
+    assert all(title in text for title in expected)
+    assert "not run" not in text and "failed" not in text
+    with stem.with_suffix(".csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == len(build_cells(modality, ["leakage_safe", "paper"]))
+    assert all(row["paper_iou_or_accuracy"] for row in rows)
+
+
+@pytest.mark.slow
+def test_a_finished_grid_resumes_without_training(grid: Path) -> None:
+    before = {p: p.stat().st_mtime for p in grid.rglob("best.pt")}
+    argv = ["--modality", "ultrasound", "--scale", "smoke", "--synthetic", "--protocol", "both"]
+    assert main([*argv, "--out", str(grid)]) == 0
+    assert {p: p.stat().st_mtime for p in grid.rglob("best.pt")} == before
+
+
+def test_grid_without_data_source_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--modality", "ultrasound", "--scale", "smoke"]) == 1
+    assert "--data-root" in capsys.readouterr().err

@@ -11,6 +11,9 @@ import pytest
 from training.grid.cli import main
 from training.grid.spec import Modality, Scale, build_cells
 
+# ~150 small runs: minutes on two cores, more where the machine is shared.
+pytestmark = pytest.mark.timeout(2400)
+
 
 @pytest.fixture(scope="module")
 def grid(tmp_path_factory: pytest.TempPathFactory) -> Path:

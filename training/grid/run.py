@@ -76,6 +76,7 @@ def cell_config(
             "in_channels": 1 if segmentation else 3,
             "num_classes": None if segmentation else 2,
             "input_size": preset.input_size,
+            "options": preset.options.get(cell.model, {}),
         },
         "preprocess": preprocess,
         "loss": {"name": cell.loss, "malignancy_weight": 0.2 if segmentation else 0.0},

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
 
 from training.grid.paper import CLS_MODELS, CLS_POLICIES, SEG_LOSSES, SEG_MODELS, SEG_POLICIES
 
@@ -52,6 +53,7 @@ class ScalePreset:
     widths: dict[str, int] = field(default_factory=dict)  # by model; absent: model default
     substitutes: dict[str, str] = field(default_factory=dict)  # paper model -> network built
     max_samples: int | None = None  # seeded subset of whole patients/groups
+    options: dict[str, dict[str, Any]] = field(default_factory=dict)  # by model: build options
     paper_copies: int = 5
 
 
@@ -60,7 +62,9 @@ PRESETS: dict[Scale, dict[Modality, ScalePreset]] = {
     Scale.SMOKE: {
         Modality.ULTRASOUND: _SEG_SMOKE,
         Modality.MAMMOGRAPHY: _SEG_SMOKE,
-        Modality.HISTOPATHOLOGY: ScalePreset(32, 1, 8, 1, paper_copies=2),
+        Modality.HISTOPATHOLOGY: ScalePreset(
+            32, 1, 8, 1, paper_copies=2, options={"vgg19": {"classifier_width": 64}}
+        ),
     },
     Scale.CPU: {
         Modality.ULTRASOUND: ScalePreset(

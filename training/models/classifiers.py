@@ -15,7 +15,7 @@ Nothing is downloaded; a local ImageNet state dict saved from torchvision loads 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -50,7 +50,28 @@ class TorchvisionClassifier(BreastdxModel):
 
 @MODELS.register("vgg19")
 class VGG19(TorchvisionClassifier):
+    """VGG19; option ``classifier_width`` (default 4096, the paper's) narrows the two hidden
+    fully connected layers for smoke runs, where their 120M parameters dominate the cost."""
+
     builder = staticmethod(tvm.vgg19)
+    option_defaults: ClassVar[dict[str, Any]] = {"classifier_width": 4096}
+
+    def __init__(self, config: ModelSpec) -> None:
+        super().__init__(config)
+        hidden = int(self.config.options["classifier_width"])
+        if hidden < 1:
+            raise ValueError(f"vgg19: classifier_width must be at least 1, got {hidden}")
+        if hidden != 4096:
+            features = self.net.classifier[0].in_features  # 512 * 7 * 7
+            self.net.classifier = nn.Sequential(
+                nn.Linear(features, hidden),
+                nn.ReLU(True),
+                nn.Dropout(),
+                nn.Linear(hidden, hidden),
+                nn.ReLU(True),
+                nn.Dropout(),
+                nn.Linear(hidden, self.config.num_classes),
+            )
 
 
 @MODELS.register("resnet50")

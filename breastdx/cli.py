@@ -25,6 +25,12 @@ COMMANDS: dict[str, Command] = {
         "training.cli_augment:main", "write a PNG grid of one image under every augmentation"
     ),
     "train": Command("training.cli_train:main", "train a model from a YAML config (+ overrides)"),
+    "export": Command(
+        "training.cli_export:main", "export a checkpoint to ONNX with parity check and model card"
+    ),
+    "predict": Command(
+        "service.cli_predict:main", "analyse images with a registered model; PNG masks and JSON"
+    ),
     "grid": Command("training.grid.cli:main", "run the paper's experiment grid and its reports"),
     "serve": Command(
         "service.cli:serve_main", "run the HTTP API (in process, or queued with Redis)"

@@ -1,0 +1,342 @@
+"""The torch-free inference pipeline: image bytes or paths -> one ``Analysis`` per image.
+
+Per image: ``imaging.decode`` -> the frame the card's frame policy picks -> stage check
+(``stages.check_stage``) -> ``imaging.preprocess.preprocess_decoded`` with the card's
+``PreprocessConfig`` (histopathology: each tile window through ``imaging.preprocess.preprocess``).
+The images of one request then run together in the model's ONNX Runtime session (in chunks of
+``max_batch``). Segmentation: the mask probabilities go through ``postprocess_mask`` with the
+card's thresholds and the image's pixel spacing; the malignancy logit is divided by the card's
+temperature before its activation. The same function serves the CLI, the API and the workers.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from itertools import pairwise
+from pathlib import Path
+
+import numpy as np
+
+from breastdx.errors import BreastdxError
+from imaging import decode
+from imaging.geometry import Geometry
+from imaging.limits import DEFAULT_MAX_PIXELS
+from imaging.postprocess import MaskResult, overlay, postprocess_mask
+from imaging.preprocess import PreprocessConfig, preprocess_decoded, select_frame
+from imaging.record import DecodedImage
+from models_registry.card import Stage
+from models_registry.errors import RegistryError
+from models_registry.registry import PRODUCTION, Registry
+from service.inference import histopathology as histo
+from service.inference.result import (
+    Analysis,
+    AnalysisResult,
+    Histopathology,
+    Timings,
+    histopathology_info,
+    input_info,
+    malignancy_info,
+    mask_summary,
+    model_info,
+)
+from service.inference.runner import ModelRunner, RunnerOptions, get_runner
+from service.inference.stages import ModelStageMismatchError, check_stage, parse_stage
+
+logger = logging.getLogger(__name__)
+
+Source = bytes | Path
+Outcome = Analysis | BreastdxError
+MAX_BATCH = 64
+STEPS = ("decode", "preprocess", "inference", "postprocess")
+
+
+class NoModelForStageError(BreastdxError):
+    """No registered model serves the requested stage."""
+
+    code = "no_model_for_stage"
+    title = "No model for this stage"
+    http_status = 503
+
+
+@dataclass
+class _Item:
+    """One decoded input on its way through the pipeline."""
+
+    decoded: DecodedImage
+    frame_index: int
+    display: np.ndarray  # (H, W) or (H, W, 3) in [0, 1]
+    warnings: list[str] = field(default_factory=list)
+    ms: dict[str, float] = field(default_factory=dict)
+    batch: np.ndarray | None = None  # (K, C, h, w): the image, or the tissue windows of a tile
+    geometry: Geometry | None = None  # segmentation: original -> model input
+    plan: histo.TilePlan | None = None  # histopathology: the windows
+
+
+@dataclass(frozen=True)
+class _Request:
+    """What every input of one request shares."""
+
+    runner: ModelRunner
+    stage: Stage
+    config: PreprocessConfig
+    tiles: histo.TileOptions
+    window: tuple[int, int] | None  # histopathology window, original pixels
+    max_pixels: int
+
+
+def _ms(start: float) -> float:
+    return round((time.perf_counter() - start) * 1000.0, 3)
+
+
+def default_model_ref(stage: Stage, registry: Registry) -> str:
+    """The model serving ``stage``: one with a ``production`` alias first, then by name."""
+    names = []
+    for name in registry.names():
+        try:
+            if registry.card(name).stage is stage:
+                names.append(name)
+        except RegistryError:  # a broken model must not hide the others
+            logger.warning("model card unreadable", extra={"model": name})
+    if not names:
+        raise NoModelForStageError(
+            f"no registered model serves stage {stage.value}; register one with "
+            "'breastdx export --register' or name one with --model",
+            stage=stage.value,
+        )
+    names.sort(key=lambda n: (PRODUCTION not in registry.aliases(n), n != stage.value, n))
+    return names[0]
+
+
+def _prepare(request: _Request, source: Source) -> _Item:
+    """Decode, check the stage, preprocess (the image, or the windows of a tile)."""
+    start = time.perf_counter()
+    decoded = decode(source, max_pixels=request.max_pixels)
+    frame_index = select_frame(decoded.frames, request.config.frame_policy)
+    item = _Item(decoded, frame_index, decoded.display(frame_index))
+    item.ms["decode"] = _ms(start)
+    start = time.perf_counter()
+    item.warnings = check_stage(request.stage, decoded, frame_index, item.display)
+    if request.window is None:
+        chw, item.geometry, _ = preprocess_decoded(decoded, request.config)  # (C, h, w)
+        item.batch = chw[None]  # (1, C, h, w)
+    else:
+        item.plan = histo.plan_tiles(item.display, request.window, request.tiles)
+        item.batch = histo.window_batch(item.display, item.plan, request.config)  # (K, C, h, w)
+    item.ms["preprocess"] = _ms(start)
+    return item
+
+
+def _finish(
+    request: _Request,
+    item: _Item,
+    masks: MaskResult,
+    picture: np.ndarray,
+    probability: float | None,
+    histology: Histopathology | None = None,
+    batch_size: int = 1,
+) -> Analysis:
+    item.ms["total"] = round(sum(item.ms.get(step, 0.0) for step in STEPS), 3)
+    card = request.runner.card
+    result = AnalysisResult(
+        stage=request.stage,
+        model=model_info(request.runner),
+        input=input_info(item.decoded, item.frame_index),
+        malignancy=malignancy_info(card, probability),
+        lesions=masks.lesions,
+        mask=mask_summary(masks),
+        histopathology=histology,
+        batch_size=batch_size,
+        timings_ms=Timings(**item.ms),
+        warnings=item.warnings,
+    )
+    mask = np.where(masks.mask, 255, 0).astype(np.uint8)  # (H, W)
+    return Analysis(result=result, mask=mask, overlay=picture)
+
+
+def _threshold(value: float) -> float:
+    return float(np.clip(value, 1e-6, 1.0 - 1e-6))  # postprocess_mask takes (0, 1)
+
+
+def _segmentation(
+    request: _Request,
+    item: _Item,
+    mask_prob: np.ndarray | None,
+    probability: float | None,
+    batch_size: int,
+) -> Analysis:
+    """Mask probabilities ``(h, w)`` -> lesions and overlay at the original geometry."""
+    start = time.perf_counter()
+    card, geometry = request.runner.card, item.geometry
+    if geometry is None:  # pragma: no cover - _prepare sets it for every segmentation item
+        raise RuntimeError("a segmentation item has no geometry")
+    masks = postprocess_mask(
+        mask_prob if mask_prob is not None else np.zeros(geometry.output_hw, np.float32),
+        geometry,
+        threshold=_threshold(card.thresholds.mask),
+        min_area_px=card.thresholds.min_lesion_area_px,
+        pixel_spacing_mm=item.decoded.metadata.pixel_spacing_mm,
+    )
+    picture = overlay(item.display, masks.mask, masks.lesions)  # (H, W, 3)
+    item.ms["postprocess"] = _ms(start)
+    return _finish(request, item, masks, picture, probability, batch_size=batch_size)
+
+
+def _histopathology(
+    request: _Request, item: _Item, window_probs: np.ndarray, batch_size: int
+) -> Analysis:
+    """Window probabilities ``(K,)`` -> image score, heatmap, thresholded regions."""
+    start = time.perf_counter()
+    plan, card, tiles = item.plan, request.runner.card, request.tiles
+    if plan is None:  # pragma: no cover - _prepare sets it for every histopathology item
+        raise RuntimeError("a histopathology item has no tile plan")
+    probability = histo.aggregate(window_probs, tiles)
+    prob_map = histo.probability_map(plan, window_probs)  # (H, W), NaN off tissue
+    masks = postprocess_mask(
+        np.nan_to_num(prob_map, nan=0.0),
+        Geometry(plan.image_hw),
+        threshold=_threshold(card.thresholds.malignancy),
+        min_area_px=card.thresholds.min_lesion_area_px,
+        pixel_spacing_mm=item.decoded.metadata.pixel_spacing_mm,
+    )
+    picture = histo.heatmap_overlay(item.display, prob_map, tiles.heatmap_alpha)  # (H, W, 3)
+    if probability is None:
+        item.warnings.append("no tissue found: every window is mostly white background")
+    histology = histopathology_info(plan, window_probs, tiles)
+    item.ms["postprocess"] = _ms(start)
+    return _finish(request, item, masks, picture, probability, histology, batch_size)
+
+
+def _split(values: np.ndarray | None, sizes: Sequence[int]) -> list[np.ndarray | None]:
+    """Cut a batch-wide array back into per-item parts of ``sizes`` rows."""
+    if values is None:
+        return [None] * len(sizes)
+    bounds = np.cumsum([0, *sizes])
+    return [values[a:b] for a, b in pairwise(bounds)]
+
+
+def _infer(request: _Request, items: list[_Item], max_batch: int) -> list[Analysis]:
+    """One batched run over every item's inputs, then per-item post-processing."""
+    runner = request.runner
+    batches = [item.batch for item in items if item.batch is not None]
+    sizes = [len(batch) for batch in batches]
+    start = time.perf_counter()
+    outputs = runner.run(np.concatenate(batches), max_batch) if sum(sizes) else {}
+    inference_ms = _ms(start)
+    malignancy = _split(runner.malignancy(outputs) if outputs else None, sizes)
+    masks = _split(runner.mask(outputs) if outputs else None, sizes)
+    results = []
+    for item, probs, mask_prob in zip(items, malignancy, masks, strict=True):
+        item.ms["inference"] = inference_ms
+        if request.stage is Stage.HISTOPATHOLOGY:
+            window_probs = probs if probs is not None else np.zeros(0)
+            results.append(_histopathology(request, item, window_probs, len(items)))
+        else:
+            probability = float(probs[0]) if probs is not None and len(probs) else None
+            prob_map = mask_prob[0] if mask_prob is not None else None
+            results.append(_segmentation(request, item, prob_map, probability, len(items)))
+    return results
+
+
+def _request(
+    stage: Stage | str,
+    registry: Registry,
+    model_ref: str | None,
+    options: RunnerOptions | None,
+    tiles: histo.TileOptions | None,
+    max_pixels: int,
+) -> _Request:
+    """Resolve the stage and the model; check that the model serves the stage."""
+    stage = parse_stage(stage)
+    runner = get_runner(model_ref or default_model_ref(stage, registry), registry, options)
+    card = runner.card
+    if card.stage is not stage:
+        raise ModelStageMismatchError(
+            f"model {card.ref} serves stage {card.stage.value}, not {stage.value}",
+            model=card.ref,
+            stage=stage.value,
+        )
+    tiles = tiles or histo.TileOptions()
+    window = histo.window_size(card, tiles) if stage is Stage.HISTOPATHOLOGY else None
+    return _Request(runner, stage, card.preprocess_config(), tiles, window, max_pixels)
+
+
+def analyse_each(
+    stage: Stage | str,
+    inputs: Sequence[Source],
+    *,
+    registry: Registry,
+    model_ref: str | None = None,
+    options: RunnerOptions | None = None,
+    tiles: histo.TileOptions | None = None,
+    max_batch: int = MAX_BATCH,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> list[Outcome]:
+    """Like :func:`analyse`, but a failing input yields its typed error in its place.
+
+    Errors of the request as a whole (unknown stage or model, a tampered model file, a model of
+    another stage) are raised.
+    """
+    request = _request(stage, registry, model_ref, options, tiles, max_pixels)
+    prepared: list[_Item | BreastdxError] = []
+    for source in inputs:
+        try:
+            prepared.append(_prepare(request, source))
+        except BreastdxError as exc:  # per input: one bad image must not fail the others
+            prepared.append(exc)
+    items = [p for p in prepared if isinstance(p, _Item)]
+    done = iter(_infer(request, items, max_batch) if items else [])
+    outcomes: list[Outcome] = [p if isinstance(p, BreastdxError) else next(done) for p in prepared]
+    failed = len(prepared) - len(items)
+    logger.info(
+        "analysed %d image(s), %d refused",
+        len(prepared),
+        failed,
+        extra={"model": request.runner.ref, "stage": request.stage.value},
+    )
+    return outcomes
+
+
+def analyse(
+    stage: Stage | str,
+    inputs: Sequence[Source],
+    *,
+    registry: Registry,
+    model_ref: str | None = None,
+    options: RunnerOptions | None = None,
+    tiles: histo.TileOptions | None = None,
+    max_batch: int = MAX_BATCH,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> list[Analysis]:
+    """Analyse every input of one request in one batch; the first failing input's error raises.
+
+    Args:
+        stage: mammography, ultrasound or histopathology.
+        inputs: image bytes or paths (DICOM, PNG, JPEG, PGM, TIFF).
+        registry: where the model is loaded from (sha256 checked on first load).
+        model_ref: ``name``, ``name@alias`` or ``name@version``; None: the stage's model.
+        options: ONNX Runtime session options (threads, fp16, providers).
+        tiles: histopathology tiling; None: ``TileOptions()``.
+        max_batch: most images (or tile windows) per ONNX Runtime run.
+        max_pixels: decompression-bomb guard passed to ``imaging.decode``.
+
+    Raises:
+        ImagingError, WrongStageError: an input cannot be decoded or does not fit the stage.
+        RegistryError, ModelStageMismatchError, NoModelForStageError: the model is unusable.
+    """
+    outcomes = analyse_each(
+        stage,
+        inputs,
+        registry=registry,
+        model_ref=model_ref,
+        options=options,
+        tiles=tiles,
+        max_batch=max_batch,
+        max_pixels=max_pixels,
+    )
+    for outcome in outcomes:
+        if isinstance(outcome, BreastdxError):
+            raise outcome
+    return [o for o in outcomes if isinstance(o, Analysis)]

@@ -1,0 +1,211 @@
+"""Per-stage input checks: refuse an image of the wrong kind before a model scores it.
+
+Rules, one function per stage registered with ``@stage_rule``; conservative by design (reject
+only clear mismatches, warn where the metadata merely fails to confirm the stage):
+
+DICOM modality (0008,0060):
+    mammography accepts MG (DX and CR with a warning: general radiography objects);
+    ultrasound accepts US; histopathology accepts SM and GM (XC with a warning). OT (secondary
+    capture) or no modality falls through to the raster rules. Any other modality is refused.
+Raster images (and DICOM without a telling modality), measured on the analysed frame:
+    mammography refuses images under 128 px a side (a patch, not a mammogram) and colour images
+    with more than 25 % coloured pixels (mammograms are greyscale);
+    ultrasound refuses images under 64 px a side and those with more than 35 % coloured pixels
+    (Doppler overlays colour far less of a frame).
+Whatever the modality, histopathology refuses greyscale images (one sample per pixel, or RGB
+with no pixel more coloured than 0.03): H&E-stained tissue is colour.
+A pixel is "coloured" when max(R, G, B) - min(R, G, B) > 0.08 on the [0, 1] display scale.
+
+Non-image DICOM objects (SR, SEG, ...) never get here: ``imaging.decode`` refuses them with
+``NotAnImageError``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from breastdx.errors import BreastdxError
+from imaging.record import DecodedImage, ImageFormat
+from models_registry.card import Stage
+
+__all__ = [
+    "STAGE_RULES",
+    "ImageFacts",
+    "ModelStageMismatchError",
+    "Stage",
+    "WrongStageError",
+    "check_stage",
+    "image_facts",
+    "parse_stage",
+    "stage_rule",
+]
+
+CHROMA_COLOURED = 0.08  # max - min channel, display scale: a visibly coloured pixel
+CHROMA_GREY = 0.03  # no pixel above this: a grey image stored as RGB
+SAMPLE_SIDE = 512  # colour statistics on at most ~512 x 512 sampled pixels
+NEUTRAL_MODALITIES = frozenset({"", "OT"})
+
+
+class WrongStageError(BreastdxError):
+    """The image is of a kind the requested stage does not analyse."""
+
+    code = "wrong_stage"
+    title = "Image does not fit the requested stage"
+    http_status = 422
+
+
+class ModelStageMismatchError(BreastdxError):
+    """The requested model serves another stage than the one requested."""
+
+    code = "model_stage_mismatch"
+    title = "Model serves another stage"
+    http_status = 422
+
+
+@dataclass(frozen=True)
+class ImageFacts:
+    """What the stage rules look at: metadata and colour statistics of the analysed frame."""
+
+    format: ImageFormat
+    modality: str  # upper case; "" for raster formats
+    rows: int
+    columns: int
+    colour: bool  # three samples per pixel
+    coloured_fraction: float  # share of pixels with chroma > CHROMA_COLOURED
+    max_chroma: float
+
+    @property
+    def min_side(self) -> int:
+        return min(self.rows, self.columns)
+
+    @property
+    def grey(self) -> bool:
+        return not self.colour or self.max_chroma <= CHROMA_GREY
+
+    def describe(self) -> str:
+        source = f"DICOM {self.modality}" if self.modality else f"{self.format.value.upper()}"
+        kind = "grey" if self.grey else f"colour ({self.coloured_fraction:.0%} coloured pixels)"
+        return f"a {self.rows}x{self.columns} {kind} {source} image"
+
+
+StageRule = Callable[[ImageFacts], list[str]]
+STAGE_RULES: dict[Stage, StageRule] = {}
+
+
+def stage_rule(stage: Stage) -> Callable[[StageRule], StageRule]:
+    """Decorator: register the input check of ``stage`` (returns warnings, raises if refused)."""
+
+    def decorate(rule: StageRule) -> StageRule:
+        STAGE_RULES[stage] = rule
+        return rule
+
+    return decorate
+
+
+def parse_stage(value: Stage | str) -> Stage:
+    """``value`` as a ``Stage``; an unknown name lists the valid ones."""
+    try:
+        return Stage(value)
+    except ValueError:
+        valid = ", ".join(s.value for s in Stage)
+        raise WrongStageError(f"unknown stage {value!r}; valid stages: {valid}") from None
+
+
+def image_facts(
+    decoded: DecodedImage, frame_index: int, display: np.ndarray | None = None
+) -> ImageFacts:
+    """Metadata and colour statistics of one frame (``display``: that frame, if at hand)."""
+    meta = decoded.metadata
+    if display is None:
+        display = decoded.display(frame_index)  # (H, W) or (H, W, 3) in [0, 1]
+    coloured, max_chroma = 0.0, 0.0
+    if display.ndim == 3:
+        step = max(1, max(display.shape[:2]) // SAMPLE_SIDE)
+        sample = display[::step, ::step]  # (h, w, 3)
+        chroma = sample.max(axis=2) - sample.min(axis=2)  # (h, w)
+        coloured = float(np.mean(chroma > CHROMA_COLOURED))
+        max_chroma = float(chroma.max())
+    return ImageFacts(
+        format=meta.format,
+        modality=(meta.modality or "").upper(),
+        rows=int(display.shape[0]),
+        columns=int(display.shape[1]),
+        colour=display.ndim == 3,
+        coloured_fraction=coloured,
+        max_chroma=max_chroma,
+    )
+
+
+def _refuse(stage: Stage, facts: ImageFacts, rule: str) -> WrongStageError:
+    return WrongStageError(
+        f"{facts.describe()} does not fit stage {stage.value}: {rule}",
+        stage=stage.value,
+        modality=facts.modality or None,
+        rows=facts.rows,
+        columns=facts.columns,
+    )
+
+
+def _modality(
+    stage: Stage, facts: ImageFacts, accepted: set[str], warned: set[str]
+) -> tuple[bool, list[str]]:
+    """``(decided, warnings)``: True when the modality alone accepts the image."""
+    modality = facts.modality
+    if modality in accepted:
+        return True, []
+    if modality in warned:
+        return True, [f"DICOM modality {modality} analysed as {stage.value}"]
+    if modality in NEUTRAL_MODALITIES:
+        return False, []
+    expected = ", ".join(sorted(accepted | warned))
+    rule = f"{stage.value} takes DICOM modality {expected}, not {modality}"
+    raise _refuse(stage, facts, rule)
+
+
+@stage_rule(Stage.MAMMOGRAPHY)
+def _mammography(facts: ImageFacts) -> list[str]:
+    decided, warnings = _modality(Stage.MAMMOGRAPHY, facts, {"MG"}, {"DX", "CR"})
+    if decided:
+        return warnings
+    if facts.min_side < 128:
+        raise _refuse(Stage.MAMMOGRAPHY, facts, "mammograms are at least 128 px a side")
+    if facts.colour and facts.coloured_fraction > 0.25:
+        raise _refuse(Stage.MAMMOGRAPHY, facts, "mammograms are greyscale")
+    return warnings
+
+
+@stage_rule(Stage.ULTRASOUND)
+def _ultrasound(facts: ImageFacts) -> list[str]:
+    decided, warnings = _modality(Stage.ULTRASOUND, facts, {"US"}, set())
+    if decided:
+        return warnings
+    if facts.min_side < 64:
+        raise _refuse(Stage.ULTRASOUND, facts, "ultrasound frames are at least 64 px a side")
+    if facts.colour and facts.coloured_fraction > 0.35:
+        raise _refuse(Stage.ULTRASOUND, facts, "ultrasound frames are mostly greyscale")
+    return warnings
+
+
+@stage_rule(Stage.HISTOPATHOLOGY)
+def _histopathology(facts: ImageFacts) -> list[str]:
+    _, warnings = _modality(Stage.HISTOPATHOLOGY, facts, {"SM", "GM"}, {"XC"})
+    if facts.grey:
+        raise _refuse(Stage.HISTOPATHOLOGY, facts, "H&E-stained tissue is a colour image")
+    return warnings
+
+
+def check_stage(
+    stage: Stage, decoded: DecodedImage, frame_index: int, display: np.ndarray | None = None
+) -> list[str]:
+    """Run the stage's rule on one frame; returns warnings, raises ``WrongStageError``."""
+    rule = STAGE_RULES.get(stage)
+    if rule is None:  # every Stage has a rule; a new Stage without one is refused, not guessed
+        valid = ", ".join(sorted(s.value for s in STAGE_RULES))
+        raise WrongStageError(f"no input rule for stage {stage.value!r}; rules exist for {valid}")
+    warnings = rule(image_facts(decoded, frame_index, display))
+    if decoded.frames > 1:
+        warnings.append(f"multi-frame input: frame {frame_index} of {decoded.frames} analysed")
+    return warnings

@@ -1,0 +1,373 @@
+"""The model card draft of an exported run, from what the trainer saved beside ``best.pt``.
+
+Sources: the checkpoint (resolved config, git commit, weights -> parameter count), ``metrics.json``
+(temperature fitted on validation, test metrics with bootstrap 95 % intervals), ``split.json``
+(sha256 of the file, class counts of the test side), ``history.csv`` (training time) and the
+parity figures measured at export. Data provenance cites the releases named in
+``../shared/data/README.md``; a run on data from ``training.data.synthetic`` (a ``SYNTHETIC.json``
+beside the data) is carded as synthetic instead.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+import math
+import re
+from collections import Counter
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import ValidationError
+
+from models_registry.card import (
+    DEFAULT_INTENDED_USE,
+    DEFAULT_LIMITATIONS,
+    Activation,
+    Architecture,
+    Calibration,
+    CardDraft,
+    DataSource,
+    EvaluationProtocol,
+    EvaluationSet,
+    Fp16Export,
+    InputSpec,
+    Metric,
+    OnnxExport,
+    OutputRole,
+    OutputSpec,
+    Stage,
+    Thresholds,
+    Training,
+)
+from models_registry.card import Task as CardTask
+from training.config import Protocol, Task
+from training.export import BATCH_DIM, INPUT_NAME, SPLIT_FILE, TrainedRun
+from training.parity import ExportError, ParityReport
+
+logger = logging.getLogger(__name__)
+
+METRICS_FILE = "metrics.json"
+HISTORY_FILE = "history.csv"
+SYNTHETIC_MARKER = "SYNTHETIC.json"
+_COMMIT = re.compile(r"(?:^|-g)([0-9a-f]{7,40})(-dirty)?$")  # "<hash>" or "<tag>-<n>-g<hash>"
+
+DATASET_NAMES = {
+    "busi": "BUSI",
+    "idc": "IDC",
+    "mias": "mini-MIAS",
+    "cbis_ddsm": "CBIS-DDSM",
+    "cbis_ddsm_jpeg": "CBIS-DDSM",
+}
+SOURCES = {
+    "busi": DataSource(
+        name="BUSI",
+        licence="research use, as released with the Data in Brief article",
+        citation='Al-Dhabyani W., Gomaa M., Khaled H., Fahmy A. "Dataset of breast ultrasound '
+        'images", Data in Brief 28 (2020) 104863',
+        url="https://doi.org/10.1016/j.dib.2019.104863",
+    ),
+    "idc": DataSource(
+        name="IDC (breast histopathology, IDC_regular_ps50_idx5)",
+        licence="research use, as released by the authors",
+        citation='Janowczyk A., Madabhushi A. "Deep learning for digital pathology image '
+        'analysis: a comprehensive tutorial with selected use cases", J Pathol Inform 7:29 '
+        "(2016); Cruz-Roa A. et al., SPIE Medical Imaging 2014",
+        url="https://doi.org/10.4103/2153-3539.186902",
+    ),
+    "mias": DataSource(
+        name="mini-MIAS",
+        licence="MIAS licence agreement: research use only",
+        citation='Suckling J. et al. "The Mammographic Image Analysis Society digital mammogram '
+        'database", Exerpta Medica, International Congress Series 1069 (1994) 375-378',
+    ),
+    "cbis_ddsm": DataSource(
+        name="CBIS-DDSM",
+        licence="CC BY 3.0 (The Cancer Imaging Archive)",
+        citation='Lee R.S. et al. "A curated mammography data set for use in computer-aided '
+        'detection and diagnosis research", Scientific Data 4 (2017) 170177',
+        url="https://doi.org/10.1038/sdata.2017.177",
+    ),
+}
+STAGE_USE = {
+    "mammography": "segmenting suspicious masses on mammograms and scoring their malignancy",
+    "ultrasound": "segmenting lesions on breast ultrasound images and scoring their malignancy",
+    "histopathology": "scoring invasive ductal carcinoma on H&E-stained breast tissue patches",
+}
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ExportError(f"the run folder has no {path.name}; the card needs it")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ExportError(f"{path.name} is not readable JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ExportError(f"{path.name} must hold a JSON object")
+    return data
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def is_synthetic(run: TrainedRun) -> bool:
+    """True when the training data came from ``training.data.synthetic`` (marker file)."""
+    root = Path(run.config.data.root)
+    return any((folder / SYNTHETIC_MARKER).is_file() for folder in (root, root.parent))
+
+
+def _dataset_name(run: TrainedRun) -> str:
+    name = DATASET_NAMES.get(run.config.data.dataset.value, run.config.data.dataset.value)
+    return f"{name} (synthetic)" if is_synthetic(run) else name
+
+
+def _protocol(run: TrainedRun) -> EvaluationProtocol:
+    if run.config.data.protocol is Protocol.PAPER:
+        return EvaluationProtocol.PAPER
+    return EvaluationProtocol.LEAKAGE_SAFE
+
+
+def _outputs(run: TrainedRun) -> list[OutputSpec]:
+    h, w = run.config.preprocess.input_size
+    if run.config.task is Task.SEGMENTATION:
+        return [
+            OutputSpec(
+                name="mask_logits",
+                role=OutputRole.MASK,
+                meaning="per-pixel lesion logit at the model input size",
+                shape=[BATCH_DIM, 1, h, w],
+                activation=Activation.SIGMOID,
+            ),
+            OutputSpec(
+                name="malignancy_logit",
+                role=OutputRole.MALIGNANCY,
+                meaning="per-image malignancy logit (divide by the calibration temperature)",
+                shape=[BATCH_DIM, 1],
+                activation=Activation.SIGMOID,
+            ),
+        ]
+    return [
+        OutputSpec(
+            name="class_logits",
+            role=OutputRole.CLASS_LOGITS,
+            meaning="per-image logits over labels; the last label is the malignant class",
+            shape=[BATCH_DIM, run.config.num_classes],
+            activation=Activation.SOFTMAX,
+        )
+    ]
+
+
+def _labels(run: TrainedRun) -> list[str]:
+    if run.config.task is Task.CLASSIFICATION and run.config.data.dataset.value == "idc":
+        return ["non_idc", "idc"]
+    return ["benign", "malignant"]
+
+
+def _evaluation_set(run: TrainedRun, split: str = "test") -> EvaluationSet:
+    path = run.run_dir / SPLIT_FILE
+    document = _read_json(path)
+    samples, entries = document.get("samples", {}), document.get("entries", [])
+    counts = Counter(
+        str(samples.get(e.get("sample_id"), {}).get("class_name", "unknown"))
+        for e in entries
+        if e.get("split") == split
+    )
+    if not counts:
+        raise ExportError(f"{SPLIT_FILE} has no {split!r} entries; the card needs its test set")
+    data = run.config.data
+    fractions = data.fractions
+    return EvaluationSet(
+        dataset=_dataset_name(run),
+        split=split,
+        protocol=_protocol(run),
+        data_root=f"{data.root} ({data.dataset.value} reader; split seed {data.seed}, fractions "
+        f"{fractions.train}/{fractions.val}/{fractions.test})",
+        split_file=SPLIT_FILE,
+        split_file_sha256=_sha256(path),
+        unit="image copies" if data.protocol is Protocol.PAPER else "images",
+        class_counts=dict(sorted(counts.items())),
+    )
+
+
+def _metric(name: str, entry: Any, evaluation: EvaluationSet) -> Metric | None:
+    """One ``metrics.json`` test entry ``{value, ci_low, ci_high, n}``; None if not finite."""
+    if not isinstance(entry, dict) or not entry.get("n"):
+        return None
+    value, low, high = (_number(entry.get(k)) for k in ("value", "ci_low", "ci_high"))
+    if value is None:
+        return None
+    interval = low is not None and high is not None and low <= value <= high
+    return Metric(
+        name=name,
+        value=value,
+        ci_low=low if interval else None,
+        ci_high=high if interval else None,
+        n=int(entry["n"]),
+        dataset=evaluation.dataset,
+        split=evaluation.split,
+        protocol=evaluation.protocol,
+    )
+
+
+def _number(value: Any) -> float | None:
+    """``value`` as a finite float; None for null, NaN, infinities and non-numbers."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def _metrics(report: dict[str, Any], evaluation: EvaluationSet) -> list[Metric]:
+    test = report.get("test")
+    if not isinstance(test, dict):
+        raise ExportError(f"{METRICS_FILE} has no test section; evaluate on a test split first")
+    found = [_metric(name, entry, evaluation) for name, entry in test.items()]
+    return [m for m in found if m is not None]
+
+
+def _duration(run: TrainedRun) -> float:
+    """Sum of the epochs' ``seconds`` in ``history.csv`` (0 when the file is absent)."""
+    path = run.run_dir / HISTORY_FILE
+    if not path.is_file():
+        return 0.0
+    with path.open(newline="", encoding="utf-8") as handle:
+        return float(sum(float(row.get("seconds") or 0.0) for row in csv.DictReader(handle)))
+
+
+def _commit(text: Any) -> str:
+    """The commit hash (``-dirty`` kept) of ``git describe`` output, tags stripped."""
+    found = _COMMIT.search(str(text or ""))
+    if found is None:
+        raise ExportError(
+            f"the checkpoint records no git commit ({text!r}); a card names the code that "
+            "trained the model (train from a git checkout)"
+        )
+    return found.group(1) + (found.group(2) or "")
+
+
+def _training(run: TrainedRun, report: dict[str, Any]) -> Training:
+    commit = _commit(run.state.get("git_commit") or report.get("git_commit"))
+    hardware = run.state.get("hardware") or (
+        f"not recorded by the trainer (config device: {run.config.device.value})"
+    )
+    date = datetime.fromtimestamp(run.checkpoint.stat().st_mtime, UTC)
+    return Training(
+        config=run.config.model_dump(mode="json"),
+        git_commit=commit,
+        date=date,
+        seed=run.config.seed,
+        hardware=str(hardware),
+        duration_s=round(_duration(run), 3),
+        framework=f"torch {torch.__version__}",
+    )
+
+
+def _provenance(run: TrainedRun) -> list[DataSource]:
+    dataset = run.config.data.dataset.value
+    if is_synthetic(run):
+        return [
+            DataSource(
+                name=f"synthetic {DATASET_NAMES.get(dataset, dataset)}-like images",
+                licence="generated by breastdx (Apache-2.0)",
+                citation=f"breastdx training.data.synthetic, {dataset} layout",
+            )
+        ]
+    key = "cbis_ddsm" if dataset.startswith("cbis_ddsm") else dataset
+    return [SOURCES[key]]
+
+
+def _limitations(run: TrainedRun) -> list[str]:
+    items = list(DEFAULT_LIMITATIONS)
+    if run.config.data.protocol is Protocol.PAPER:
+        items.append(
+            "Evaluated under the paper's protocol only: augmented copies of one image lie on "
+            "both sides of the split, so the test figures are optimistic."
+        )
+    if is_synthetic(run):
+        items.append("Trained on synthetic images: a test artefact, not a usable model.")
+    return items
+
+
+def _architecture(run: TrainedRun) -> Architecture:
+    spec = run.model.config
+    return Architecture(
+        name=spec.name,
+        width=spec.width,
+        parameters=sum(p.numel() for p in run.model.parameters()),
+        options={"in_channels": spec.in_channels, **dict(spec.options)},
+    )
+
+
+def build_card_draft(
+    run: TrainedRun,
+    *,
+    parity: ParityReport,
+    fp16_parity: ParityReport | None,
+    opset: int,
+    thresholds: Thresholds,
+    name: str | None = None,
+) -> CardDraft:
+    """The card draft of ``run`` with the export's parity figures.
+
+    Raises:
+        ExportError: the run folder lacks what the card needs, or the draft does not validate.
+    """
+    try:
+        return _draft(run, parity, fp16_parity, opset, thresholds, name)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or '(card)'}: {e['msg']}" for e in exc.errors()[:5]
+        )
+        raise ExportError(f"the model card draft does not validate: {problems}") from exc
+
+
+def _draft(
+    run: TrainedRun,
+    parity: ParityReport,
+    fp16_parity: ParityReport | None,
+    opset: int,
+    thresholds: Thresholds,
+    name: str | None,
+) -> CardDraft:
+    pre = run.config.preprocess
+    report = _read_json(run.run_dir / METRICS_FILE)
+    evaluation = _evaluation_set(run)
+    temperature = _number(report.get("temperature"))
+    fitted = temperature is not None and temperature > 0
+    fp16 = Fp16Export(parity=fp16_parity.to_card()) if fp16_parity is not None else None
+    return CardDraft(
+        name=name,
+        stage=Stage(run.config.stage.value),
+        task=CardTask(run.config.task.value),
+        architecture=_architecture(run),
+        input=InputSpec(
+            name=INPUT_NAME,
+            channels=pre.channels,
+            size=pre.input_size,
+            batch=BATCH_DIM,
+            preprocess=pre.model_dump(mode="json"),
+        ),
+        outputs=_outputs(run),
+        labels=_labels(run),
+        thresholds=thresholds,
+        calibration=Calibration(
+            temperature=temperature if temperature is not None and fitted else 1.0,
+            fitted_on=f"{evaluation.dataset} val, {evaluation.protocol.value}" if fitted else None,
+        ),
+        metrics=_metrics(report, evaluation),
+        evaluation_sets=[evaluation],
+        training=_training(run, report),
+        provenance=_provenance(run),
+        intended_use=DEFAULT_INTENDED_USE.replace(
+            "locating suspicious lesions and scoring malignancy on breast images",
+            STAGE_USE[run.config.stage.value],
+        ),
+        limitations=_limitations(run),
+        parity=parity.to_card(),
+        onnx=OnnxExport(opset=opset, fp16=fp16),
+    )

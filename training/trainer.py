@@ -103,14 +103,18 @@ def resolve_device(device: Device) -> torch.device:
 def _loader(
     data: Dataset[dict[str, Any]], config: TrainConfig, shuffle: torch.Generator | None
 ) -> DataLoader[dict[str, Any]]:
+    training = shuffle is not None
+    # Training drops a ragged last batch: a batch of one breaks BatchNorm (e.g. DeepLabV3's
+    # image-pooling branch); kept when the whole set is smaller than one batch.
+    drop_last = training and len(data) > config.optim.batch_size  # type: ignore[arg-type]
     return DataLoader(
         data,
         batch_size=config.optim.batch_size,
-        shuffle=shuffle is not None,
+        shuffle=training,
         generator=shuffle,
         num_workers=config.num_workers,
         pin_memory=config.device is not Device.CPU and torch.cuda.is_available(),
-        drop_last=False,
+        drop_last=drop_last,
     )
 
 

@@ -83,7 +83,7 @@ PRESETS: dict[Scale, dict[Modality, ScalePreset]] = {
             widths={"unet": 16, "resunetpp": 8},
             substitutes={"deeplabv3": "deeplabv3_mobilenet"},
         ),
-        Modality.HISTOPATHOLOGY: ScalePreset(48, 2, 64, 2, max_samples=800),
+        Modality.HISTOPATHOLOGY: ScalePreset(48, 2, 16, 2, max_samples=800),
     },
     Scale.FULL: {
         Modality.ULTRASOUND: ScalePreset(256, 60, 8, 10, widths={"unet": 64, "resunetpp": 16}),

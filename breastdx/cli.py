@@ -35,6 +35,15 @@ COMMANDS: dict[str, Command] = {
     "serve": Command(
         "service.cli:serve_main", "run the HTTP API (in process, or queued with Redis)"
     ),
+    "worker": Command("service.cli_worker:main", "run a queue worker for the stage queues"),
+    "api-keys": Command("service.cli_keys:main", "create, list and revoke API keys"),
+    "dicom-listener": Command(
+        "service.cli_dicom:listener_main", "receive DICOM images (C-STORE), send SEG/SR/SC back"
+    ),
+    "dicom-deadletter": Command(
+        "service.cli_dicom:deadletter_main", "list or replay undelivered DICOM results"
+    ),
+    "pacs": Command("service.cli_pacs:main", "pull a study over DICOMweb, analyse, store back"),
 }
 
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Self
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from imaging.limits import DEFAULT_MAX_PIXELS
@@ -14,7 +15,8 @@ from imaging.limits import DEFAULT_MAX_PIXELS
 class Settings(BaseSettings):
     """Read once per process through :func:`get_settings`.
 
-    ``redis_url`` unset means in-process execution (no queue); set, jobs go to RQ workers.
+    ``redis_url`` unset means in-process execution (a thread pool in the API process, jobs in
+    memory); set, jobs go to per-stage RQ queues served by ``breastdx worker`` processes.
     """
 
     model_config = SettingsConfigDict(env_prefix="BREASTDX_", env_file=None, extra="ignore")
@@ -23,11 +25,60 @@ class Settings(BaseSettings):
         default=None, description="redis://host:port/db; unset: in process"
     )
     model_store: Path = Field(default=Path("models_registry/store"), description="registry root")
-    max_upload_bytes: int = Field(default=200 * 1024 * 1024, gt=0)
+    max_upload_bytes: int = Field(default=200 * 1024 * 1024, gt=0, description="whole request")
     max_pixels: int = Field(default=DEFAULT_MAX_PIXELS, gt=0)
+    max_files: int = Field(default=256, ge=1, description="images in one request")
     allow_anonymous: bool = Field(default=False, description="serve requests without an API key")
+    api_keys_file: Path = Field(
+        default=Path("var/api-keys.json"), description="hashed API keys when Redis is not set"
+    )
+    rate_limit_requests: int = Field(default=120, ge=0, description="per key and window; 0: off")
+    rate_limit_window_s: int = Field(default=60, ge=1)
     cors_origins: list[str] = Field(default_factory=list, description="CORS closed when empty")
     log_level: str = Field(default="INFO")
+
+    namespace: str = Field(
+        default="breastdx",
+        pattern=r"^[a-z0-9][a-z0-9_-]{0,31}$",
+        description="prefix of queue names and Redis keys",
+    )
+    job_timeout_s: int = Field(default=300, ge=1, description="one attempt of a job, queued mode")
+    result_ttl_s: int = Field(default=24 * 3600, ge=1, description="succeeded jobs and results")
+    failure_ttl_s: int = Field(default=7 * 24 * 3600, ge=1, description="failed jobs")
+    upload_ttl_s: int = Field(default=3600, ge=1, description="uploaded bytes at the latest")
+    retry_max: int = Field(default=3, ge=0, description="retries of transient failures")
+    retry_intervals_s: list[int] = Field(default_factory=lambda: [1, 5, 15])
+    lease_ttl_s: int = Field(
+        default=30, ge=2, description="a running job whose worker stops renewing is abandoned"
+    )
+    max_wait_s: int = Field(default=60, ge=0, description="cap of 'Prefer: wait=N'")
+    inprocess_workers: int = Field(default=2, ge=1, description="threads, in-process mode")
+    inprocess_max_pending: int = Field(default=32, ge=1, description="jobs, in-process mode")
+    ort_threads: int = Field(default=0, ge=0, description="ONNX Runtime intra-op threads; 0: auto")
+    worker_ttl_s: int = Field(default=60, ge=20, description="RQ worker heartbeat TTL")
+    maintenance_interval_s: int = Field(
+        default=60, ge=1, description="RQ registry cleanup and abandoned-job checks in workers"
+    )
+    hook_modules: list[str] = Field(
+        default_factory=lambda: ["service.dicom.delivery"],
+        description="modules that register post-success hooks on import (JSON list in env)",
+    )
+    redis_retry_after_s: int = Field(default=5, ge=1, description="Retry-After when Redis is down")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        if self.upload_ttl_s < self.job_timeout_s:
+            raise ValueError(
+                "upload_ttl_s must be at least job_timeout_s: uploads must outlive an attempt"
+            )
+        if any(i < 0 for i in self.retry_intervals_s):
+            raise ValueError("retry_intervals_s must be >= 0 seconds each")
+        return self
+
+    @property
+    def queued(self) -> bool:
+        """True when jobs go to RQ workers (Redis configured)."""
+        return bool(self.redis_url)
 
 
 @lru_cache(maxsize=1)

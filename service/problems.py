@@ -18,17 +18,30 @@ PROBLEM_MEDIA_TYPE = "application/problem+json"
 TYPE_PREFIX = "urn:breastdx:problem:"
 
 
-def problem_response(status: int, code: str, title: str, detail: str, **extra: Any) -> JSONResponse:
+def problem_response(
+    status: int,
+    code: str,
+    title: str,
+    detail: str,
+    *,
+    headers: dict[str, str] | None = None,
+    **extra: Any,
+) -> JSONResponse:
     """A ``application/problem+json`` response with a stable ``type`` per error code."""
     body = {"type": TYPE_PREFIX + code, "title": title, "status": status, "detail": detail, **extra}
-    headers = {"Retry-After": str(extra["retry_after"])} if "retry_after" in extra else None
+    headers = dict(headers or {})
+    if "retry_after" in extra:
+        headers["Retry-After"] = str(extra["retry_after"])
     return JSONResponse(body, status_code=status, media_type=PROBLEM_MEDIA_TYPE, headers=headers)
 
 
 async def _breastdx_error(request: Request, exc: Exception) -> JSONResponse:
     if not isinstance(exc, BreastdxError):  # pragma: no cover - registered for this class only
         raise exc
-    return problem_response(exc.http_status, exc.code, exc.title, exc.message, **exc.context)
+    headers: dict[str, str] | None = getattr(exc, "headers", None)  # e.g. WWW-Authenticate
+    return problem_response(
+        exc.http_status, exc.code, exc.title, exc.message, headers=headers, **exc.context
+    )
 
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:

@@ -1,10 +1,32 @@
-"""Readiness checks shared by ``/readyz`` and the CLI."""
+"""Readiness checks shared by ``/readyz`` and the CLI.
+
+- ``models``: every stage's served model resolves, and each served version passes the
+  registry's verify (card, preprocessing, sha256, ONNX Runtime load, input/output contract);
+  a version verified once is not verified again by this process.
+- ``queue``: Redis answers (queued mode), or in-process execution.
+- ``workers``: at least one live ``breastdx worker`` listens on the queue of each stage that
+  has a model (RQ's worker registry), queued mode only.
+"""
 
 from __future__ import annotations
 
+import threading
+
+import redis
 from pydantic import BaseModel
 
+from models_registry.card import Stage
+from models_registry.errors import RegistryError
+from models_registry.registry import Registry
 from service.config import Settings
+from service.inference.pipeline import NoModelForStageError
+from service.jobs.backend import service_registry
+from service.jobs.preflight import pin_model
+from service.jobs.queue import live_workers
+from service.jobs.store import redis_client
+
+_VERIFIED: set[tuple[str, str]] = set()  # (ref, sha256) verified by this process
+_LOCK = threading.Lock()
 
 
 class Check(BaseModel):
@@ -18,26 +40,81 @@ class ReadinessReport(BaseModel):
     checks: list[Check]
 
 
-def _check_models(settings: Settings) -> Check:
-    store = settings.model_store
-    onnx_files = sorted(store.rglob("*.onnx")) if store.is_dir() else []
-    if not onnx_files:
-        return Check(name="models", ok=False, detail=f"no ONNX models in the store at {store}")
-    return Check(name="models", ok=True, detail=f"{len(onnx_files)} model file(s) in the store")
+def _verified(registry: Registry, ref: str, sha256: str) -> str | None:
+    """None when ``ref`` verifies (cached per process), else the failed checks."""
+    with _LOCK:
+        if (ref, sha256) in _VERIFIED:
+            return None
+    report = registry.verify(ref)[0]
+    if not report.ok:
+        return "; ".join(f"{c.name}: {c.detail}" for c in report.checks if not c.ok)
+    with _LOCK:
+        _VERIFIED.add((ref, sha256))
+    return None
+
+
+def served_stages(registry: Registry) -> tuple[dict[Stage, str], list[str]]:
+    """``({stage: name@version}, problems)`` for the stages that have a model."""
+    served, problems = {}, []
+    for stage in Stage:
+        try:
+            card = pin_model(stage, registry, None)
+        except NoModelForStageError:
+            continue
+        except RegistryError as exc:
+            problems.append(f"{stage.value}: {exc.message}")
+            continue
+        failure = _verified(registry, card.ref, card.onnx.sha256)
+        if failure:
+            problems.append(f"{card.ref}: {failure}")
+        served[stage] = card.ref
+    return served, problems
+
+
+def _check_models(settings: Settings) -> tuple[Check, list[Stage]]:
+    registry = service_registry(settings)
+    store = registry.stores[0].uri
+    served, problems = served_stages(registry)
+    if not served and not problems:
+        return Check(name="models", ok=False, detail=f"no ONNX models in the store at {store}"), []
+    if problems:
+        return Check(name="models", ok=False, detail="; ".join(problems)), list(served)
+    refs = ", ".join(f"{stage.value}: {ref}" for stage, ref in served.items())
+    return Check(name="models", ok=True, detail=f"verified {refs}"), list(served)
 
 
 def _check_redis(settings: Settings) -> Check:
     if not settings.redis_url:
         return Check(name="queue", ok=True, detail="in-process execution (no Redis configured)")
-    import redis
-
     try:
-        redis.Redis.from_url(settings.redis_url, socket_connect_timeout=1).ping()
+        client = redis_client(settings.redis_url, timeout_s=1)
+        client.ping()
+        client.close()
     except redis.RedisError as exc:
         return Check(name="queue", ok=False, detail=f"Redis unreachable: {type(exc).__name__}")
     return Check(name="queue", ok=True, detail="Redis reachable")
 
 
+def _check_workers(settings: Settings, stages: list[Stage]) -> Check:
+    if not settings.redis_url:
+        return Check(name="workers", ok=True, detail="in-process thread pool")
+    client = redis_client(settings.redis_url, timeout_s=1)
+    try:
+        counts = live_workers(settings, client)
+    finally:
+        client.close()
+    missing = [stage.value for stage in stages if counts[stage] == 0]
+    detail = "workers per stage queue: " + ", ".join(f"{s.value}: {counts[s]}" for s in Stage)
+    if missing:
+        return Check(
+            name="workers", ok=False, detail=f"no worker for {', '.join(missing)}; {detail}"
+        )
+    return Check(name="workers", ok=True, detail=detail)
+
+
 def readiness_report(settings: Settings) -> ReadinessReport:
-    checks = [_check_models(settings), _check_redis(settings)]
+    models, stages = _check_models(settings)
+    checks = [models, _check_redis(settings)]
+    if checks[-1].ok:
+        checks.append(_check_workers(settings, stages))
     return ReadinessReport(ready=all(c.ok for c in checks), checks=checks)

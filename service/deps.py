@@ -1,0 +1,112 @@
+"""FastAPI dependencies as ``Annotated`` aliases: settings, registry, job store, the caller.
+
+``ApiKeyDep`` authenticates (``X-API-Key: <key>`` or ``Authorization: Bearer <key>``; anonymous
+only with ``allow_anonymous``) and counts the request against the caller's rate limit;
+``require_scope(...)`` adds the scope check of a route.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Annotated
+
+from fastapi import Depends, Header, Request
+
+from models_registry.registry import Registry
+from service.config import Settings
+from service.errors import AuthenticationRequiredError, InsufficientScopeError
+from service.jobs.backend import Backend, get_backend
+from service.jobs.store import JobStore
+from service.security.keys import ANONYMOUS, Principal, key_store, principal_of, verify_key
+from service.security.ratelimit import RateLimiter
+
+logger = logging.getLogger(__name__)
+
+
+def _settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+SettingsDep = Annotated[Settings, Depends(_settings)]
+
+
+def _backend(settings: SettingsDep) -> Backend:
+    return get_backend(settings)
+
+
+BackendDep = Annotated[Backend, Depends(_backend)]
+
+
+def _registry(backend: BackendDep) -> Registry:
+    return backend.registry
+
+
+def _job_store(backend: BackendDep) -> JobStore:
+    return backend.store
+
+
+RegistryDep = Annotated[Registry, Depends(_registry)]
+JobStoreDep = Annotated[JobStore, Depends(_job_store)]
+
+
+def _presented_key(x_api_key: str | None, authorization: str | None) -> str | None:
+    if x_api_key:
+        return x_api_key
+    if authorization:
+        scheme, _, credentials = authorization.partition(" ")
+        if scheme.lower() == "bearer" and credentials.strip():
+            return credentials.strip()
+    return None
+
+
+def _caller(
+    request: Request,
+    settings: SettingsDep,
+    backend: BackendDep,
+    x_api_key: Annotated[str | None, Header(include_in_schema=False)] = None,
+    authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
+) -> Principal:
+    token = _presented_key(x_api_key, authorization)
+    if token is not None:
+        principal = principal_of(verify_key(key_store(settings, backend.redis), token))
+    elif settings.allow_anonymous:
+        principal = ANONYMOUS
+    else:
+        raise AuthenticationRequiredError(
+            "send an API key as 'X-API-Key: <key>' or 'Authorization: Bearer <key>' "
+            "(create one with 'breastdx api-keys create NAME')"
+        )
+    client = request.client.host if request.client else "unknown"
+    bucket = f"key:{principal.key_id}" if principal.key_id else f"anon:{client}"
+    limiter = RateLimiter(
+        backend.store.kv,
+        settings.namespace,
+        settings.rate_limit_requests,
+        settings.rate_limit_window_s,
+    )
+    limiter.hit(bucket)
+    request.state.api_key_id = principal.key_id
+    return principal
+
+
+ApiKeyDep = Annotated[Principal, Depends(_caller)]
+
+
+def require_scope(scope: str) -> Callable[[Principal], Principal]:
+    """A dependency that lets through callers whose key has ``scope``."""
+
+    def check(principal: ApiKeyDep) -> Principal:
+        if scope not in principal.scopes:
+            raise InsufficientScopeError(
+                f"this API key lacks the scope {scope!r}", required_scope=scope
+            )
+        return principal
+
+    return check
+
+
+CanSubmit = Annotated[Principal, Depends(require_scope("analyses:write"))]
+CanRead = Annotated[Principal, Depends(require_scope("analyses:read"))]
+CanReadModels = Annotated[Principal, Depends(require_scope("models:read"))]

@@ -1,0 +1,104 @@
+"""Where jobs go: the job store, the registry and the dispatcher for one ``Settings``.
+
+Queued mode (``redis_url`` set): the Redis job store, jobs enqueued on the per-stage RQ queues.
+In-process mode: a memory store and :class:`InProcessExecutor`. One backend per settings object
+and process (the API, each worker, the DICOM listener), made on first use.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+
+import redis
+
+from models_registry.registry import Registry
+from service.config import Settings
+from service.jobs import queue
+from service.jobs.execute import Attempt, execute
+from service.jobs.inprocess import InProcessExecutor
+from service.jobs.state import JobRecord
+from service.jobs.store import JobStore, MemoryKeyValue, RedisKeyValue, Ttls, redis_client
+
+
+def service_registry(settings: Settings) -> Registry:
+    """The service's model stores: ``BREASTDX_MODEL_STORE`` if set, else the shipped store,
+    then ``$BREASTDX_EXTRA_MODEL_STORES``."""
+    primary = settings.model_store if "model_store" in settings.model_fields_set else None
+    return Registry.default(primary)
+
+
+@dataclass
+class Backend:
+    """The store, the registry and how a job is dispatched, for one settings object."""
+
+    settings: Settings
+    store: JobStore
+    registry: Registry
+    redis: redis.Redis | None = None
+    executor: InProcessExecutor | None = field(default=None, repr=False)
+
+    def reserve(self) -> None:
+        """Refuse early when the in-process pool is full (queued mode: nothing to reserve)."""
+        if self.executor is not None:
+            self.executor.reserve()
+
+    def release(self) -> None:
+        if self.executor is not None:
+            self.executor.release()
+
+    def dispatch(self, record: JobRecord) -> None:
+        """Enqueue the stored job on its stage queue, or run it on the in-process pool."""
+        if self.redis is not None:
+            queue.enqueue(self.settings, self.redis, record)
+        elif self.executor is not None:
+            self.executor.submit(record.id)
+
+    def run_attempt(self, job_id: str, attempt: Attempt) -> object:
+        return execute(
+            job_id,
+            store=self.store,
+            registry=self.registry,
+            settings=self.settings,
+            attempt=attempt,
+        )
+
+    def close(self) -> None:
+        if self.executor is not None:
+            self.executor.shutdown()
+        if self.redis is not None:
+            self.redis.close()
+
+
+_BACKENDS: dict[int, tuple[Settings, Backend]] = {}
+_LOCK = threading.Lock()
+
+
+def _make(settings: Settings) -> Backend:
+    ttls = Ttls.from_settings(settings)
+    registry = service_registry(settings)
+    if settings.redis_url:
+        client = redis_client(settings.redis_url)
+        kv = RedisKeyValue(client, settings.redis_retry_after_s)
+        return Backend(settings, JobStore(kv, settings.namespace, ttls), registry, redis=client)
+    backend = Backend(settings, JobStore(MemoryKeyValue(), settings.namespace, ttls), registry)
+    backend.executor = InProcessExecutor(settings, backend.run_attempt)
+    return backend
+
+
+def get_backend(settings: Settings) -> Backend:
+    """The backend of ``settings`` in this process, made on first use."""
+    with _LOCK:
+        entry = _BACKENDS.get(id(settings))
+        if entry is None or entry[0] is not settings:
+            entry = (settings, _make(settings))
+            _BACKENDS[id(settings)] = entry
+        return entry[1]
+
+
+def close_backend(settings: Settings) -> None:
+    """Stop the in-process pool and close Redis connections of ``settings``' backend."""
+    with _LOCK:
+        entry = _BACKENDS.pop(id(settings), None)
+    if entry is not None:
+        entry[1].close()

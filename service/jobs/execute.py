@@ -1,0 +1,204 @@
+"""One attempt at a job, the same in an RQ worker and in the in-process thread pool.
+
+``execute`` reads the record and the uploaded bytes, runs ``service.inference.analyse_each`` (the
+code ``breastdx predict`` runs) on the pinned model, stores the results and the two PNGs per
+input, marks the job ``succeeded``, deletes the uploads and runs the post-success hooks. On a
+failure it records why and re-raises: a transient one (Redis, OSError, a 5xx error of the
+registry) sends the job back to ``queued`` while retries remain; anything else (an input error,
+a timeout, a bug) fails it for good and deletes the uploads.
+
+Order matters for the abandoned-job check (``service.jobs.reconcile``): the lease is taken before
+the record says ``running``, and the record is final (or queued again) before the lease is
+dropped, so "running without a lease" means the worker is gone.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+from rq.timeouts import JobTimeoutException
+
+from breastdx.errors import BreastdxError
+from models_registry.registry import Registry
+from service.config import Settings
+from service.errors import JobNotFoundError
+from service.inference import Analysis, RunnerOptions, analyse_each
+from service.inference.render import mask_png, overlay_png
+from service.jobs.hooks import run_hooks
+from service.jobs.state import JobError, JobRecord, JobState, utcnow
+from service.jobs.store import JobStore
+from service.observability import log_context, observe_job
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """Who runs this attempt, how many retries remain after it, its time limit (if any)."""
+
+    worker: str
+    retries_left: int
+    timeout_s: float | None = None
+
+
+def runner_options(settings: Settings) -> RunnerOptions:
+    """The session options every job and the worker's warm-up use (one cached session)."""
+    return RunnerOptions(intra_op_threads=settings.ort_threads)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Worth another attempt: the store, the file system or the registry may recover."""
+    if isinstance(exc, BreastdxError):
+        return exc.http_status >= 500
+    return isinstance(exc, redis.RedisError | OSError)
+
+
+def job_error(exc: BaseException, timeout_s: float | None = None) -> JobError:
+    """What the record says about a failed attempt; no paths, names or identifiers."""
+    transient = is_transient(exc)
+    if isinstance(exc, JobTimeoutException):
+        detail = f"the analysis took longer than the {timeout_s or '?'} s limit"
+        return JobError(code="job_timeout", title="Analysis timed out", detail=detail)
+    if isinstance(exc, BreastdxError):
+        return JobError.from_error(exc, retryable=transient)
+    if transient:
+        detail = f"a transient {type(exc).__name__} interrupted the analysis"
+        return JobError(
+            code="transient_error", title="Transient failure", detail=detail, retryable=True
+        )
+    detail = f"an unexpected {type(exc).__name__} stopped the analysis"
+    return JobError(code="internal_error", title="Internal error", detail=detail)
+
+
+def execute(
+    job_id: str, *, store: JobStore, registry: Registry, settings: Settings, attempt: Attempt
+) -> dict[str, Any]:
+    """Run one attempt; returns a small summary (ids and counts, never arrays)."""
+    record = store.get(job_id)
+    if record is None:
+        raise JobNotFoundError(f"job {job_id} expired before it ran", job_id=job_id)
+    with log_context(job_id=job_id, model=record.model_ref):
+        return _attempt(record, store, registry, settings, attempt)
+
+
+def _attempt(
+    record: JobRecord, store: JobStore, registry: Registry, settings: Settings, attempt: Attempt
+) -> dict[str, Any]:
+    if record.state.final:
+        logger.warning(
+            "job already %s; not run again", record.state.value, extra=record.log_extra()
+        )
+        return {"job_id": record.id, "state": record.state.value}
+    store.renew_lease(record.id, attempt.worker)
+    record = record.model_copy(
+        update={
+            "state": JobState.RUNNING,
+            "attempts": record.attempts + 1,
+            "started_at": utcnow(),
+            "worker": attempt.worker,
+        }
+    )
+    store.save(record)
+    logger.info("job started (attempt %d)", record.attempts, extra=record.log_extra())
+    try:
+        analyses = _analyse(record, store.inputs(record), registry, settings)
+        current = _succeed(record, analyses, store)
+    except Exception as exc:
+        _fail(record, exc, attempt, store)
+        raise
+    finally:
+        store.drop_lease(record.id)
+    if current and record.after:
+        hooks = run_hooks(record, analyses)
+        latest = store.get(record.id)
+        if latest is not None:
+            store.save(latest.model_copy(update={"hooks": hooks}))
+    return {"job_id": record.id, "state": JobState.SUCCEEDED.value, "results": len(analyses)}
+
+
+def _elapsed_s(record: JobRecord) -> float:
+    return (utcnow() - record.created_at).total_seconds()
+
+
+def _analyse(
+    record: JobRecord, inputs: list[bytes], registry: Registry, settings: Settings
+) -> list[Analysis]:
+    outcomes = analyse_each(
+        record.stage,
+        inputs,
+        registry=registry,
+        model_ref=record.model_ref,
+        options=runner_options(settings),
+        max_pixels=settings.max_pixels,
+    )
+    for index, outcome in enumerate(outcomes):
+        if isinstance(outcome, BreastdxError):  # the first refused input fails the job
+            outcome.context["input_index"] = index
+            raise outcome
+    return [o for o in outcomes if isinstance(o, Analysis)]
+
+
+def _current(record: JobRecord, store: JobStore) -> bool:
+    """False when another attempt took the job over (this one was presumed lost)."""
+    latest = store.get(record.id)
+    if latest is None or latest.attempts != record.attempts or latest.state.final:
+        logger.warning("stale attempt %d; not recorded", record.attempts, extra=record.log_extra())
+        return False
+    return True
+
+
+def _succeed(record: JobRecord, analyses: list[Analysis], store: JobStore) -> bool:
+    results = [a.result.model_dump_json() for a in analyses]
+    store.put_results(
+        record.id, results, [mask_png(a) for a in analyses], [overlay_png(a) for a in analyses]
+    )
+    record = record.model_copy(
+        update={
+            "state": JobState.SUCCEEDED,
+            "finished_at": utcnow(),
+            "done": len(analyses),
+            "error": None,
+        }
+    )
+    if not _current(record, store):
+        return False
+    store.save(record)
+    store.delete_inputs(record)
+    observe_job(record.stage, _elapsed_s(record), JobState.SUCCEEDED.value)
+    logger.info("job succeeded", extra=record.log_extra())
+    return True
+
+
+def _fail(record: JobRecord, exc: Exception, attempt: Attempt, store: JobStore) -> None:
+    error = job_error(exc, attempt.timeout_s)
+    retry = error.retryable and attempt.retries_left > 0
+    if retry:
+        update: dict[str, Any] = {"state": JobState.QUEUED, "last_error": error}
+    else:
+        update = {
+            "state": JobState.FAILED,
+            "error": error,
+            "last_error": error,
+            "finished_at": utcnow(),
+        }
+    record = record.model_copy(update=update)
+    try:
+        if not _current(record, store):
+            return
+        store.save(record)
+        if not retry:
+            store.delete_inputs(record)
+            observe_job(record.stage, _elapsed_s(record), JobState.FAILED.value)
+    except BreastdxError:  # the store itself is down: RQ's retry or the reconciler catches up
+        logger.exception("could not record the failure", extra=record.log_extra())
+        return
+    logger.warning(
+        "job attempt %d failed: %s%s",
+        record.attempts,
+        error.code,
+        "; retrying" if retry else "",
+        extra=record.log_extra(),
+    )

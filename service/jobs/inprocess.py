@@ -1,0 +1,69 @@
+"""In-process execution (no Redis): a bounded thread pool in the API process.
+
+At most ``inprocess_workers`` jobs run at once and ``inprocess_max_pending`` wait or run; one
+more is refused with 503 ``service_busy`` (Retry-After) before anything is stored. Transient
+failures are retried with the same intervals as the queue's ``Retry``. There is no hard time
+limit in this mode (a thread cannot be stopped); use the queued mode in production.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+from service.config import Settings
+from service.errors import ServiceBusyError
+from service.jobs.execute import Attempt, is_transient
+
+logger = logging.getLogger(__name__)
+
+WORKER_NAME = "in-process"
+RunAttempt = Callable[[str, Attempt], object]
+
+
+class InProcessExecutor:
+    """Runs ``run(job_id, attempt)`` on a thread pool, retrying transient failures."""
+
+    def __init__(self, settings: Settings, run: RunAttempt) -> None:
+        self.settings = settings
+        self.run = run
+        self._pool = ThreadPoolExecutor(
+            max_workers=settings.inprocess_workers, thread_name_prefix="breastdx-job"
+        )
+        self._slots = threading.BoundedSemaphore(settings.inprocess_max_pending)
+
+    def reserve(self) -> None:
+        """Take a slot for one job, or raise :class:`ServiceBusyError`."""
+        if not self._slots.acquire(blocking=False):
+            raise ServiceBusyError(
+                f"{self.settings.inprocess_max_pending} analyses are pending; retry later",
+                retry_after=self.settings.redis_retry_after_s,
+            )
+
+    def release(self) -> None:
+        self._slots.release()
+
+    def submit(self, job_id: str) -> None:
+        """Run a reserved job on the pool."""
+        self._pool.submit(self._attempts, job_id)
+
+    def _attempts(self, job_id: str) -> None:
+        intervals = self.settings.retry_intervals_s or [0]
+        try:
+            for number in range(self.settings.retry_max + 1):
+                retries_left = self.settings.retry_max - number
+                try:
+                    self.run(job_id, Attempt(WORKER_NAME, retries_left))
+                    return
+                except Exception as exc:
+                    if not (is_transient(exc) and retries_left > 0):
+                        return  # execute() recorded why; nothing more to do here
+                    time.sleep(intervals[min(number, len(intervals) - 1)])
+        finally:
+            self.release()
+
+    def shutdown(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,292 @@
+"""Submit and look up analysis jobs: the one entry the API and the DICOM listener share.
+
+    record = submit_analysis("ultrasound", [png_bytes], settings=settings)
+    record = get_job(record.id, settings=settings)
+
+Submission checks before it stores anything (``service.jobs.preflight``): the stage, the number
+of images, the hooks, the model (pinned to ``name@version``) and every image (decoded, stage
+rules). An ``idempotency_key`` returns the job an earlier submission with the same key made,
+scoped per API key (or per origin without one); the same key with other images is refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import re
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from anyio import to_thread
+
+from models_registry.card import Stage
+from service.config import Settings
+from service.errors import (
+    ArtefactNotFoundError,
+    IdempotencyKeyReusedError,
+    InvalidIdempotencyKeyError,
+    JobNotFinishedError,
+    JobNotFoundError,
+    NoInputError,
+    TooManyInputsError,
+    UnknownStageError,
+)
+from service.jobs.backend import Backend, get_backend
+from service.jobs.hooks import check_hooks, load_hook_modules
+from service.jobs.preflight import check_inputs, pin_model
+from service.jobs.reconcile import reconcile
+from service.jobs.state import InputInfo, JobRecord, JobState, Origin
+from service.jobs.store import ArtefactKind
+
+logger = logging.getLogger(__name__)
+
+_JOB_ID = re.compile(r"^[0-9a-f]{32}$")
+_IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")  # visible ASCII, as headers carry it
+RACE_WAIT_S = 2.0
+
+
+def parse_stage(value: str | Stage) -> Stage:
+    """``value`` as a :class:`Stage`; an unknown one is a 404 listing the valid stages."""
+    try:
+        return Stage(value)
+    except ValueError:
+        valid = [s.value for s in Stage]
+        raise UnknownStageError(
+            f"unknown stage {str(value)[:40]!r}; valid stages: {', '.join(valid)}",
+            valid_stages=valid,
+        ) from None
+
+
+def _fingerprint(stage: Stage, model_ref: str | None, digests: Sequence[str]) -> str:
+    text = "\n".join([stage.value, model_ref or "", *digests])
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _check_request(
+    stage: Stage, inputs: Sequence[bytes], settings: Settings, after: Sequence[str]
+) -> None:
+    if not inputs:
+        raise NoInputError("send at least one image as a multipart 'file' part")
+    if len(inputs) > settings.max_files:
+        raise TooManyInputsError(
+            f"{len(inputs)} images in one request; at most {settings.max_files} are accepted",
+            max_files=settings.max_files,
+        )
+    load_hook_modules(settings.hook_modules)
+    check_hooks(after)
+
+
+def submit_analysis(
+    stage: str | Stage,
+    inputs: Sequence[bytes],
+    *,
+    settings: Settings,
+    filenames: Sequence[str | None] | None = None,
+    model_ref: str | None = None,
+    idempotency_key: str | None = None,
+    origin: str | Origin = Origin.API,
+    after: Sequence[str] = (),
+    api_key_id: str | None = None,
+) -> JobRecord:
+    """Check, store and dispatch one analysis job; returns its record (``queued``).
+
+    Raises:
+        UnknownStageError, NoInputError, TooManyInputsError, UnknownHookError: the request.
+        RegistryError, ModelStageMismatchError, NoModelForStageError: the model.
+        ImagingError, WrongStageError: an image (``input_index`` in the context).
+        IdempotencyKeyReusedError, InvalidIdempotencyKeyError: the ``Idempotency-Key``.
+        QueueUnavailableError, ServiceBusyError: try again later (503).
+    """
+    stage, origin = parse_stage(stage), Origin(origin)
+    _check_request(stage, inputs, settings, after)
+    backend = get_backend(settings)
+    digests = [hashlib.sha256(data).hexdigest() for data in inputs]
+    key = _Idempotency.of(idempotency_key, api_key_id or origin.value, stage, model_ref, digests)
+    if key is not None and (earlier := key.earlier(backend)) is not None:
+        return earlier  # a repeat: no decoding, no new job
+    card = pin_model(stage, backend.registry, model_ref)
+    check_inputs(stage, card, inputs, settings.max_pixels)
+    record = JobRecord(
+        id=uuid.uuid4().hex,
+        stage=stage,
+        model_ref=card.ref,
+        origin=origin,
+        api_key_id=api_key_id,
+        inputs=[
+            InputInfo(index=i, size_bytes=len(data), sha256=digest, filename=name)
+            for i, (data, digest, name) in enumerate(
+                zip(inputs, digests, filenames or [None] * len(inputs), strict=True)
+            )
+        ],
+        after=list(after),
+    )
+    if key is not None and (earlier := key.claim(backend, record.id)) is not None:
+        return earlier  # a concurrent twin won the claim
+    _store_and_dispatch(backend, record, inputs, key)
+    logger.info("job submitted", extra=record.log_extra() | {"origin": origin.value})
+    return record
+
+
+@dataclass(frozen=True)
+class _Idempotency:
+    """An ``Idempotency-Key`` in its scope, with the fingerprint of the request it names."""
+
+    scope: str
+    key_hash: str
+    fingerprint: str
+
+    @classmethod
+    def of(
+        cls,
+        key: str | None,
+        scope: str,
+        stage: Stage,
+        model_ref: str | None,
+        digests: Sequence[str],
+    ) -> _Idempotency | None:
+        if key is None:
+            return None
+        if not _IDEMPOTENCY_KEY.match(key):
+            raise InvalidIdempotencyKeyError(
+                "Idempotency-Key must be 1-255 visible ASCII characters"
+            )
+        key_hash = hashlib.sha256(key.encode()).hexdigest()
+        return cls(scope, key_hash, _fingerprint(stage, model_ref, digests))
+
+    def earlier(self, backend: Backend) -> JobRecord | None:
+        """The job an earlier request with this key made, if it still exists."""
+        claim = backend.store.idempotent_job(self.scope, self.key_hash)
+        return None if claim is None else self._job(backend, claim)
+
+    def claim(self, backend: Backend, job_id: str) -> JobRecord | None:
+        """Claim the key for ``job_id``; returns the twin's job when another request won."""
+        value = f"{job_id} {self.fingerprint}"
+        claim = backend.store.claim_idempotency(self.scope, self.key_hash, value)
+        if claim is None:
+            return None
+        earlier = self._job(backend, claim)
+        if earlier is None:  # the twin's job expired: take the key over
+            backend.store.release_idempotency(self.scope, self.key_hash)
+            backend.store.claim_idempotency(self.scope, self.key_hash, value)
+        return earlier
+
+    def release(self, backend: Backend) -> None:
+        backend.store.release_idempotency(self.scope, self.key_hash)
+
+    def _job(self, backend: Backend, claim: str) -> JobRecord | None:
+        job_id, _, fingerprint = claim.partition(" ")
+        if fingerprint != self.fingerprint:
+            raise IdempotencyKeyReusedError(
+                "this Idempotency-Key was used with another request; use a new key per request"
+            )
+        deadline = time.monotonic() + RACE_WAIT_S  # the first request may still be storing
+        while (record := backend.store.get(job_id)) is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if record is not None:
+            logger.info("idempotent repeat", extra=record.log_extra())
+        return record
+
+
+def _store_and_dispatch(
+    backend: Backend, record: JobRecord, inputs: Sequence[bytes], key: _Idempotency | None
+) -> None:
+    backend.reserve()
+    dispatched = False
+    try:
+        backend.store.create(record, inputs)
+        backend.dispatch(record)
+        dispatched = True
+    finally:
+        if not dispatched:  # leave nothing behind: no record, no uploads, no claim
+            backend.release()
+            try:
+                backend.store.discard(record)
+                if key is not None:
+                    key.release(backend)
+            except Exception:
+                logger.warning("could not clean up a job that was not dispatched", exc_info=True)
+
+
+def get_job(
+    job_id: str, *, settings: Settings, api_key_id: str | None = None, enforce_owner: bool = False
+) -> JobRecord:
+    """The job's record, reconciled with the queue when its worker is gone.
+
+    Args:
+        job_id: the id ``submit_analysis`` returned.
+        settings: the service settings.
+        api_key_id: the caller's key id (None: anonymous).
+        enforce_owner: show the job only to the key that submitted it (anonymous callers see
+            jobs submitted without a key); another key's job reads as unknown.
+
+    Raises:
+        JobNotFoundError: no such job (or it expired, or it is not the caller's).
+    """
+    backend = get_backend(settings)
+    record = backend.store.get(job_id) if _JOB_ID.match(job_id) else None
+    if record is not None and enforce_owner and record.api_key_id != api_key_id:
+        record = None
+    if record is None:
+        raise JobNotFoundError(f"no analysis job {job_id[:64]!r} (unknown or expired)")
+    if backend.redis is not None and not record.state.final:
+        record = reconcile(record, backend.store, backend.redis)
+    return record
+
+
+def job_results(record: JobRecord, *, settings: Settings) -> list[dict[str, Any]] | None:
+    """The ``AnalysisResult`` JSON objects of a succeeded job (None before, or expired)."""
+    if record.state is not JobState.SUCCEEDED:
+        return None
+    return get_backend(settings).store.results(record.id)
+
+
+def job_artefact(
+    job_id: str,
+    kind: ArtefactKind,
+    index: int,
+    *,
+    settings: Settings,
+    api_key_id: str | None = None,
+    enforce_owner: bool = False,
+) -> bytes:
+    """The mask or overlay PNG of input ``index`` of a succeeded job (owner as in get_job)."""
+    record = get_job(job_id, settings=settings, api_key_id=api_key_id, enforce_owner=enforce_owner)
+    if record.state is not JobState.SUCCEEDED:
+        raise JobNotFinishedError(
+            f"job {job_id} is {record.state.value}; images exist once it has succeeded",
+            state=record.state.value,
+        )
+    if not 0 <= index < record.total:
+        raise ArtefactNotFoundError(
+            f"index {index} is out of range: the job has {record.total} input(s), 0-based",
+            inputs=record.total,
+        )
+    data = get_backend(settings).store.artefact(job_id, kind, index)
+    if data is None:
+        raise ArtefactNotFoundError(f"the {kind} of input {index} has expired")
+    return data
+
+
+async def wait_for_job(
+    job_id: str, *, settings: Settings, timeout_s: float, api_key_id: str | None = None
+) -> JobRecord:
+    """Poll until the job is final or ``timeout_s`` passed; returns the latest record.
+
+    Only the submitting key's jobs are visible (``get_job(..., enforce_owner=True)``).
+    """
+    deadline = time.monotonic() + timeout_s
+    delay = 0.05
+
+    def look() -> JobRecord:
+        return get_job(job_id, settings=settings, api_key_id=api_key_id, enforce_owner=True)
+
+    while True:
+        record = await to_thread.run_sync(look)
+        if record.state.final or time.monotonic() >= deadline:
+            return record
+        await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+        delay = min(delay * 1.5, 0.5)

@@ -1,0 +1,295 @@
+"""The job store: job records, uploaded bytes and result artefacts, each with a TTL.
+
+One :class:`JobStore` over a small key-value interface with two implementations: Redis (queued
+mode; the API and every worker share it) and process memory (in-process mode). Keys, under the
+settings' ``namespace`` (``breastdx`` by default)::
+
+    <ns>:job:<id>                  the JobRecord (JSON)        queued/running: failure_ttl_s
+                                                                succeeded: result_ttl_s
+                                                                failed: failure_ttl_s
+    <ns>:job:<id>:input:<i>        uploaded bytes               upload_ttl_s; deleted when the
+                                                                job ends (success or failure)
+    <ns>:job:<id>:results          [AnalysisResult JSON, ...]   result_ttl_s
+    <ns>:job:<id>:mask:<i>         mask PNG                     result_ttl_s
+    <ns>:job:<id>:overlay:<i>      overlay PNG                  result_ttl_s
+    <ns>:job:<id>:lease            the running worker's lease   lease_ttl_s, renewed while it runs
+    <ns>:idem:<scope>:<sha256>     idempotency key -> job id    failure_ttl_s
+
+A Redis that cannot be reached raises :class:`QueueUnavailableError` (503 with Retry-After).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+
+import redis
+
+from service.config import Settings
+from service.errors import QueueUnavailableError, UploadExpiredError
+from service.jobs.state import JobRecord, JobState
+
+ArtefactKind = Literal["mask", "overlay"]
+
+
+class KeyValue(Protocol):
+    """The few operations the store, the rate limiter and the leases need."""
+
+    def get(self, key: str) -> bytes | None: ...
+
+    def set_many(self, items: Mapping[str, bytes], ttl_s: int) -> None: ...
+
+    def set_nx(self, key: str, value: bytes, ttl_s: int) -> bool: ...
+
+    def delete(self, *keys: str) -> None: ...
+
+    def incr(self, key: str, ttl_s: int) -> int: ...
+
+    def ttl(self, key: str) -> int | None: ...
+
+    def ping(self) -> None: ...
+
+
+class MemoryKeyValue:
+    """Process memory with lazy expiry (in-process mode and tests)."""
+
+    def __init__(self) -> None:
+        self._data: dict[str, tuple[bytes, float]] = {}
+        self._lock = threading.Lock()
+
+    def _live(self, key: str) -> bytes | None:
+        item = self._data.get(key)
+        if item is None:
+            return None
+        if item[1] <= time.monotonic():
+            del self._data[key]
+            return None
+        return item[0]
+
+    def get(self, key: str) -> bytes | None:
+        with self._lock:
+            return self._live(key)
+
+    def set_many(self, items: Mapping[str, bytes], ttl_s: int) -> None:
+        expires = time.monotonic() + ttl_s
+        with self._lock:
+            self._data.update({key: (value, expires) for key, value in items.items()})
+            self._purge()
+
+    def set_nx(self, key: str, value: bytes, ttl_s: int) -> bool:
+        with self._lock:
+            if self._live(key) is not None:
+                return False
+            self._data[key] = (value, time.monotonic() + ttl_s)
+            return True
+
+    def delete(self, *keys: str) -> None:
+        with self._lock:
+            for key in keys:
+                self._data.pop(key, None)
+
+    def incr(self, key: str, ttl_s: int) -> int:
+        with self._lock:
+            current = self._live(key)
+            if current is None:
+                self._data[key] = (b"1", time.monotonic() + ttl_s)
+                return 1
+            value = int(current) + 1
+            self._data[key] = (str(value).encode(), self._data[key][1])
+            return value
+
+    def ttl(self, key: str) -> int | None:
+        with self._lock:
+            if self._live(key) is None:
+                return None
+            return max(0, round(self._data[key][1] - time.monotonic()))
+
+    def ping(self) -> None:
+        return None
+
+    def _purge(self) -> None:
+        now = time.monotonic()
+        for key in [k for k, (_, expires) in self._data.items() if expires <= now]:
+            del self._data[key]
+
+
+class RedisKeyValue:
+    """Redis; every Redis error becomes :class:`QueueUnavailableError`."""
+
+    def __init__(self, client: redis.Redis, retry_after_s: int = 5) -> None:
+        self.client = client
+        self.retry_after_s = retry_after_s
+
+    @contextmanager
+    def _errors(self) -> Iterator[None]:
+        try:
+            yield
+        except redis.RedisError as exc:
+            raise QueueUnavailableError(
+                f"the job queue (Redis) cannot be reached: {type(exc).__name__}; retry later",
+                retry_after=self.retry_after_s,
+            ) from exc
+
+    def get(self, key: str) -> bytes | None:
+        with self._errors():
+            value = self.client.get(key)
+        return value if value is None or isinstance(value, bytes) else str(value).encode()
+
+    def set_many(self, items: Mapping[str, bytes], ttl_s: int) -> None:
+        with self._errors(), self.client.pipeline(transaction=True) as pipe:
+            for key, value in items.items():
+                pipe.set(key, value, ex=ttl_s)
+            pipe.execute()
+
+    def set_nx(self, key: str, value: bytes, ttl_s: int) -> bool:
+        with self._errors():
+            return bool(self.client.set(key, value, ex=ttl_s, nx=True))
+
+    def delete(self, *keys: str) -> None:
+        if keys:
+            with self._errors():
+                self.client.delete(*keys)
+
+    def incr(self, key: str, ttl_s: int) -> int:
+        with self._errors(), self.client.pipeline(transaction=True) as pipe:
+            pipe.incr(key)
+            pipe.expire(key, ttl_s, nx=True)
+            count, _ = pipe.execute()
+            return int(count)
+
+    def ttl(self, key: str) -> int | None:
+        with self._errors():
+            value = int(self.client.ttl(key))
+        return None if value < 0 else value
+
+    def ping(self) -> None:
+        with self._errors():
+            self.client.ping()
+
+
+def redis_client(url: str, *, timeout_s: float = 5.0) -> redis.Redis:
+    """A client for ``url`` with short connect and read timeouts (the API must answer fast)."""
+    return redis.Redis.from_url(
+        url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s, health_check_interval=30
+    )
+
+
+@dataclass(frozen=True)
+class Ttls:
+    """How long each kind of entry lives, in seconds."""
+
+    result: int
+    failure: int
+    upload: int
+    lease: int
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Ttls:
+        return cls(
+            settings.result_ttl_s,
+            settings.failure_ttl_s,
+            settings.upload_ttl_s,
+            settings.lease_ttl_s,
+        )
+
+    def record(self, state: JobState) -> int:
+        return self.result if state is JobState.SUCCEEDED else self.failure
+
+
+class JobStore:
+    """Job records, uploads and artefacts under one namespace of a :class:`KeyValue`."""
+
+    def __init__(self, kv: KeyValue, namespace: str, ttls: Ttls) -> None:
+        self.kv = kv
+        self.namespace = namespace
+        self.ttls = ttls
+
+    def key(self, job_id: str, *parts: str | int) -> str:
+        return ":".join([self.namespace, "job", job_id, *map(str, parts)])
+
+    def create(self, record: JobRecord, inputs: Sequence[bytes]) -> None:
+        """Store the uploads first, then the record, so a record never lacks its inputs."""
+        uploads = {self.key(record.id, "input", i): data for i, data in enumerate(inputs)}
+        self.kv.set_many(uploads, self.ttls.upload)
+        self.save(record)
+
+    def get(self, job_id: str) -> JobRecord | None:
+        data = self.kv.get(self.key(job_id))
+        return None if data is None else JobRecord.model_validate_json(data)
+
+    def save(self, record: JobRecord) -> None:
+        data = record.model_dump_json().encode()
+        self.kv.set_many({self.key(record.id): data}, self.ttls.record(record.state))
+
+    def inputs(self, record: JobRecord) -> list[bytes]:
+        """The uploaded bytes, in order; raises :class:`UploadExpiredError` if any is gone."""
+        found = []
+        for i in range(record.total):
+            data = self.kv.get(self.key(record.id, "input", i))
+            if data is None:
+                raise UploadExpiredError(
+                    f"input {i} of job {record.id} is gone: uploads live {self.ttls.upload} s",
+                    input_index=i,
+                )
+            found.append(data)
+        return found
+
+    def discard(self, record: JobRecord) -> None:
+        """Delete a record and its uploads (a job that was never dispatched)."""
+        self.kv.delete(self.key(record.id), *self._input_keys(record))
+
+    def _input_keys(self, record: JobRecord) -> list[str]:
+        return [self.key(record.id, "input", i) for i in range(record.total)]
+
+    def delete_inputs(self, record: JobRecord) -> None:
+        self.kv.delete(*self._input_keys(record))
+
+    def put_results(
+        self, job_id: str, results: Sequence[str], masks: Sequence[bytes], overlays: Sequence[bytes]
+    ) -> None:
+        """Results JSON (one AnalysisResult JSON text per input) and the two PNGs per input."""
+        items = {self.key(job_id, "results"): ("[" + ",".join(results) + "]").encode()}
+        items |= {self.key(job_id, "mask", i): png for i, png in enumerate(masks)}
+        items |= {self.key(job_id, "overlay", i): png for i, png in enumerate(overlays)}
+        self.kv.set_many(items, self.ttls.result)
+
+    def results(self, job_id: str) -> list[dict[str, Any]] | None:
+        data = self.kv.get(self.key(job_id, "results"))
+        if data is None:
+            return None
+        parsed: list[dict[str, Any]] = json.loads(data)
+        return parsed
+
+    def artefact(self, job_id: str, kind: ArtefactKind, index: int) -> bytes | None:
+        return self.kv.get(self.key(job_id, kind, index))
+
+    def claim_idempotency(self, scope: str, key_hash: str, value: str) -> str | None:
+        """Claim ``key_hash`` for ``value``; returns the value of an earlier claim instead."""
+        name = f"{self.namespace}:idem:{scope}:{key_hash}"
+        if self.kv.set_nx(name, value.encode(), self.ttls.failure):
+            return None
+        existing = self.kv.get(name)
+        return existing.decode() if existing is not None else None
+
+    def idempotent_job(self, scope: str, key_hash: str) -> str | None:
+        """The value an earlier claim of ``key_hash`` stored, if any."""
+        existing = self.kv.get(f"{self.namespace}:idem:{scope}:{key_hash}")
+        return None if existing is None else existing.decode()
+
+    def release_idempotency(self, scope: str, key_hash: str) -> None:
+        self.kv.delete(f"{self.namespace}:idem:{scope}:{key_hash}")
+
+    def renew_lease(self, job_id: str, holder: str) -> None:
+        self.kv.set_many({self.key(job_id, "lease"): holder.encode()}, self.ttls.lease)
+
+    def lease_holder(self, job_id: str) -> str | None:
+        data = self.kv.get(self.key(job_id, "lease"))
+        return None if data is None else data.decode()
+
+    def drop_lease(self, job_id: str) -> None:
+        self.kv.delete(self.key(job_id, "lease"))

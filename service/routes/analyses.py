@@ -1,0 +1,143 @@
+"""``/v1/{stage}/analyses`` and ``/v1/analyses/{id}``: submit, poll, fetch the result images.
+
+``Prefer: wait=N`` (RFC 7240; N capped at ``max_wait_s``) holds the answer until the job is
+final or N seconds passed: ``200`` with the finished job (and ``Preference-Applied: wait=N``),
+else the usual ``202``.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
+
+from service.config import Settings
+from service.deps import CanRead, CanSubmit, SettingsDep
+from service.jobs.service import (
+    job_artefact,
+    job_results,
+    parse_stage,
+    submit_analysis,
+    wait_for_job,
+)
+from service.jobs.state import JobRecord
+from service.routes.uploads import MULTIPART_BODY, read_images
+from service.schemas import AnalysisQuery, ArtefactQuery, JobPublic, ProblemPublic
+from service.security.keys import Principal
+
+router = APIRouter(tags=["analyses"])
+PROBLEMS: dict[int | str, dict[str, Any]] = {
+    status: {"model": ProblemPublic, "content": {"application/problem+json": {}}}
+    for status in (400, 401, 403, 404, 409, 413, 415, 422, 429, 503)
+}
+ACCEPTED: dict[int | str, dict[str, Any]] = {
+    200: {"model": JobPublic, "description": "finished within Prefer: wait"}
+}
+_WAIT = re.compile(r"^\s*wait\s*=\s*(\d{1,6})\s*$", re.IGNORECASE)
+PreferHeader = Annotated[
+    str | None, Header(description="wait=N: answer when done, at most N s (RFC 7240)")
+]
+
+
+def prefer_wait(prefer: str | None, cap_s: int) -> int | None:
+    """The ``wait`` preference in seconds, capped; None when absent (others are ignored)."""
+    for token in (prefer or "").split(","):
+        match = _WAIT.match(token.split(";")[0])
+        if match:
+            return min(int(match.group(1)), cap_s)
+    return None
+
+
+async def _public(
+    record: JobRecord, response: Response, settings: SettingsDep, wait: int | None
+) -> JobPublic:
+    results = await run_in_threadpool(job_results, record, settings=settings)
+    response.headers["Location"] = f"/v1/analyses/{record.id}"
+    response.headers["Cache-Control"] = "no-store"
+    if wait is not None:
+        response.headers["Preference-Applied"] = f"wait={wait}"
+    return JobPublic.from_record(record, results)
+
+
+@router.post(
+    "/{stage}/analyses",
+    status_code=202,
+    response_model=JobPublic,
+    responses=ACCEPTED | PROBLEMS,
+    openapi_extra=MULTIPART_BODY,
+)
+async def create_analysis(
+    stage: str,
+    request: Request,
+    response: Response,
+    settings: SettingsDep,
+    caller: CanSubmit,
+    query: Annotated[AnalysisQuery, Query()],
+    prefer: PreferHeader = None,
+    idempotency_key: Annotated[str | None, Header()] = None,
+) -> JobPublic:
+    """Submit images of one stage; 202 with the job (``Location`` names it)."""
+    parsed = parse_stage(stage)  # 404 before the body is read
+    images = await read_images(request)
+    record = await run_in_threadpool(
+        lambda: submit_analysis(
+            parsed,
+            images.data,
+            settings=settings,
+            filenames=images.filenames,
+            model_ref=query.model,
+            idempotency_key=idempotency_key,
+            api_key_id=caller.key_id,
+        )
+    )
+    wait = prefer_wait(prefer, settings.max_wait_s)
+    if wait:
+        record = await wait_for_job(
+            record.id, settings=settings, timeout_s=wait, api_key_id=caller.key_id
+        )
+    if wait is not None and record.state.final:
+        response.status_code = 200
+    return await _public(record, response, settings, wait)
+
+
+@router.get("/analyses/{job_id}", response_model=JobPublic, responses=PROBLEMS)
+async def read_analysis(
+    job_id: str,
+    response: Response,
+    settings: SettingsDep,
+    caller: CanRead,
+    prefer: PreferHeader = None,
+) -> JobPublic:
+    """The job: state, progress, and once succeeded one ``AnalysisResult`` per input."""
+    wait = prefer_wait(prefer, settings.max_wait_s)
+    record = await wait_for_job(
+        job_id, settings=settings, timeout_s=wait or 0, api_key_id=caller.key_id
+    )
+    return await _public(record, response, settings, wait)
+
+
+def _image(
+    job_id: str, kind: Literal["mask", "overlay"], index: int, settings: Settings, caller: Principal
+) -> Response:
+    data = job_artefact(
+        job_id, kind, index, settings=settings, api_key_id=caller.key_id, enforce_owner=True
+    )
+    return Response(data, media_type="image/png", headers={"Cache-Control": "no-store"})
+
+
+@router.get("/analyses/{job_id}/mask.png", response_class=Response, responses=PROBLEMS)
+def read_mask(
+    job_id: str, settings: SettingsDep, caller: CanRead, query: Annotated[ArtefactQuery, Query()]
+) -> Response:
+    """The lesion mask of input ``index`` at its original size: 0 background, 255 lesion."""
+    return _image(job_id, "mask", query.index, settings, caller)
+
+
+@router.get("/analyses/{job_id}/overlay.png", response_class=Response, responses=PROBLEMS)
+def read_overlay(
+    job_id: str, settings: SettingsDep, caller: CanRead, query: Annotated[ArtefactQuery, Query()]
+) -> Response:
+    """The overlay of input ``index``: mask tint and contours, or the histopathology heatmap."""
+    return _image(job_id, "overlay", query.index, settings, caller)

@@ -1,0 +1,121 @@
+"""The queue worker: RQ's ``SimpleWorker`` serving the stage queues with warm ONNX sessions.
+
+Why ``SimpleWorker`` and not RQ's forking ``Worker``: the forking worker runs each job in a
+fresh child (a "work horse"), so a session loaded in the child is lost with it, and a session
+loaded in the parent before the fork is not safe to use in the child (ONNX Runtime's thread
+pools do not survive ``fork``, CUDA contexts cannot be shared across it); ``SpawnWorker``
+starts a new interpreter per job. ``SimpleWorker`` runs jobs in the worker process itself, so
+the sessions created at start (:func:`warm_up`: each served stage's production model, one
+dummy batch through it) serve every job; the runner cache (``service.inference.runner``) keeps
+one session per model version. Job time limits still hold (RQ's SIGALRM death penalty in the
+main thread). The price: a crash or SIGKILL takes the worker down mid-job; such a job is found
+by its expired lease and retried or failed (``service.jobs.reconcile``), which every worker
+checks at start and every ``maintenance_interval_s``. Scale with more worker processes (one per
+GPU, or per few cores). Each worker also runs RQ's scheduler (needed for retry intervals).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+
+import numpy as np
+import redis
+from rq.worker import SimpleWorker
+
+from breastdx.errors import BreastdxError
+from models_registry.card import Stage
+from models_registry.registry import Registry
+from service.config import Settings
+from service.inference.pipeline import NoModelForStageError
+from service.inference.runner import get_runner
+from service.jobs.backend import get_backend
+from service.jobs.execute import runner_options
+from service.jobs.hooks import load_hook_modules
+from service.jobs.preflight import pin_model
+from service.jobs.queue import stage_queues
+from service.jobs.reconcile import reconcile_running
+
+logger = logging.getLogger(__name__)
+
+
+class BreastdxWorker(SimpleWorker):
+    """Jobs run in this process, on the sessions it loaded once."""
+
+
+def warm_up(settings: Settings, registry: Registry, stages: Sequence[Stage]) -> list[str]:
+    """Load each stage's served model and run one zero batch through it; returns the refs."""
+    loaded = []
+    for stage in stages:
+        try:
+            card = pin_model(stage, registry, None)
+            runner = get_runner(card.ref, registry, runner_options(settings))
+            dummy = np.zeros((1, card.input.channels, *card.input.size), np.float32)  # (1, C, H, W)
+            runner.run(dummy)
+        except NoModelForStageError:
+            logger.warning("no model for stage %s; its jobs will fail", stage.value)
+            continue
+        except BreastdxError as exc:
+            logger.error("model for stage %s not loaded: %s", stage.value, exc.code)
+            continue
+        logger.info("warm", extra={"stage": stage.value, "model": runner.ref})
+        loaded.append(runner.ref)
+    return loaded
+
+
+class Maintenance(threading.Thread):
+    """Reconciles abandoned jobs every ``maintenance_interval_s`` (and once at start)."""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(name="breastdx-maintenance", daemon=True)
+        self.settings = settings
+        self.stopped = threading.Event()
+
+    def once(self) -> None:
+        backend = get_backend(self.settings)
+        if backend.redis is None:
+            return
+        try:
+            changed = reconcile_running(self.settings, backend.store, backend.redis)
+        except (BreastdxError, redis.RedisError):
+            logger.warning("abandoned-job check failed; will retry", exc_info=True)
+            return
+        if changed:
+            logger.warning("%d abandoned job(s) reconciled", changed)
+
+    def run(self) -> None:
+        while not self.stopped.wait(self.settings.maintenance_interval_s):
+            self.once()
+
+
+def run_worker(
+    settings: Settings,
+    stages: Sequence[Stage] = tuple(Stage),
+    *,
+    burst: bool = False,
+    name: str | None = None,
+    log_level: str = "INFO",
+) -> bool:
+    """Serve the queues of ``stages`` until stopped (or, ``burst``, until they are empty)."""
+    if not settings.redis_url:
+        raise ValueError("a worker needs settings.redis_url (BREASTDX_REDIS_URL)")
+    load_hook_modules(settings.hook_modules)
+    backend = get_backend(settings)
+    warm_up(settings, backend.registry, stages)
+    connection = redis.Redis.from_url(settings.redis_url)
+    worker = BreastdxWorker(
+        stage_queues(settings, connection, stages),
+        connection=connection,
+        name=name,
+        worker_ttl=settings.worker_ttl_s,
+        maintenance_interval=settings.maintenance_interval_s,
+        default_result_ttl=settings.result_ttl_s,
+    )
+    maintenance = Maintenance(settings)
+    maintenance.once()
+    maintenance.start()
+    try:
+        return worker.work(burst=burst, with_scheduler=True, logging_level=log_level)
+    finally:
+        maintenance.stopped.set()

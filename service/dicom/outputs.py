@@ -1,0 +1,76 @@
+"""One analysis -> its three DICOM results: SEG, Comprehensive SR (TID 1500) and SC overlay.
+
+Each result has new Series and SOP Instance UIDs, joins the source's study (Patient and Study
+modules copied from the source), references the source instance (and frame), and names breastdx
+and the model as described in ``service.dicom.identity``. See ``seg``, ``sr`` and ``sc`` for each
+object's content.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pydicom.dataset import Dataset
+
+from models_registry.card import ModelCard
+from service.dicom.identity import Producer, Source, SourceHeaderError, to_bytes
+from service.dicom.sc import build_sc
+from service.dicom.seg import build_seg
+from service.dicom.sr import build_sr
+from service.inference.result import Analysis
+
+__all__ = ["ResultObjects", "build_outputs"]
+
+
+@dataclass(frozen=True)
+class ResultObjects:
+    """The DICOM results of one analysed instance."""
+
+    source_sop_instance_uid: str
+    model_ref: str
+    seg: Dataset
+    sr: Dataset
+    sc: Dataset
+
+    @property
+    def datasets(self) -> list[Dataset]:
+        return [self.seg, self.sr, self.sc]
+
+    def encoded(self) -> list[bytes]:
+        """Each result in the DICOM file format."""
+        return [to_bytes(ds) for ds in self.datasets]
+
+
+def _check(header: Dataset, analysis: Analysis, card: ModelCard) -> Source:
+    result = analysis.result
+    if result.model.ref != card.ref:
+        raise SourceHeaderError(
+            f"the analysis was made by {result.model.ref}; its outputs need that model's card, "
+            f"not {card.ref}"
+        )
+    rows, columns = int(header.get("Rows", 0) or 0), int(header.get("Columns", 0) or 0)
+    if (rows, columns) != analysis.mask.shape[:2]:
+        raise SourceHeaderError(
+            f"the mask is {analysis.mask.shape[0]}x{analysis.mask.shape[1]} but the source "
+            f"frame is {rows}x{columns}; outputs must match the source pixel for pixel"
+        )
+    return Source(header, frame_number=result.input.frame_index + 1)
+
+
+def build_outputs(header: Dataset, analysis: Analysis, card: ModelCard) -> ResultObjects:
+    """SEG, SR and SC for ``analysis`` of the instance whose header is ``header``.
+
+    Args:
+        header: the source dataset (pixel data not needed).
+        analysis: the pipeline's result for that instance.
+        card: the card of the model that made it (``analysis.result.model.ref``).
+
+    Raises:
+        SourceHeaderError: the header does not match the analysis (geometry or model).
+    """
+    source = _check(header, analysis, card)
+    producer = Producer(card)
+    seg = build_seg(source, analysis.mask, producer)
+    sr = build_sr(source, analysis.result, producer, seg)
+    sc = build_sc(source, analysis.overlay, analysis.result, producer)
+    return ResultObjects(source.sop_instance_uid, card.ref, seg, sr, sc)

@@ -10,6 +10,7 @@ Redis is not configured or cannot be reached, 2 on bad usage.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 
 import redis
@@ -45,6 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     settings = get_settings()
     level = args.log_level or settings.log_level.upper()
     configure_logging(level)
+    if level != "DEBUG":  # highdicom logs each module it copies into a SEG or SR, with its UID
+        logging.getLogger("highdicom").setLevel(logging.WARNING)
     if not settings.redis_url:
         print(
             f"{PROG}: set BREASTDX_REDIS_URL (redis://host:port/db) to serve queues",

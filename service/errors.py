@@ -45,6 +45,19 @@ class ArtefactNotFoundError(ServiceError):
     http_status = 404
 
 
+class DicomOutputUnavailableError(ServiceError):
+    """A DICOM SEG or SR asked of an input that has none.
+
+    DICOM outputs need a DICOM input: they reference the source instance and copy its Patient
+    and Study modules (``service.dicom.identity``), which a PNG, JPEG or TIFF does not have.
+    The request cannot succeed later either, hence 422 and not the 409 of a job still running.
+    """
+
+    code = "dicom_output_unavailable"
+    title = "No DICOM output for this input"
+    http_status = 422
+
+
 class JobNotFinishedError(ServiceError):
     """Result images exist only once the job has succeeded."""
 

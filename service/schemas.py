@@ -11,6 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from imaging.record import ImageFormat
 from models_registry.card import ModelCard, Stage
 from service.inference.result import AnalysisResult
 from service.jobs.state import JobError, JobRecord, JobState
@@ -37,7 +38,7 @@ class AnalysisQuery(_Request):
 
 
 class ArtefactQuery(_Request):
-    """Query of ``GET /v1/analyses/{id}/mask.png`` and ``overlay.png``."""
+    """Query of ``GET /v1/analyses/{id}/mask.png``, ``overlay.png``, ``seg.dcm`` and ``sr.dcm``."""
 
     index: int = Field(default=0, ge=0, description="which input of the job, 0-based")
 
@@ -46,6 +47,13 @@ class JobLinks(_Public):
     self: str
     mask: str | None = Field(default=None, description="mask PNG of input 0 (?index=k)")
     overlay: str | None = Field(default=None, description="overlay PNG of input 0 (?index=k)")
+    seg: str | None = Field(
+        default=None, description="DICOM SEG of input 0 (?index=k); only with a DICOM input"
+    )
+    sr: str | None = Field(
+        default=None,
+        description="DICOM SR (TID 1500) of input 0 (?index=k); only with a DICOM input",
+    )
 
 
 class Progress(_Public):
@@ -79,6 +87,7 @@ class JobPublic(_Public):
     ) -> JobPublic:
         base = f"/v1/analyses/{record.id}"
         done = record.state is JobState.SUCCEEDED
+        dicom = any(r["input"]["format"] == ImageFormat.DICOM for r in results or [])
         return cls(
             id=record.id,
             state=record.state,
@@ -93,6 +102,8 @@ class JobPublic(_Public):
                 self=base,
                 mask=f"{base}/mask.png" if done else None,
                 overlay=f"{base}/overlay.png" if done else None,
+                seg=f"{base}/seg.dcm" if done and dicom else None,
+                sr=f"{base}/sr.dcm" if done and dicom else None,
             ),
             error=record.error,
             last_error=record.last_error,

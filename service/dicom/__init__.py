@@ -3,6 +3,8 @@
 - ``routing``: which stage analyses a received instance (SOP Class, Modality, tags).
 - ``outputs`` (``seg``, ``sr``, ``sc``, ``identity``): the results of one analysis as DICOM
   objects built with highdicom, marked as AI-generated and not for clinical use.
+- ``artefacts``: the SEG and SR of an API job's DICOM input, built as the job succeeds (served
+  at ``/v1/analyses/{id}/seg.dcm`` and ``sr.dcm``).
 - ``listener``: Storage SCP with an AE whitelist; ``processing``: dedupe and submission.
 - ``delivery``: C-STORE / STOW-RS with retries and a dead letter (``deadletter``); the job
   system's post-success hook ``dicom-delivery``.

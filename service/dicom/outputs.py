@@ -19,7 +19,7 @@ from service.dicom.seg import build_seg
 from service.dicom.sr import build_sr
 from service.inference.result import Analysis
 
-__all__ = ["ResultObjects", "build_outputs"]
+__all__ = ["ResultObjects", "build_outputs", "build_seg_and_sr"]
 
 
 @dataclass(frozen=True)
@@ -57,6 +57,27 @@ def _check(header: Dataset, analysis: Analysis, card: ModelCard) -> Source:
     return Source(header, frame_number=result.input.frame_index + 1)
 
 
+def _seg_and_sr(
+    header: Dataset, analysis: Analysis, card: ModelCard
+) -> tuple[Source, Producer, Dataset, Dataset]:
+    source = _check(header, analysis, card)
+    producer = Producer(card)
+    seg = build_seg(source, analysis.mask, producer)
+    return source, producer, seg, build_sr(source, analysis.result, producer, seg)
+
+
+def build_seg_and_sr(
+    header: Dataset, analysis: Analysis, card: ModelCard
+) -> tuple[Dataset, Dataset]:
+    """SEG and the SR that references it, as in :func:`build_outputs` (no SC): what the API serves.
+
+    Raises:
+        SourceHeaderError: the header does not match the analysis (geometry or model).
+    """
+    _, _, seg, sr = _seg_and_sr(header, analysis, card)
+    return seg, sr
+
+
 def build_outputs(header: Dataset, analysis: Analysis, card: ModelCard) -> ResultObjects:
     """SEG, SR and SC for ``analysis`` of the instance whose header is ``header``.
 
@@ -68,9 +89,6 @@ def build_outputs(header: Dataset, analysis: Analysis, card: ModelCard) -> Resul
     Raises:
         SourceHeaderError: the header does not match the analysis (geometry or model).
     """
-    source = _check(header, analysis, card)
-    producer = Producer(card)
-    seg = build_seg(source, analysis.mask, producer)
-    sr = build_sr(source, analysis.result, producer, seg)
+    source, producer, seg, sr = _seg_and_sr(header, analysis, card)
     sc = build_sc(source, analysis.overlay, analysis.result, producer)
     return ResultObjects(source.sop_instance_uid, card.ref, seg, sr, sc)

@@ -5,7 +5,13 @@ listener call; ``register_hook`` lets other packages act on a finished job.
 """
 
 from service.jobs.hooks import register_hook
-from service.jobs.service import get_job, job_artefact, job_results, submit_analysis
+from service.jobs.service import (
+    get_job,
+    job_artefact,
+    job_dicom_output,
+    job_results,
+    submit_analysis,
+)
 from service.jobs.state import JobError, JobRecord, JobState, Origin
 
 __all__ = [
@@ -15,6 +21,7 @@ __all__ = [
     "Origin",
     "get_job",
     "job_artefact",
+    "job_dicom_output",
     "job_results",
     "register_hook",
     "submit_analysis",

@@ -2,10 +2,11 @@
 
 ``execute`` reads the record and the uploaded bytes, runs ``service.inference.analyse_each`` (the
 code ``breastdx predict`` runs) on the pinned model, stores the results and the two PNGs per
-input, marks the job ``succeeded``, deletes the uploads and runs the post-success hooks. On a
-failure it records why and re-raises: a transient one (Redis, OSError, a 5xx error of the
-registry) sends the job back to ``queued`` while retries remain; anything else (an input error,
-a timeout, a bug) fails it for good and deletes the uploads.
+input (for a DICOM input also its SEG and SR, built while the upload is still there:
+``service.dicom.artefacts``), marks the job ``succeeded``, deletes the uploads and runs the
+post-success hooks. On a failure it records why and re-raises: a transient one (Redis, OSError,
+a 5xx error of the registry) sends the job back to ``queued`` while retries remain; anything else
+(an input error, a timeout, a bug) fails it for good and deletes the uploads.
 
 Order matters for the abandoned-job check (``service.jobs.reconcile``): the lease is taken before
 the record says ``running``, and the record is final (or queued again) before the lease is
@@ -24,12 +25,13 @@ from rq.timeouts import JobTimeoutException
 from breastdx.errors import BreastdxError
 from models_registry.registry import Registry
 from service.config import Settings
+from service.dicom.artefacts import dicom_artefacts
 from service.errors import JobNotFoundError
 from service.inference import Analysis, RunnerOptions, analyse_each
 from service.inference.render import mask_png, overlay_png
 from service.jobs.hooks import run_hooks
 from service.jobs.state import JobError, JobRecord, JobState, utcnow
-from service.jobs.store import JobStore
+from service.jobs.store import ArtefactKind, JobStore
 from service.observability import log_context, observe_job
 
 logger = logging.getLogger(__name__)
@@ -104,8 +106,9 @@ def _attempt(
     store.save(record)
     logger.info("job started (attempt %d)", record.attempts, extra=record.log_extra())
     try:
-        analyses = _analyse(record, store.inputs(record), registry, settings)
-        current = _succeed(record, analyses, store)
+        inputs = store.inputs(record)
+        analyses = _analyse(record, inputs, registry, settings)
+        current = _succeed(record, analyses, store, dicom_artefacts(inputs, analyses, registry))
     except Exception as exc:
         _fail(record, exc, attempt, store)
         raise
@@ -150,11 +153,15 @@ def _current(record: JobRecord, store: JobStore) -> bool:
     return True
 
 
-def _succeed(record: JobRecord, analyses: list[Analysis], store: JobStore) -> bool:
+def _succeed(
+    record: JobRecord,
+    analyses: list[Analysis],
+    store: JobStore,
+    dicom: list[dict[ArtefactKind, bytes]],
+) -> bool:
     results = [a.result.model_dump_json() for a in analyses]
-    store.put_results(
-        record.id, results, [mask_png(a) for a in analyses], [overlay_png(a) for a in analyses]
-    )
+    masks, overlays = [mask_png(a) for a in analyses], [overlay_png(a) for a in analyses]
+    store.put_results(record.id, results, masks, overlays, dicom)
     record = record.model_copy(
         update={
             "state": JobState.SUCCEEDED,

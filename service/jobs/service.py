@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import logging
 import re
 import time
@@ -23,15 +24,18 @@ from typing import Any
 
 from anyio import to_thread
 
+from imaging.record import ImageFormat
 from models_registry.card import Stage
 from service.config import Settings
 from service.errors import (
     ArtefactNotFoundError,
+    DicomOutputUnavailableError,
     IdempotencyKeyReusedError,
     InvalidIdempotencyKeyError,
     JobNotFinishedError,
     JobNotFoundError,
     NoInputError,
+    ServiceError,
     TooManyInputsError,
     UnknownStageError,
 )
@@ -40,7 +44,7 @@ from service.jobs.hooks import check_hooks, load_hook_modules
 from service.jobs.preflight import check_inputs, pin_model
 from service.jobs.reconcile import reconcile
 from service.jobs.state import InputInfo, JobRecord, JobState, Origin
-from service.jobs.store import ArtefactKind
+from service.jobs.store import DicomKind, ImageKind, JobStore
 
 logger = logging.getLogger(__name__)
 
@@ -244,20 +248,14 @@ def job_results(record: JobRecord, *, settings: Settings) -> list[dict[str, Any]
     return get_backend(settings).store.results(record.id)
 
 
-def job_artefact(
-    job_id: str,
-    kind: ArtefactKind,
-    index: int,
-    *,
-    settings: Settings,
-    api_key_id: str | None = None,
-    enforce_owner: bool = False,
-) -> bytes:
-    """The mask or overlay PNG of input ``index`` of a succeeded job (owner as in get_job)."""
-    record = get_job(job_id, settings=settings, api_key_id=api_key_id, enforce_owner=enforce_owner)
+def _succeeded_input(
+    job_id: str, index: int, what: str, settings: Settings, api_key_id: str | None, owner: bool
+) -> JobRecord:
+    """The record of a succeeded job that has input ``index``; else 404 or 409."""
+    record = get_job(job_id, settings=settings, api_key_id=api_key_id, enforce_owner=owner)
     if record.state is not JobState.SUCCEEDED:
         raise JobNotFinishedError(
-            f"job {job_id} is {record.state.value}; images exist once it has succeeded",
+            f"job {job_id} is {record.state.value}; {what} exist once it has succeeded",
             state=record.state.value,
         )
     if not 0 <= index < record.total:
@@ -265,10 +263,69 @@ def job_artefact(
             f"index {index} is out of range: the job has {record.total} input(s), 0-based",
             inputs=record.total,
         )
+    return record
+
+
+def job_artefact(
+    job_id: str,
+    kind: ImageKind,
+    index: int,
+    *,
+    settings: Settings,
+    api_key_id: str | None = None,
+    enforce_owner: bool = False,
+) -> bytes:
+    """The mask or overlay PNG of input ``index`` of a succeeded job (owner as in get_job)."""
+    _succeeded_input(job_id, index, "images", settings, api_key_id, enforce_owner)
     data = get_backend(settings).store.artefact(job_id, kind, index)
     if data is None:
         raise ArtefactNotFoundError(f"the {kind} of input {index} has expired")
     return data
+
+
+def job_dicom_output(
+    job_id: str,
+    kind: DicomKind,
+    index: int,
+    *,
+    settings: Settings,
+    api_key_id: str | None = None,
+    enforce_owner: bool = False,
+) -> bytes:
+    """The DICOM SEG or SR (file format) of input ``index`` of a succeeded job.
+
+    Raises:
+        JobNotFoundError, JobNotFinishedError, ArtefactNotFoundError: as for ``job_artefact``.
+        DicomOutputUnavailableError: the input was not DICOM, or its outputs could not be built.
+    """
+    _succeeded_input(job_id, index, "DICOM outputs", settings, api_key_id, enforce_owner)
+    store = get_backend(settings).store
+    data = store.artefact(job_id, kind, index)
+    if data is None:
+        raise _no_dicom_output(store, job_id, kind, index)
+    return data
+
+
+def _no_dicom_output(store: JobStore, job_id: str, kind: DicomKind, index: int) -> ServiceError:
+    """Why input ``index`` has no SEG or SR: not DICOM, not buildable, or expired."""
+    error = store.artefact(job_id, "dicom_error", index)
+    if error is not None:
+        reason = json.loads(error)
+        return DicomOutputUnavailableError(
+            f"the DICOM outputs of input {index} could not be built: {reason['message']}",
+            input_index=index,
+            reason=reason["code"],
+        )
+    results = store.results(job_id) or []
+    found = results[index]["input"]["format"] if index < len(results) else None
+    if found is not None and found != ImageFormat.DICOM.value:
+        return DicomOutputUnavailableError(
+            "DICOM outputs need a DICOM input: they reference the source instance and copy its "
+            f"patient and study; input {index} is a {found.upper()} image",
+            input_index=index,
+            input_format=found,
+        )
+    return ArtefactNotFoundError(f"the {kind.upper()} of input {index} has expired")
 
 
 async def wait_for_job(

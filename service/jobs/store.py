@@ -12,6 +12,9 @@ settings' ``namespace`` (``breastdx`` by default)::
     <ns>:job:<id>:results          [AnalysisResult JSON, ...]   result_ttl_s
     <ns>:job:<id>:mask:<i>         mask PNG                     result_ttl_s
     <ns>:job:<id>:overlay:<i>      overlay PNG                  result_ttl_s
+    <ns>:job:<id>:seg:<i>          DICOM SEG (file format)      result_ttl_s; DICOM inputs only
+    <ns>:job:<id>:sr:<i>           DICOM SR (file format)       result_ttl_s; DICOM inputs only
+    <ns>:job:<id>:dicom_error:<i>  why no SEG/SR was built      result_ttl_s; JSON {code, message}
     <ns>:job:<id>:lease            the running worker's lease   lease_ttl_s, renewed while it runs
     <ns>:idem:<scope>:<sha256>     idempotency key -> job id    failure_ttl_s
 
@@ -34,7 +37,9 @@ from service.config import Settings
 from service.errors import QueueUnavailableError, UploadExpiredError
 from service.jobs.state import JobRecord, JobState
 
-ArtefactKind = Literal["mask", "overlay"]
+ImageKind = Literal["mask", "overlay"]
+DicomKind = Literal["seg", "sr"]
+ArtefactKind = Literal[ImageKind, DicomKind, "dicom_error"]
 
 
 class KeyValue(Protocol):
@@ -250,12 +255,20 @@ class JobStore:
         self.kv.delete(*self._input_keys(record))
 
     def put_results(
-        self, job_id: str, results: Sequence[str], masks: Sequence[bytes], overlays: Sequence[bytes]
+        self,
+        job_id: str,
+        results: Sequence[str],
+        masks: Sequence[bytes],
+        overlays: Sequence[bytes],
+        extra: Sequence[Mapping[ArtefactKind, bytes]] = (),
     ) -> None:
-        """Results JSON (one AnalysisResult JSON text per input) and the two PNGs per input."""
+        """Results JSON (one AnalysisResult JSON text per input), the two PNGs per input and
+        ``extra`` artefacts per input (the DICOM SEG and SR), all with the results' TTL."""
         items = {self.key(job_id, "results"): ("[" + ",".join(results) + "]").encode()}
         items |= {self.key(job_id, "mask", i): png for i, png in enumerate(masks)}
         items |= {self.key(job_id, "overlay", i): png for i, png in enumerate(overlays)}
+        for i, artefacts in enumerate(extra):
+            items |= {self.key(job_id, kind, i): data for kind, data in artefacts.items()}
         self.kv.set_many(items, self.ttls.result)
 
     def results(self, job_id: str) -> list[dict[str, Any]] | None:

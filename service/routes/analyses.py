@@ -1,8 +1,11 @@
-"""``/v1/{stage}/analyses`` and ``/v1/analyses/{id}``: submit, poll, fetch the result images.
+"""``/v1/{stage}/analyses`` and ``/v1/analyses/{id}``: submit, poll, fetch the result files.
 
 ``Prefer: wait=N`` (RFC 7240; N capped at ``max_wait_s``) holds the answer until the job is
 final or N seconds passed: ``200`` with the finished job (and ``Preference-Applied: wait=N``),
 else the usual ``202``.
+
+``seg.dcm`` and ``sr.dcm`` exist for DICOM inputs only (``service.dicom.artefacts``); another
+input answers 422 ``dicom_output_unavailable``.
 """
 
 from __future__ import annotations
@@ -17,12 +20,14 @@ from service.config import Settings
 from service.deps import CanRead, CanSubmit, SettingsDep
 from service.jobs.service import (
     job_artefact,
+    job_dicom_output,
     job_results,
     parse_stage,
     submit_analysis,
     wait_for_job,
 )
 from service.jobs.state import JobRecord
+from service.jobs.store import DicomKind
 from service.routes.uploads import MULTIPART_BODY, read_images
 from service.schemas import AnalysisQuery, ArtefactQuery, JobPublic, ProblemPublic
 from service.security.keys import Principal
@@ -34,6 +39,9 @@ PROBLEMS: dict[int | str, dict[str, Any]] = {
 }
 ACCEPTED: dict[int | str, dict[str, Any]] = {
     200: {"model": JobPublic, "description": "finished within Prefer: wait"}
+}
+DICOM_FILE: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"application/dicom": {}}, "description": "a DICOM file (PS3.10)"}
 }
 _WAIT = re.compile(r"^\s*wait\s*=\s*(\d{1,6})\s*$", re.IGNORECASE)
 PreferHeader = Annotated[
@@ -141,3 +149,28 @@ def read_overlay(
 ) -> Response:
     """The overlay of input ``index``: mask tint and contours, or the histopathology heatmap."""
     return _image(job_id, "overlay", query.index, settings, caller)
+
+
+def _dicom(
+    job_id: str, kind: DicomKind, index: int, settings: Settings, caller: Principal
+) -> Response:
+    data = job_dicom_output(
+        job_id, kind, index, settings=settings, api_key_id=caller.key_id, enforce_owner=True
+    )
+    return Response(data, media_type="application/dicom", headers={"Cache-Control": "no-store"})
+
+
+@router.get("/analyses/{job_id}/seg.dcm", response_class=Response, responses=DICOM_FILE | PROBLEMS)
+def read_seg(
+    job_id: str, settings: SettingsDep, caller: CanRead, query: Annotated[ArtefactQuery, Query()]
+) -> Response:
+    """The DICOM Segmentation of DICOM input ``index``: the mask, referencing the source."""
+    return _dicom(job_id, "seg", query.index, settings, caller)
+
+
+@router.get("/analyses/{job_id}/sr.dcm", response_class=Response, responses=DICOM_FILE | PROBLEMS)
+def read_sr(
+    job_id: str, settings: SettingsDep, caller: CanRead, query: Annotated[ArtefactQuery, Query()]
+) -> Response:
+    """The TID 1500 Comprehensive SR of DICOM input ``index``: findings, model@version, SEG."""
+    return _dicom(job_id, "sr", query.index, settings, caller)

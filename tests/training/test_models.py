@@ -40,7 +40,8 @@ def _tiny(name: str, in_channels: int = 1, **kwargs: Any) -> BreastdxModel:
 
 
 def test_registry_holds_every_model() -> None:
-    assert set(MODELS.names()) == set(SEGMENTATION + CLASSIFICATION)
+    # Other tests may register test-only networks (tests/training/tiny_runs.py): a superset.
+    assert set(SEGMENTATION + CLASSIFICATION) <= set(MODELS.names())
 
 
 def test_unknown_model_lists_valid_names() -> None:

@@ -1,0 +1,360 @@
+"""End-to-end latency of the HTTP API per stage, in process and queued, beside model-only time.
+
+For every stage: ``breastdx serve`` in process (no Redis), then ``breastdx serve`` + one
+``breastdx worker`` against Redis DB 13 (queued), each a subprocess on a free loopback port;
+``--requests`` requests per concurrency level (1, 4, 16) of ``POST /v1/{stage}/analyses`` with
+``Prefer: wait=30`` (polling ``Location`` on 202), timed from send to result. ``pipeline`` is the
+server's own ``timings_ms.total`` of the result. Model-only: ``ModelRunner.run`` on the very batch
+the pipeline builds for the same image, in this process, in the same run. Queue overhead: queued
+p50 - in-process p50 at concurrency 1. ``--soak N`` then submits N queued requests (16 at a time,
+no wait) and follows every job id to its end: refused submissions, failed jobs and lost jobs
+(gone, or not ``succeeded``/``failed`` within the deadline).
+
+Images: a real one per stage from ``../shared/data`` when present (BUSI, mini-MIAS, IDC), else a
+generated one. Models: the shipped store (``models_registry/store``) when it holds any, else
+``--store``. Redis DB 13 is flushed before and after the queued runs.
+
+Usage: ``.venv/bin/python bench/bench_service.py [--store DIR] [--requests 30]
+[--concurrency 1,4,16] [--modes inprocess,queued] [--stages ultrasound,...] [--soak 2000]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import httpx
+import numpy as np
+import onnxruntime as ort
+import redis
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run from a checkout
+
+from imaging import decode  # noqa: E402
+from imaging.preprocess import preprocess_decoded, select_frame  # noqa: E402
+from models_registry.card import Stage  # noqa: E402
+from models_registry.registry import Registry  # noqa: E402
+from models_registry.store import DirectoryStore  # noqa: E402
+from service.inference import histopathology as histo  # noqa: E402
+from service.inference.pipeline import default_model_ref  # noqa: E402
+from service.inference.runner import RunnerOptions, get_runner  # noqa: E402
+
+SHIPPED = ROOT / "models_registry" / "store"
+REDIS_URL = "redis://127.0.0.1:6379/13"
+WAIT_S = 30
+FINAL = ("succeeded", "failed")
+
+
+@dataclass
+class Level:
+    """One measured cell: a stage, a mode and a concurrency level."""
+
+    stage: str
+    mode: str
+    concurrency: int
+    latencies_s: list[float] = field(default_factory=list)
+    pipeline_ms: list[float] = field(default_factory=list)
+    errors: int = 0
+    wall_s: float = 0.0
+
+    def p_ms(self, q: float) -> float:
+        return float(np.percentile(self.latencies_s, q)) * 1000.0 if self.latencies_s else np.nan
+
+
+def _generated(stage: Stage) -> bytes:
+    """A PNG that passes the stage's input checks: grey speckle, grey breast, pink tissue."""
+    rng = np.random.default_rng(0)
+    if stage is Stage.HISTOPATHOLOGY:
+        low, high = np.array([150, 60, 140]), np.array([230, 140, 220])  # RGB, H&E-like
+        tile = rng.integers(low, high, (50, 50, 3)).astype(np.uint8)
+        return bytes(cv2.imencode(".png", tile[..., ::-1])[1])
+    shape = (256, 320) if stage is Stage.ULTRASOUND else (512, 400)
+    grey = rng.gamma(2.0, 30.0, shape).clip(0, 255).astype(np.uint8)
+    cv2.ellipse(grey, (shape[1] // 2, shape[0] // 2), (40, 25), 0, 0, 360, 20, -1)
+    return bytes(cv2.imencode(".png", grey)[1])
+
+
+def stage_image(stage: Stage) -> tuple[bytes, str]:
+    """The bytes of one image for ``stage`` and where it came from."""
+    data = Path(os.environ.get("BREASTDX_DATA_ROOT", ROOT.parent / "shared" / "data"))
+    idc = sorted((data / "idc" / "IDC_regular_ps50_idx5").glob("*/1/*.png"))[:1]
+    real = {
+        Stage.ULTRASOUND: data / "busi/Dataset_BUSI_with_GT/malignant/malignant (1).png",
+        Stage.MAMMOGRAPHY: data / "mammography/mini-mias/mdb002.png",
+        Stage.HISTOPATHOLOGY: idc[0] if idc else data / "absent.png",
+    }[stage]
+    if real.is_file():
+        return real.read_bytes(), f"real {real.relative_to(data).parts[0]} image"
+    return _generated(stage), "generated image"
+
+
+def model_batch(stage: Stage, image: bytes, registry: Registry, ref: str) -> np.ndarray:
+    """The ``(N, C, h, w)`` batch the pipeline builds for ``image`` (same functions, same card)."""
+    card = get_runner(ref, registry).card
+    config = card.preprocess_config()
+    decoded = decode(image)
+    if stage is not Stage.HISTOPATHOLOGY:
+        chw, _, _ = preprocess_decoded(decoded, config)  # (C, h, w)
+        return chw[None]
+    tiles = histo.TileOptions()
+    display = decoded.display(select_frame(decoded.frames, config.frame_policy))
+    plan = histo.plan_tiles(display, histo.window_size(card, tiles), tiles)
+    return histo.window_batch(display, plan, config)  # (K, C, h, w)
+
+
+def model_only_ms(registry: Registry, ref: str, batch: np.ndarray, repeat: int = 50) -> float:
+    """p50 of ``runner.run(batch)`` in ms (the service's session options), after warm-up."""
+    runner = get_runner(ref, registry, RunnerOptions())
+    times = []
+    for i in range(repeat + 3):
+        start = time.perf_counter()
+        runner.run(batch)
+        if i >= 3:
+            times.append((time.perf_counter() - start) * 1000.0)
+    return statistics.median(times)
+
+
+def submit(client: httpx.Client, stage: str, image: bytes, wait: bool = True) -> httpx.Response:
+    headers = {"Prefer": f"wait={WAIT_S}"} if wait else {}
+    files = {"file": ("image.png", image, "image/png")}
+    return client.post(f"/v1/{stage}/analyses", files=files, headers=headers)
+
+
+def follow(client: httpx.Client, response: httpx.Response, deadline: float) -> dict[str, object]:
+    """Poll a submitted job until it ends; its last body, ``state`` ``lost`` if it never did."""
+    body = response.json()
+    location = response.headers.get("Location") or f"/v1/analyses/{body['id']}"
+    while body.get("state") not in FINAL:
+        if time.monotonic() > deadline:
+            return {"state": "lost"}
+        try:
+            response = client.get(location, headers={"Prefer": f"wait={WAIT_S}"})
+        except httpx.TransportError:
+            continue
+        if response.status_code != 200:
+            return {"state": "lost" if response.status_code == 404 else "error"}
+        body = response.json()
+    return body
+
+
+def one_request(client: httpx.Client, stage: str, image: bytes) -> tuple[float, float] | None:
+    """(seconds from send to a succeeded result, the pipeline's own ms); None on any error."""
+    start = time.perf_counter()
+    try:
+        response = submit(client, stage, image)
+        if response.status_code not in (200, 202):
+            return None
+        body = follow(client, response, time.monotonic() + 120)
+    except httpx.TransportError:
+        return None
+    if body.get("state") != "succeeded":
+        return None
+    result = body["result"][0]  # type: ignore[index]
+    return time.perf_counter() - start, float(result["timings_ms"]["total"])
+
+
+def measure(client: httpx.Client, level: Level, image: bytes, requests: int) -> Level:
+    """Send ``requests`` requests, ``level.concurrency`` at a time (after two warm-up ones)."""
+    for _ in range(2):
+        one_request(client, level.stage, image)
+    start = time.perf_counter()
+    with ThreadPoolExecutor(level.concurrency) as pool:
+        jobs = [pool.submit(one_request, client, level.stage, image) for _ in range(requests)]
+        outcomes = [job.result() for job in jobs]
+    level.wall_s = time.perf_counter() - start
+    level.latencies_s = [o[0] for o in outcomes if o is not None]
+    level.pipeline_ms = [o[1] for o in outcomes if o is not None]
+    level.errors = sum(o is None for o in outcomes)
+    return level
+
+
+def soak(client: httpx.Client, stage: str, image: bytes, total: int) -> tuple[Counter[str], float]:
+    """Submit ``total`` jobs (no wait), then follow every id to its end: outcome counts, seconds."""
+    start = time.perf_counter()
+    with ThreadPoolExecutor(16) as pool:
+        responses = list(pool.map(lambda _: submit(client, stage, image, wait=False), range(total)))
+    accepted = [r for r in responses if r.status_code == 202]
+    outcomes: Counter[str] = Counter(refused=total - len(accepted))
+    deadline = time.monotonic() + max(300.0, total * 0.25)
+    with ThreadPoolExecutor(16) as pool:
+        bodies = list(pool.map(lambda r: follow(client, r, deadline), accepted))
+    outcomes.update(str(body.get("state")) for body in bodies)
+    return outcomes, time.perf_counter() - start
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def process(args: list[str], env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """``breastdx ARGS`` as a subprocess, output to ``log``; terminated on exit."""
+    with log.open("wb") as out:
+        cmd = [sys.executable, "-m", "breastdx.cli", *args]
+        proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **env}, stdout=out, stderr=out)
+        try:
+            yield proc
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def wait_ready(client: httpx.Client, proc: subprocess.Popen[bytes], log: Path) -> None:
+    """Until ``/readyz`` says ready (models verified, worker alive when queued), at most 120 s."""
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            if client.get("/readyz").status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit(f"breastdx serve did not get ready:\n{log.read_text()[-3000:]}")
+        time.sleep(0.25)
+
+
+@contextmanager
+def servers(mode: str, store: Path, logs: Path) -> Iterator[httpx.Client]:
+    """``breastdx serve`` (and, queued, one ``breastdx worker``) with a client on its port."""
+    env = {
+        "BREASTDX_MODEL_STORE": str(store),
+        "BREASTDX_ALLOW_ANONYMOUS": "true",
+        "BREASTDX_RATE_LIMIT_REQUESTS": "0",
+        "BREASTDX_INPROCESS_MAX_PENDING": "64",
+        "BREASTDX_LOG_LEVEL": "WARNING",
+    }
+    env.update({"BREASTDX_REDIS_URL": REDIS_URL} if mode == "queued" else {})
+    if mode == "queued":
+        redis.Redis.from_url(REDIS_URL).flushdb()
+    port = free_port()
+    limits = httpx.Limits(max_connections=64)
+    with ExitStack() as stack:
+        log = logs / f"serve-{mode}.log"
+        serve = stack.enter_context(process(["serve", "--port", str(port)], env, log))
+        if mode == "queued":
+            stack.enter_context(process(["worker"], env, logs / "worker.log"))
+        client = stack.enter_context(
+            httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=WAIT_S + 30, limits=limits)
+        )
+        wait_ready(client, serve, log)
+        yield client
+    if mode == "queued":
+        redis.Redis.from_url(REDIS_URL).flushdb()
+
+
+def machine() -> str:
+    cpu = platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    names = [ln for ln in cpuinfo.read_text().splitlines() if ln.startswith("model name")]
+    cpu = names[0].split(":", 1)[1].strip() if names else cpu
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    return (
+        f"# {cpu}; {os.cpu_count()} logical CPUs; load average {load} at start\n"
+        f"# python {platform.python_version()}; onnxruntime {ort.__version__} (CPU)"
+    )
+
+
+def default_store(given: Path | None) -> Path:
+    """``--store``, else the shipped store when it holds a model."""
+    if given is not None:
+        return given
+    if any(SHIPPED.glob("*/*/card.json")):
+        return SHIPPED
+    raise SystemExit(f"no model in the shipped store {SHIPPED}; pass --store DIR")
+
+
+def print_levels(levels: list[Level]) -> None:
+    row = "{:<15} {:<10} {:>5} {:>5} {:>9} {:>9} {:>12} {:>8} {:>7}"
+    heads = ("stage", "mode", "conc", "n", "p50 ms", "p95 ms", "pipeline ms", "req/s", "errors")
+    print(row.format(*heads))
+    for lv in levels:
+        pipeline = f"{statistics.median(lv.pipeline_ms):.1f}" if lv.pipeline_ms else "-"
+        rate = f"{len(lv.latencies_s) / lv.wall_s:.1f}" if lv.wall_s else "-"
+        cells = (lv.stage, lv.mode, lv.concurrency, len(lv.latencies_s))
+        print(
+            row.format(
+                *cells, f"{lv.p_ms(50):.1f}", f"{lv.p_ms(95):.1f}", pipeline, rate, lv.errors
+            )
+        )
+
+
+def print_targets(levels: list[Level], model_ms: dict[str, tuple[str, float]]) -> None:
+    """Model-only time, end-to-end / model-only at concurrency 1, queue overhead at p50."""
+    p50 = {(lv.stage, lv.mode, lv.concurrency): lv.p_ms(50) for lv in levels}
+    row = "{:<15} {:<28} {:>14} {:>18} {:>18}"
+    print(
+        "\n" + row.format("stage", "model", "model-only ms", "e2e p50 / model", "queue overhead ms")
+    )
+    for stage, (ref, ms) in model_ms.items():
+        local = p50.get((stage, "inprocess", 1), np.nan)
+        queued = p50.get((stage, "queued", 1), np.nan)
+        print(row.format(stage, ref, f"{ms:.2f}", f"{local / ms:.2f}x", f"{queued - local:.1f}"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--store", type=Path, help="model store (default: the shipped one)")
+    parser.add_argument("--requests", type=int, default=30, help="per stage, mode and level")
+    parser.add_argument("--concurrency", default="1,4,16")
+    parser.add_argument("--modes", default="inprocess,queued")
+    parser.add_argument("--stages", default=",".join(s.value for s in Stage))
+    parser.add_argument("--soak", type=int, default=0, help="queued requests to follow; 0: none")
+    parser.add_argument("--soak-stage", default=Stage.ULTRASOUND.value)
+    args = parser.parse_args(argv)
+    store = default_store(args.store)
+    registry = Registry([DirectoryStore(store)])
+    images = {stage: stage_image(Stage(stage)) for stage in args.stages.split(",")}
+    modes = args.modes.split(",")
+    print(machine())
+    print(f"# store {store}; {args.requests} requests per cell; Prefer: wait={WAIT_S}")
+    model_ms = {}
+    for stage, (image, origin) in images.items():
+        ref = str(registry.resolve(default_model_ref(Stage(stage), registry)))
+        batch = model_batch(Stage(stage), image, registry, ref)
+        model_ms[stage] = (ref, model_only_ms(registry, ref, batch))
+        print(f"# {stage}: {origin}, model batch {tuple(batch.shape)}")
+    levels, soaked = [], None
+    with tempfile.TemporaryDirectory(prefix="bench-service-") as tmp:
+        for mode in modes:
+            with servers(mode, store, Path(tmp)) as client:
+                for stage, (image, _) in images.items():
+                    for c in (int(c) for c in args.concurrency.split(",")):
+                        levels.append(measure(client, Level(stage, mode, c), image, args.requests))
+                if mode == "queued" and args.soak:
+                    image = stage_image(Stage(args.soak_stage))[0]
+                    soaked = soak(client, args.soak_stage, image, args.soak)
+    print()
+    print_levels(levels)
+    print_targets(levels, model_ms)
+    if soaked is not None:
+        outcomes, seconds = soaked
+        lost = sum(n for state, n in outcomes.items() if state not in ("succeeded", "refused"))
+        print(f"\n# soak: {args.soak} queued {args.soak_stage} requests, 16 at a time, no wait")
+        print(f"outcomes {dict(outcomes)}; not succeeded {lost}; {seconds:.1f} s")
+        print(f"({args.soak / seconds:.1f} jobs/s end to end)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

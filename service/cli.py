@@ -20,8 +20,10 @@ def serve_main(argv: list[str] | None = None) -> int:
         import uvicorn
 
         from service.config import get_settings
+        from service.observability import configure_logging
 
         settings = get_settings()
+        configure_logging(settings.log_level)  # JSON lines; the access line carries request ids
         uvicorn.run(
             "service.app:create_app",
             factory=True,
@@ -29,6 +31,8 @@ def serve_main(argv: list[str] | None = None) -> int:
             port=args.port,
             workers=args.workers,
             log_level=settings.log_level.lower(),
+            log_config=None,
+            access_log=False,
         )
     except BreastdxError as exc:
         print(f"breastdx serve: {exc.message}", file=sys.stderr)

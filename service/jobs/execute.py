@@ -32,7 +32,7 @@ from service.inference.render import mask_png, overlay_png
 from service.jobs.hooks import run_hooks
 from service.jobs.state import JobError, JobRecord, JobState, utcnow
 from service.jobs.store import ArtefactKind, JobStore
-from service.observability import log_context, observe_job
+from service.observability import log_context, observe_inference, observe_job
 
 logger = logging.getLogger(__name__)
 
@@ -175,6 +175,9 @@ def _succeed(
     store.save(record)
     store.delete_inputs(record)
     observe_job(record.stage, _elapsed_s(record), JobState.SUCCEEDED.value)
+    if analyses:  # one batch run per request: its time is shared by the request's images
+        first = analyses[0].result
+        observe_inference(record.stage, first.model.ref, first.timings_ms.inference / 1000.0)
     logger.info("job succeeded", extra=record.log_extra())
     return True
 

@@ -336,7 +336,9 @@ async def wait_for_job(
     Only the submitting key's jobs are visible (``get_job(..., enforce_owner=True)``).
     """
     deadline = time.monotonic() + timeout_s
-    delay = 0.05
+    # Short first polls: a 70 ms job must be seen within milliseconds, not at the next coarse
+    # tick (a 50/125/237 ms schedule doubled the ultrasound latency). A read is one Redis GET.
+    delay = 0.005
 
     def look() -> JobRecord:
         return get_job(job_id, settings=settings, api_key_id=api_key_id, enforce_owner=True)
@@ -346,4 +348,4 @@ async def wait_for_job(
         if record.state.final or time.monotonic() >= deadline:
             return record
         await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
-        delay = min(delay * 1.5, 0.5)
+        delay = min(delay * 1.25, 0.1)

@@ -86,7 +86,7 @@ def _f(value: float | None, digits: int = 3) -> str:
 
 def _seg_cell(result: CellResult | None, paper: tuple[float, float] | None) -> str:
     if result is None or result.status != "done":
-        return "not run" if result is None else result.status
+        return "not run" if result is None or result.status == "missing" else result.status
     ours = f"{_f(result.value('miou_fg_bg_pooled'))} / {_f(result.value('dice'))}"
     return ours if paper is None else f"{ours} (paper {paper[0]:.3g} / {paper[1]:.3g})"
 
@@ -137,7 +137,7 @@ def classification_table(protocol: str, results: list[CellResult]) -> list[str]:
                 CLASSIFICATION_TABLE[(policy, model)],
             )
             if r is None or r.status != "done":
-                cells.append("not run" if r is None else r.status)
+                cells.append("not run" if r is None or r.status == "missing" else r.status)
                 continue
             low, high = r.interval("accuracy")
             cells.append(f"{_f(r.value('accuracy'))} [{_f(low)}, {_f(high)}] (paper {paper:.2f})")

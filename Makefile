@@ -8,7 +8,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 PYTEST_ARGS ?=
 
-.PHONY: serve test setup-serve setup-dev lint typecheck pytest format bench clean
+.PHONY: serve test models setup-serve setup-dev lint typecheck pytest format bench clean
 
 setup-serve:
 	scripts/setup-env.sh $(SERVE_VENV) serve
@@ -16,8 +16,18 @@ setup-serve:
 setup-dev:
 	scripts/setup-env.sh $(DEV_VENV) serve,train,dev
 
+# On loopback the demo needs no API key (BREASTDX_ALLOW_ANONYMOUS=true unless set); on any other
+# HOST keys are required: create one with 'breastdx api-keys create NAME'.
+SERVE_ANONYMOUS ?= $(if $(filter 127.0.0.1 localhost ::1,$(HOST)),true,false)
+
 serve: setup-serve
-	$(SERVE_VENV)/bin/breastdx serve --host $(HOST) --port $(PORT)
+	BREASTDX_ALLOW_ANONYMOUS=$${BREASTDX_ALLOW_ANONYMOUS:-$(SERVE_ANONYMOUS)} \
+	    $(SERVE_VENV)/bin/breastdx serve --host $(HOST) --port $(PORT)
+
+# Rebuild the shipped models from scratch: train, export with parity, register, promote, verify
+# (scripts/build-models.sh; data from BREASTDX_DATA_ROOT, default ../shared/data).
+models:
+	VENV=$(DEV_VENV) scripts/build-models.sh
 
 test: setup-dev
 	scripts/system-deps.sh

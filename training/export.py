@@ -6,8 +6,11 @@ stated opset, with one input ``image`` ``(N, C, H, W)`` whose batch axis ``N`` i
 model's named outputs (``mask_logits``, ``malignancy_logit`` or ``class_logits``). It then runs
 the parity check of ``training.parity`` on real images (torch eager vs ONNX Runtime; for fp16,
 the fp32 ONNX file vs the fp16 one) and fails with ``ParityError`` when a figure misses its
-tolerance. Last, it drafts the model card (``training.export_card``) and writes it beside the
-ONNX file as ``<stem>.card.json``.
+tolerance. With ``weights_fp16`` the file written stores its weights as float16 with float32
+compute (``training.export_weights``): the float32 export is checked first, then the smaller file
+against torch under ``WEIGHTS_FP16_TOLERANCE``, and the card describes the smaller file. Last,
+it drafts the model card (``training.export_card``) and writes it beside the ONNX file as
+``<stem>.card.json``.
 """
 
 from __future__ import annotations
@@ -23,13 +26,16 @@ import numpy as np
 import onnx
 import torch
 
+from breastdx.errors import BreastdxError
 from models_registry.card import CardDraft, Thresholds
 from training.checkpoint import load_checkpoint
 from training.config import ConfigError, TrainConfig, config_from_dict
+from training.export_weights import store_weights_fp16
 from training.models import BreastdxModel, OnnxExportWrapper
 from training.parity import (
     FP16_TOLERANCE,
     FP32_TOLERANCE,
+    WEIGHTS_FP16_TOLERANCE,
     ExportError,
     ParityReport,
     Tolerance,
@@ -77,6 +83,11 @@ class ExportResult:
     fp16_path: Path | None = None
     fp16_parity: ParityReport | None = None
     parity_sources: tuple[Path, ...] = field(default=())
+    fp32_parity: ParityReport | None = None  # set when onnx_path stores fp16 weights
+
+    @property
+    def weights_fp16(self) -> bool:
+        return self.fp32_parity is not None
 
 
 def load_trained(checkpoint: Path) -> TrainedRun:
@@ -157,6 +168,8 @@ def split_images(run_dir: Path, split: str = "test", n: int = 32) -> list[Path]:
         valid = ", ".join(document.names())
         raise ExportError(f"split {split!r} of {SPLIT_FILE} is empty or unknown; splits: {valid}")
     files = [Path(document.samples[i].image_path) for i in ids[:n]]
+    if not all(f.is_file() for f in files):  # a split made under another data root
+        files = _images_under_config_root(run_dir, ids[:n]) or files
     missing = [f.name for f in files if not f.is_file()]
     if missing:
         raise ExportError(
@@ -166,6 +179,24 @@ def split_images(run_dir: Path, split: str = "test", n: int = 32) -> list[Path]:
     return files
 
 
+def _images_under_config_root(run_dir: Path, ids: Sequence[str]) -> list[Path] | None:
+    """Images of ``ids`` read under the run's own ``data.root`` (None if that cannot be done).
+
+    A split file names the images where they were when it was made; a run that reused it under
+    another data root (``$BREASTDX_DATA_ROOT``) verified them by sha256, so their ids hold.
+    """
+    from training.checkpoint import CONFIG
+    from training.config import load_config
+    from training.torch_dataset import read_samples
+
+    try:
+        data = load_config(run_dir / CONFIG).data
+        by_id = {s.id: Path(s.image_path) for s in read_samples(data.dataset.value, data.root)}
+    except (BreastdxError, OSError):
+        return None
+    return [by_id[i] for i in ids] if all(i in by_id for i in ids) else None
+
+
 def _check_files(
     run: TrainedRun,
     out: Path,
@@ -173,10 +204,10 @@ def _check_files(
     batch: np.ndarray,
     tolerance: Tolerance,
     fp16_tolerance: Tolerance,
+    reference: dict[str, np.ndarray],
 ) -> tuple[ParityReport, ParityReport | None]:
     """Parity of the fp32 file against torch, and of the fp16 file (if any) against fp32."""
     names = run.output_names
-    reference = torch_outputs(run.model, batch, names)
     parity = check_onnx(reference, out, batch, tolerance=tolerance, label="torch vs onnx fp32")
     if fp16_out is None:
         return parity, None
@@ -188,19 +219,45 @@ def _check_files(
     return parity, fp16_parity
 
 
+def _weights_fp16(
+    reference: dict[str, np.ndarray],
+    source: Path,
+    target: Path,
+    batch: np.ndarray,
+    tolerance: Tolerance,
+) -> ParityReport:
+    """Write ``target`` with fp16 weight storage and check it against torch."""
+    try:
+        storage = store_weights_fp16(source, target)
+    except ValueError as exc:
+        raise ExportError(str(exc)) from exc
+    logger.info(
+        "fp16 weight storage: %d initializers converted, %d bytes -> %d bytes",
+        storage.converted, storage.bytes_before, storage.bytes_after,
+    )  # fmt: skip
+    return check_onnx(
+        reference, target, batch, tolerance=tolerance, label="torch vs onnx fp16 weights"
+    )
+
+
 def export_checkpoint(
     checkpoint: Path,
     out: Path,
     *,
     parity_images: Sequence[Path],
     fp16: bool = False,
+    weights_fp16: bool = False,
     tolerance: Tolerance = FP32_TOLERANCE,
     fp16_tolerance: Tolerance = FP16_TOLERANCE,
+    weights_fp16_tolerance: Tolerance = WEIGHTS_FP16_TOLERANCE,
     thresholds: Thresholds | None = None,
     opset: int = OPSET,
     name: str | None = None,
 ) -> ExportResult:
     """Export, check parity on ``parity_images``, draft and write the card.
+
+    ``weights_fp16`` writes ``out`` with float16 weight storage (the float32 export, checked
+    first, is removed); it excludes ``fp16``.
 
     Raises:
         ExportError: the checkpoint or its run folder lacks something the card needs.
@@ -208,23 +265,35 @@ def export_checkpoint(
     """
     from training.export_card import build_card_draft
 
+    if fp16 and weights_fp16:
+        raise ExportError("an fp16 variant and fp16 weight storage exclude each other; pick one")
     run = load_trained(checkpoint)
     out = Path(out)
     batch = load_images(parity_images, run.config.preprocess)  # (N, C, H, W)
     fp16_out = out.with_suffix(".fp16.onnx")
+    fp32_out = out.with_suffix(".fp32.onnx") if weights_fp16 else out
+    fp32_parity = None
     try:
-        export_onnx(run, out, opset=opset)
+        export_onnx(run, fp32_out, opset=opset)
+        reference = torch_outputs(run.model, batch, run.output_names)
         parity, fp16_parity = _check_files(
-            run, out, fp16_out if fp16 else None, batch, tolerance, fp16_tolerance
+            run, fp32_out, fp16_out if fp16 else None, batch, tolerance, fp16_tolerance, reference
         )
+        if weights_fp16:
+            fp32_parity = parity
+            parity = _weights_fp16(reference, fp32_out, out, batch, weights_fp16_tolerance)
     except ExportError:  # a file that failed its check must not be mistaken for a good one
-        out.unlink(missing_ok=True)
-        fp16_out.unlink(missing_ok=True)
+        for path in (out, fp16_out, fp32_out):
+            path.unlink(missing_ok=True)
         raise
+    finally:
+        if weights_fp16:
+            fp32_out.unlink(missing_ok=True)  # the float32 file of the shipped one: not kept
     draft = build_card_draft(
         run,
         parity=parity,
         fp16_parity=fp16_parity,
+        fp32_parity=fp32_parity,
         opset=opset,
         thresholds=thresholds or Thresholds(min_lesion_area_px=MIN_LESION_AREA_PX),
         name=name,
@@ -240,6 +309,7 @@ def export_checkpoint(
         fp16_path=fp16_out if fp16 else None,
         fp16_parity=fp16_parity,
         parity_sources=tuple(Path(p) for p in parity_images),
+        fp32_parity=fp32_parity,
     )
 
 
@@ -260,8 +330,10 @@ def result_summary(result: ExportResult) -> dict[str, Any]:
     return {
         "onnx": str(result.onnx_path),
         "fp16": str(result.fp16_path) if result.fp16_path else None,
+        "weights_fp16": result.weights_fp16,
         "card": str(result.card_path),
         "opset": result.draft.onnx.opset,
         "parity": figures(result.parity),
         "fp16_parity": figures(result.fp16_parity),
+        "fp32_parity": figures(result.fp32_parity),
     }

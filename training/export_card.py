@@ -93,6 +93,15 @@ SOURCES = {
         url="https://doi.org/10.1038/sdata.2017.177",
     ),
 }
+DATASET_LIMITATIONS = {
+    "mias": (
+        "Lesion masks are a circle-mask approximation: mini-MIAS gives each abnormality as a "
+        "centre and a radius only, so the model learned circles, and Dice/IoU were measured "
+        "against circles, not lesion outlines.",
+        "mini-MIAS is digitised MLO screen film (1990s), scaled here from 1024x1024 to 512x512 "
+        "pixels; full-field digital mammograms, CC views and other scanners lie outside its data.",
+    ),
+}
 STAGE_USE = {
     "mammography": "segmenting suspicious masses on mammograms and scoring their malignancy",
     "ultrasound": "segmenting lesions on breast ultrasound images and scoring their malignancy",
@@ -281,8 +290,40 @@ def _provenance(run: TrainedRun) -> list[DataSource]:
     return [SOURCES[key]]
 
 
+def _empty_mask_baseline(run: TrainedRun, evaluation: EvaluationSet) -> str | None:
+    """Segmentation: what mean Dice/IoU a model that never marks a lesion would score."""
+    empty = evaluation.class_counts.get("normal", 0)  # BUSI and mini-MIAS: no lesion, no mask
+    total = sum(evaluation.class_counts.values())
+    if run.config.task is not Task.SEGMENTATION or not empty:
+        return None
+    return (
+        "Mean Dice and IoU count an empty prediction on a lesion-free image as 1: "
+        f"{empty} of {total} test images hold no lesion, so a model that never marks anything "
+        f"would score {empty / total:.3f}; read the figures against that baseline."
+    )
+
+
+def _weights_fp16_note(parity: ParityReport, fp32: ParityReport) -> str:
+    text = (
+        "Weights are stored as float16 in this ONNX file (cast to float32 when loaded; compute "
+        f"is float32) to keep the shipped file small. Against the float32 torch model on "
+        f"{parity.n_images} test images its probabilities differ by at most "
+        f"{parity.max_abs_prob_diff:.2g} (tolerance {parity.tolerance.prob:g})"
+    )
+    if parity.mask_agreement is not None:
+        text += (
+            f" and {parity.mask_agreement:.4%} of mask pixels agree (minimum "
+            f"{parity.tolerance.mask_agreement:.1%})"
+        )
+    return text + (
+        f"; the float32 export it was made from differs by {fp32.max_abs_prob_diff:.2g}. "
+        "The held-out metrics were measured with the float32 torch model."
+    )
+
+
 def _limitations(run: TrainedRun) -> list[str]:
     items = list(DEFAULT_LIMITATIONS)
+    items += DATASET_LIMITATIONS.get(run.config.data.dataset.value, ())
     if run.config.data.protocol is Protocol.PAPER:
         items.append(
             "Evaluated under the paper's protocol only: augmented copies of one image lie on "
@@ -311,14 +352,18 @@ def build_card_draft(
     opset: int,
     thresholds: Thresholds,
     name: str | None = None,
+    fp32_parity: ParityReport | None = None,
 ) -> CardDraft:
     """The card draft of ``run`` with the export's parity figures.
+
+    ``fp32_parity`` (the float32 export's figures) says that the carded file stores float16
+    weights and ``parity`` measures it; the card's limitations then state both.
 
     Raises:
         ExportError: the run folder lacks what the card needs, or the draft does not validate.
     """
     try:
-        return _draft(run, parity, fp16_parity, opset, thresholds, name)
+        return _draft(run, parity, fp16_parity, opset, thresholds, name, fp32_parity)
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(map(str, e['loc'])) or '(card)'}: {e['msg']}" for e in exc.errors()[:5]
@@ -333,10 +378,17 @@ def _draft(
     opset: int,
     thresholds: Thresholds,
     name: str | None,
+    fp32_parity: ParityReport | None = None,
 ) -> CardDraft:
     pre = run.config.preprocess
     report = _read_json(run.run_dir / METRICS_FILE)
     evaluation = _evaluation_set(run)
+    limitations = _limitations(run)
+    baseline = _empty_mask_baseline(run, evaluation)
+    if baseline is not None:
+        limitations.append(baseline)
+    if fp32_parity is not None:
+        limitations.append(_weights_fp16_note(parity, fp32_parity))
     temperature = _number(report.get("temperature"))
     fitted = temperature is not None and temperature > 0
     fp16 = Fp16Export(parity=fp16_parity.to_card()) if fp16_parity is not None else None
@@ -367,7 +419,7 @@ def _draft(
             "locating suspicious lesions and scoring malignancy on breast images",
             STAGE_USE[run.config.stage.value],
         ),
-        limitations=_limitations(run),
+        limitations=limitations,
         parity=parity.to_card(),
         onnx=OnnxExport(opset=opset, fp16=fp16),
     )

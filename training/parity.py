@@ -62,6 +62,8 @@ class Tolerance:
 
 FP32_TOLERANCE = Tolerance(prob=1e-4, mask_agreement=0.999)
 FP16_TOLERANCE = Tolerance(prob=1e-2, mask_agreement=0.99)
+# fp16 weight storage (training.export_weights): weights rounded to float16, compute float32
+WEIGHTS_FP16_TOLERANCE = Tolerance(prob=2e-3, mask_agreement=0.995)
 
 
 @dataclass(frozen=True)

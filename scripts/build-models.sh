@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# Rebuild the shipped default models from scratch (`make models`):
+#   1. train training/configs/ship/{ultrasound,mammography,histopathology}.yaml into runs/ship/<stage>/
+#   2. export each best.pt with the torch-vs-ONNX parity check on its test split:
+#      - float32 file           -> FULL_STORE (outside git), alias production
+#      - fp16 weight storage    -> SHIP_STORE (committed), alias staging, verified, then production
+#   3. verify both stores (sha256, ONNX Runtime load, inputs/outputs vs the card)
+# Every run registers NEW versions; a stored version is never overwritten.
+#
+# Environment (all optional):
+#   BREASTDX_DATA_ROOT  data folder holding busi/, mammography/mini-mias/, idc/ (../shared/data)
+#   SHIP_STORE          shipped store (models_registry/store)
+#   FULL_STORE          store of the float32 variants, a path or URI (runs/model-store-full)
+#   SHIP_RUNS           training output folder (runs/ship)
+#   STAGES              stages to build, e.g. "ultrasound" (all three)
+#   REUSE_RUNS=1        skip training where a finished run (best.pt + metrics.json) exists
+#   TRAIN_OVERRIDES     extra key=value overrides for every training run (smoke tests)
+#   PARITY_N            test images in each parity check (64)
+#   VENV                virtual environment, created if needed (.venv)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+venv=${VENV:-.venv}
+data_root=${BREASTDX_DATA_ROOT:-../shared/data}
+ship_store=${SHIP_STORE:-models_registry/store}
+full_store=${FULL_STORE:-runs/model-store-full}
+runs=${SHIP_RUNS:-runs/ship}
+stages=${STAGES:-ultrasound mammography histopathology}
+parity_n=${PARITY_N:-64}
+read -r -a overrides <<<"${TRAIN_OVERRIDES:-}"
+
+declare -A model_name=(
+    [ultrasound]=ultrasound-unet
+    [mammography]=mammography-unet
+    [histopathology]=histopathology-resnet50
+)
+declare -A data_dir=(
+    [ultrasound]=busi
+    [mammography]=mammography/mini-mias
+    [histopathology]=idc
+)
+
+log() { printf '%s build-models: %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
+
+for stage in $stages; do
+    if [[ -z "${model_name[$stage]:-}" ]]; then
+        echo "build-models: unknown stage '$stage'; stages: ${!model_name[*]}" >&2
+        exit 2
+    fi
+    if [[ ! -d "$data_root/${data_dir[$stage]}" ]]; then
+        echo "build-models: $data_root/${data_dir[$stage]} is absent (set BREASTDX_DATA_ROOT)" >&2
+        exit 2
+    fi
+done
+
+scripts/setup-env.sh "$venv" serve,train,dev
+bdx="$venv/bin/breastdx"
+
+# 1. Train (fixed seeds, committed split files: the cards' metrics come out again).
+for stage in $stages; do
+    run="$runs/$stage"
+    if [[ "${REUSE_RUNS:-0}" == 1 && -f "$run/best.pt" && -f "$run/metrics.json" ]]; then
+        log "$stage: reusing the finished run in $run"
+        continue
+    fi
+    log "$stage: training into $run"
+    start=$SECONDS
+    "$bdx" train --config "training/configs/ship/$stage.yaml" --no-progress \
+        "data.root=$data_root/${data_dir[$stage]}" "output_dir=$run" "${overrides[@]}"
+    log "$stage: trained in $((SECONDS - start)) s"
+done
+
+# 2. Export with parity on the test split, register, promote.
+for stage in $stages; do
+    name=${model_name[$stage]}
+    run="$runs/$stage"
+    out="$run/export"
+    rm -rf "$out"  # exports of an earlier build (runs/ only; the stores keep every version)
+    mkdir -p "$out"
+    log "$stage: float32 export -> $full_store"
+    "$bdx" export --checkpoint "$run/best.pt" --out "$out/full/model.onnx" \
+        --parity-split test --parity-n "$parity_n" \
+        --register --name "$name" --alias production --store "$full_store" | tee "$out/full.json"
+    log "$stage: fp16 weight storage export -> $ship_store"
+    "$bdx" export --checkpoint "$run/best.pt" --out "$out/shipped/model.onnx" --weights-fp16 \
+        --parity-split test --parity-n "$parity_n" \
+        --register --name "$name" --alias staging --store "$ship_store" | tee "$out/shipped.json"
+    "$bdx" models verify --store "$ship_store" "$name@staging"
+    "$bdx" models promote --store "$ship_store" "$name@staging" --alias production
+done
+
+# 3. Verify every version of both stores and show what ships.
+"$bdx" models verify --store "$ship_store"
+"$bdx" models verify --store "$full_store"
+"$bdx" models list --store "$ship_store"
+total=$(find "$ship_store" -name '*.onnx' -not -path '*/.staging/*' -printf '%s\n' \
+    | awk '{s += $1} END {print s + 0}')
+log "ONNX files in $ship_store: $total bytes (budget 60000000)"

@@ -57,7 +57,17 @@ class ScalePreset:
     paper_copies: int = 5
 
 
-_SEG_SMOKE = ScalePreset(32, 1, 4, 1, widths={"unet": 4, "resunetpp": 4})
+# DeepLabV3 on the MobileNetV3 backbone at smoke scale too: its ResNet-50 (39M parameters)
+# makes every smoke cell write ~1 GB of checkpoints; tests/training/test_models.py runs the
+# ResNet-50 variant forward (shapes) and loads weights into it.
+_SEG_SMOKE = ScalePreset(
+    32,
+    1,
+    4,
+    1,
+    widths={"unet": 4, "resunetpp": 4},
+    substitutes={"deeplabv3": "deeplabv3_mobilenet"},
+)
 PRESETS: dict[Scale, dict[Modality, ScalePreset]] = {
     Scale.SMOKE: {
         Modality.ULTRASOUND: _SEG_SMOKE,

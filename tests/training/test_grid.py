@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,11 +18,12 @@ pytestmark = pytest.mark.timeout(2400)
 
 
 @pytest.fixture(scope="module")
-def grid(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def grid(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     out = tmp_path_factory.mktemp("grid")
     argv = ["--modality", "all", "--scale", "smoke", "--synthetic", "--protocol", "both"]
     assert main([*argv, "--out", str(out), "--report-dir", str(out / "reports")]) == 0
-    return out
+    yield out
+    shutil.rmtree(out, ignore_errors=True)  # ~150 runs' checkpoints: gigabytes
 
 
 def test_cell_counts_follow_the_papers_tables() -> None:

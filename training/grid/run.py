@@ -118,6 +118,9 @@ def run_cell(
         record |= {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
     else:
         record |= {"status": "done", "epochs": result.last_epoch, "best_epoch": result.best_epoch}
+        # last.pt (weights + optimiser state) only serves resuming an unfinished cell; a grid
+        # of VGG19/ResNet cells would otherwise keep gigabytes of it. best.pt stays.
+        result.last_checkpoint.unlink(missing_ok=True)
     record["seconds"] = round(time.monotonic() - start, 1) + float(
         (status or {}).get("seconds", 0.0)
     )

@@ -17,8 +17,11 @@
 #   TRAIN_OVERRIDES     extra key=value overrides for every training run (smoke tests)
 #   PARITY_N            test images in each parity check (64)
 #   VENV                virtual environment, created if needed (.venv)
+#   OMP_NUM_THREADS     torch threads (1: the thread count the shipped cards were measured with;
+#                       another count changes float sums, so the figures drift by ~0.03)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} MKL_NUM_THREADS=${MKL_NUM_THREADS:-1}
 
 venv=${VENV:-.venv}
 data_root=${BREASTDX_DATA_ROOT:-../shared/data}

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from breastdx.errors import BreastdxError
 from imaging.preprocess import PreprocessConfig
+from models_registry.card import Stage  # one Stage enum: the registry's (torch-free)
 
 SEGMENTATION_METRICS = ("dice", "iou")
 CLASSIFICATION_METRICS = ("balanced_accuracy", "auc", "accuracy")
@@ -26,14 +27,6 @@ class ConfigError(BreastdxError):
 
     code = "invalid_training_config"
     title = "Invalid training configuration"
-
-
-class Stage(StrEnum):
-    """Clinical stage of the paper's workflow (Fig. 1)."""
-
-    MAMMOGRAPHY = "mammography"
-    ULTRASOUND = "ultrasound"
-    HISTOPATHOLOGY = "histopathology"
 
 
 class Task(StrEnum):

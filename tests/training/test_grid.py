@@ -78,3 +78,38 @@ def test_a_finished_grid_resumes_without_training(grid: Path) -> None:
 def test_grid_without_data_source_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--modality", "ultrasound", "--scale", "smoke"]) == 1
     assert "--data-root" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_report_carries_over_cells_whose_run_folder_was_lost(grid: Path, tmp_path: Path) -> None:
+    """A fresh checkout without a cell's run folder keeps that cell's figures from the earlier
+    report's CSV, marked; without --carry-over the cell reads "not run"."""
+    out, reports = tmp_path / "runs", tmp_path / "reports"
+    shutil.copytree(
+        grid / "mammography", out / "mammography", ignore=shutil.ignore_patterns("*.pt")
+    )
+    stem = "mammography-smoke"
+    reports.mkdir()
+    for suffix in (".csv", ".md"):
+        shutil.copy(grid / "reports" / f"{stem}{suffix}", reports / f"{stem}{suffix}")
+    with (reports / f"{stem}.csv").open() as handle:
+        before = {
+            (r["protocol"], r["model"], r["loss"], r["policy"]): r for r in csv.DictReader(handle)
+        }
+    lost = ("paper", "unet", "dice", "filter")
+    shutil.rmtree(out / "mammography" / "paper" / "unet-dice-filter")
+    argv = ["--modality", "mammography", "--scale", "smoke", "--protocol", "both"]
+    argv += ["--out", str(out), "--report-dir", str(reports), "--report-only"]
+    assert main([*argv, "--carry-over"]) == 0
+    text = (reports / f"{stem}.md").read_text()
+    assert "† 1 cells carried over from an earlier report (report of commit" in text
+    assert "--carry-over" not in text and "--report-only" not in text
+    with (reports / f"{stem}.csv").open() as handle:
+        after = {
+            (r["protocol"], r["model"], r["loss"], r["policy"]): r for r in csv.DictReader(handle)
+        }
+    assert after[lost]["source"].startswith("report of commit")
+    assert after[lost]["dice"] == before[lost]["dice"] and after[lost]["status"] == "done"
+    assert {r["source"] for key, r in after.items() if key != lost} == {"run"}
+    assert main(argv) == 0  # no carry-over: the lost cell is missing
+    assert "not run" in (reports / f"{stem}.md").read_text()

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from breastdx.errors import BreastdxError
-from training.grid.report import collect, write_csv, write_markdown
+from training.grid.report import carry_over, collect, write_csv, write_markdown
 from training.grid.run import run_grid
 from training.grid.spec import DATASETS, Cell, Modality, Scale, build_cells
 
@@ -40,6 +40,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--report-dir", type=Path, help="write <modality>.md/.csv here")
     parser.add_argument("--notes-dir", type=Path, help="<modality>.md notes appended to reports")
     parser.add_argument("--report-only", action="store_true", help="write reports, train nothing")
+    parser.add_argument(
+        "--carry-over",
+        action="store_true",
+        help="cells with no finished run folder keep their figures from the existing CSV report "
+        "(marked in the report)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     return parser
@@ -68,10 +74,15 @@ def _report(
 
     results = collect(cells, Scale(args.scale), args.out)
     report_dir = args.report_dir or args.out
+    stem = f"{modality.value}-{args.scale}"
+    if args.carry_over:
+        results = carry_over(
+            results, report_dir / f"{stem}.csv", _previous_commit(report_dir / f"{stem}.md")
+        )
     notes_file = args.notes_dir / f"{modality.value}.md" if args.notes_dir else None
     notes = notes_file.read_text(encoding="utf-8") if notes_file and notes_file.is_file() else None
-    command = shlex.join(["breastdx", "grid", *[a for a in argv if a != "--report-only"]])
-    stem = f"{modality.value}-{args.scale}"
+    skip = {"--report-only", "--carry-over"}
+    command = shlex.join(["breastdx", "grid", *[a for a in argv if a not in skip]])
     write_csv(results, report_dir / f"{stem}.csv")
     write_markdown(
         modality,
@@ -85,6 +96,15 @@ def _report(
     )
     done = sum(r.status == "done" for r in results)
     print(f"{modality.value}: {done}/{len(results)} cells done -> {report_dir / stem}.md")
+
+
+def _previous_commit(report: Path) -> str:
+    """Where carried cells come from: the commit line of the report being replaced."""
+    if report.is_file():
+        for line in report.read_text(encoding="utf-8").splitlines():
+            if line.startswith("- commit `"):
+                return "report of commit " + line.split("`")[1][:12]
+    return "an earlier report"
 
 
 def main(argv: list[str] | None = None) -> int:

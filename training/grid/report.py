@@ -45,6 +45,7 @@ class CellResult:
     test: dict[str, Any]
     seconds: float | None
     epochs: int | None
+    source: str = "run"  # "run": read from its run folder; otherwise where it was carried from
 
     def value(self, metric: str) -> float | None:
         entry = self.test.get(metric)
@@ -80,6 +81,58 @@ def collect(cells: list[Cell], scale: Scale, out: Path) -> list[CellResult]:
     return results
 
 
+def carry_over(results: list[CellResult], csv_path: Path, source: str) -> list[CellResult]:
+    """Cells with no finished run folder keep the figures of an earlier report's CSV.
+
+    A run folder can be lost (a fresh checkout of a repository that did not keep it); the
+    earlier report's row is then the only record of a real run. Carried cells are marked in the
+    report and say where they came from; running the grid command retrains them.
+    """
+    if not csv_path.is_file():
+        return results
+    with csv_path.open(newline="", encoding="utf-8") as handle:
+        rows = {
+            (r["protocol"], r["model"], r["loss"], r["policy"]): r
+            for r in csv.DictReader(handle)
+            if r.get("status") == "done"
+        }
+    merged = []
+    for r in results:
+        row = rows.get((r.cell.protocol, r.cell.model, r.cell.loss, r.cell.policy))
+        if r.status == "done" or row is None:
+            merged.append(r)
+            continue
+        metrics = CLS_METRICS if r.cell.modality is Modality.HISTOPATHOLOGY else SEG_METRICS
+        test = {
+            m: {
+                "value": _num(row.get(m)),
+                "ci_low": _num(row.get(f"{m}_ci_low")),
+                "ci_high": _num(row.get(f"{m}_ci_high")),
+            }
+            for m in metrics
+        }
+        previous = row.get("source") or "run"
+        merged.append(
+            CellResult(
+                r.cell,
+                "done",
+                test,
+                _num(row.get("seconds")),
+                int(row["epochs"]) if row.get("epochs") else None,
+                source if previous == "run" else previous,
+            )
+        )
+    return merged
+
+
+def _num(text: str | None) -> float | None:
+    return float(text) if text not in (None, "") else None
+
+
+def _mark(result: CellResult) -> str:
+    return "" if result.source == "run" else " †"
+
+
 def _f(value: float | None, digits: int = 3) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
 
@@ -87,7 +140,7 @@ def _f(value: float | None, digits: int = 3) -> str:
 def _seg_cell(result: CellResult | None, paper: tuple[float, float] | None) -> str:
     if result is None or result.status != "done":
         return "not run" if result is None or result.status == "missing" else result.status
-    ours = f"{_f(result.value('miou_fg_bg_pooled'))} / {_f(result.value('dice'))}"
+    ours = f"{_f(result.value('miou_fg_bg_pooled'))} / {_f(result.value('dice'))}{_mark(result)}"
     return ours if paper is None else f"{ours} (paper {paper[0]:.3g} / {paper[1]:.3g})"
 
 
@@ -140,7 +193,9 @@ def classification_table(protocol: str, results: list[CellResult]) -> list[str]:
                 cells.append("not run" if r is None or r.status == "missing" else r.status)
                 continue
             low, high = r.interval("accuracy")
-            cells.append(f"{_f(r.value('accuracy'))} [{_f(low)}, {_f(high)}] (paper {paper:.2f})")
+            cells.append(
+                f"{_f(r.value('accuracy'))} [{_f(low)}, {_f(high)}]{_mark(r)} (paper {paper:.2f})"
+            )
         lines.append(f"| {policy} | " + " | ".join(cells) + " |")
     return lines
 
@@ -166,6 +221,7 @@ def write_csv(results: list[CellResult], path: Path) -> None:
     for m in metrics:
         header += [m, f"{m}_ci_low", f"{m}_ci_high"]
     header += ["paper_iou_or_accuracy", "paper_dice", "diff_iou_or_accuracy", "diff_dice"]
+    header += ["source"]
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
@@ -183,6 +239,7 @@ def write_csv(results: list[CellResult], path: Path) -> None:
             row += [paper_a, paper_b]
             row += [None if ours_a is None or paper_a is None else round(ours_a - paper_a, 4)]
             row += [None if ours_b is None or paper_b is None else round(ours_b - paper_b, 4)]
+            row += [r.source]
             writer.writerow(row)
 
 
@@ -198,6 +255,18 @@ def _split_counts(results: list[CellResult], scale: Scale, out: Path) -> list[st
             text = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
             lines.append(f"- `{split_file.name}`: {text} (entries = images or augmented copies)")
     return lines
+
+
+def _carried_note(results: list[CellResult]) -> list[str]:
+    carried = [r for r in results if r.source != "run"]
+    if not carried:
+        return []
+    sources = ", ".join(sorted({r.source for r in carried}))
+    return [
+        f"- † {len(carried)} cells carried over from an earlier report ({sources}): their run "
+        "folders were not kept, their figures are that report's CSV rows; the command above "
+        "retrains them"
+    ]
 
 
 def write_markdown(
@@ -228,6 +297,7 @@ def write_markdown(
         f"{preset.widths or 'model defaults'}, substitutes {preset.substitutes or 'none'}, "
         f"data subset {preset.max_samples or 'none'}",
         *_split_counts(results, scale, out),
+        *_carried_note(results),
         "",
         __doc__.split("\n\n", 1)[1].strip() if __doc__ else "",
         "",

@@ -162,14 +162,19 @@ def postprocess_mask(
     return result
 
 
-def _to_rgb_uint8(image: np.ndarray) -> np.ndarray:
-    if image.ndim == 2:
-        image = np.repeat(image[:, :, None], 3, axis=2)
-    if image.ndim != 3 or image.shape[2] != 3:
-        raise ValueError(f"an overlay needs an (H, W) or (H, W, 3) image, got {image.shape}")
+def to_uint8(image: np.ndarray) -> np.ndarray:
+    """A display image (float in [0, 1], or uint8) as uint8 of the same shape."""
     if image.dtype == np.uint8:
-        return image.copy()
+        return image
     return np.clip(np.rint(image.astype(np.float32) * 255.0), 0, 255).astype(np.uint8)
+
+
+def _to_rgb_uint8(image: np.ndarray) -> np.ndarray:
+    if image.ndim == 3 and image.shape[2] == 3:
+        return to_uint8(image).copy()
+    if image.ndim != 2:
+        raise ValueError(f"an overlay needs an (H, W) or (H, W, 3) image, got {image.shape}")
+    return cv2.cvtColor(to_uint8(image), cv2.COLOR_GRAY2RGB)  # a new array
 
 
 def overlay(
@@ -196,8 +201,10 @@ def overlay(
     if mask.shape != rgb.shape[:2]:
         raise InvalidGeometryError(f"mask {mask.shape} and image {rgb.shape[:2]} differ in size")
     tint = np.asarray(colour, np.float32)
-    inside = mask.astype(bool)
-    rgb[inside] = np.rint((1 - alpha) * rgb[inside] + alpha * tint).astype(np.uint8)
+    x, y, w, h = cv2.boundingRect(mask.astype(np.uint8))  # tint only where the mask lies
+    box = rgb[y : y + h, x : x + w]
+    inside = mask[y : y + h, x : x + w].astype(bool)
+    box[inside] = np.rint((1 - alpha) * box[inside] + alpha * tint).astype(np.uint8)
     thickness = max(1, round(max(rgb.shape[:2]) / 400))
     for lesion in lesions:
         points = np.asarray(lesion.contour, np.int32).reshape(-1, 1, 2)

@@ -42,7 +42,7 @@ class Settings(BaseSettings):
         pattern=r"^[a-z0-9][a-z0-9_-]{0,31}$",
         description="prefix of queue names and Redis keys",
     )
-    job_timeout_s: int = Field(default=300, ge=1, description="one attempt of a job, queued mode")
+    job_timeout_s: int = Field(default=300, ge=1, description="one attempt of a job")
     result_ttl_s: int = Field(default=24 * 3600, ge=1, description="succeeded jobs and results")
     failure_ttl_s: int = Field(default=7 * 24 * 3600, ge=1, description="failed jobs")
     upload_ttl_s: int = Field(default=3600, ge=1, description="uploaded bytes at the latest")

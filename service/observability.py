@@ -7,13 +7,18 @@ from context variables (:func:`log_context` binds them in workers). Log lines ca
 of fields, never ``extra`` values at large, and messages are scrubbed of DICOM UIDs and image
 file names, so patient identifiers do not reach the logs even where a caller slips.
 
-Metrics live in this process; with ``PROMETHEUS_MULTIPROC_DIR`` set (prometheus_client's
-multiprocess mode) ``/metrics`` also sums what uvicorn workers and RQ workers on the same host
-recorded, so ``observe_job`` and ``observe_inference`` count wherever the job ran.
+Request metrics live in this process; with ``PROMETHEUS_MULTIPROC_DIR`` set (prometheus_client's
+multiprocess mode) ``/metrics`` sums what the uvicorn workers of the host recorded. Job and
+inference durations are recorded where the job runs: in process, in this process's histograms;
+in queued mode, by the RQ workers into Redis (``record_shared``: per-bucket counters in one hash
+per metric, any host), which every API process's ``/metrics`` reads at scrape time
+(:class:`SharedHistogramCollector`), so one scrape of any API replica shows every worker's jobs.
 """
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import json
 import logging
 import os
@@ -25,17 +30,19 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
 from typing import IO, Any, Final
 
 from fastapi import FastAPI, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from breastdx.errors import BreastdxError
@@ -82,21 +89,58 @@ REQUESTS = Counter(
 ERRORS = Counter(
     "breastdx_http_errors", "Problem documents returned, by type", ["type", "status"], registry=None
 )
+_JOB_DOC: Final = "Analysis job duration from start to end, by stage and final state"
+_INFERENCE_DOC: Final = "Model run time (ONNX Runtime) per batch, by stage and model@version"
 JOB_DURATION = Histogram(
     "breastdx_job_duration_seconds",
-    "Analysis job duration from start to end, by stage and final state",
+    _JOB_DOC,
     ["stage", "state"],
     buckets=_LATENCY_BUCKETS,
     registry=None,
 )
 INFERENCE_DURATION = Histogram(
     "breastdx_inference_duration_seconds",
-    "Model run time (ONNX Runtime) per batch, by stage and model@version",
+    _INFERENCE_DOC,
     ["stage", "model"],
     buckets=(0.001, 0.0025, *_LATENCY_BUCKETS),
     registry=None,
 )
-_OWN_METRICS: Final = (REQUEST_LATENCY, REQUESTS, ERRORS, JOB_DURATION, INFERENCE_DURATION)
+_OWN_METRICS: Final = (REQUEST_LATENCY, REQUESTS, ERRORS)
+_JOB_METRICS: Final = (JOB_DURATION, INFERENCE_DURATION)
+
+
+@dataclass(frozen=True)
+class SharedHistogram:
+    """A histogram the queue workers record into Redis and every API process exposes."""
+
+    name: str
+    documentation: str
+    labels: tuple[str, str]
+    buckets: tuple[float, ...]
+
+
+SHARED_HISTOGRAMS: Final = {
+    h.name: h
+    for h in (
+        SharedHistogram(
+            "breastdx_job_duration_seconds",
+            _JOB_DOC,
+            ("stage", "state"),
+            _LATENCY_BUCKETS,
+        ),
+        SharedHistogram(
+            "breastdx_inference_duration_seconds",
+            _INFERENCE_DOC,
+            ("stage", "model"),
+            (0.001, 0.0025, *_LATENCY_BUCKETS),
+        ),
+    )
+}
+_SEP: Final = "\x1f"  # label values and the bucket index in a hash field; not in any label
+
+
+def shared_metrics_key(namespace: str, name: str) -> str:
+    return f"{namespace}:metrics:{name}"
 
 
 def current_request_id() -> str | None:
@@ -181,15 +225,82 @@ def configure_logging(level: str | int = "INFO", stream: IO[str] | None = None) 
         named.propagate = True
 
 
-def observe_job(stage: Stage | str, seconds: float, state: str) -> None:
-    """Record one job's duration (``state``: its final state, e.g. succeeded or failed)."""
-    JOB_DURATION.labels(stage=_stage_label(str(stage)), state=str(state)).observe(max(0.0, seconds))
+def observe_job(
+    stage: Stage | str, seconds: float, state: str, shared: SharedMetrics | None = None
+) -> None:
+    """Record one job's duration (``state``: its final state, e.g. succeeded or failed), in
+    this process or, given ``shared``, in Redis for every API process to expose."""
+    labels = (_stage_label(str(stage)), str(state))
+    if shared is not None:
+        shared.record("breastdx_job_duration_seconds", labels, seconds)
+    else:
+        JOB_DURATION.labels(*labels).observe(max(0.0, seconds))
 
 
-def observe_inference(stage: Stage | str, model: str, seconds: float) -> None:
-    """Record one model run (``model``: name@version)."""
-    stage_label = _stage_label(str(stage))
-    INFERENCE_DURATION.labels(stage=stage_label, model=model).observe(max(0.0, seconds))
+def observe_inference(
+    stage: Stage | str, model: str, seconds: float, shared: SharedMetrics | None = None
+) -> None:
+    """Record one model run (``model``: name@version), here or in Redis (``shared``)."""
+    labels = (_stage_label(str(stage)), model)
+    if shared is not None:
+        shared.record("breastdx_inference_duration_seconds", labels, seconds)
+    else:
+        INFERENCE_DURATION.labels(*labels).observe(max(0.0, seconds))
+
+
+@dataclass(frozen=True)
+class SharedMetrics:
+    """Where queue workers record job and inference durations: Redis hashes under
+    ``<namespace>:metrics:<name>``, one counter per label set and bucket, plus the sum."""
+
+    client: Any  # redis.Redis
+    namespace: str
+
+    def record(self, name: str, labels: tuple[str, str], seconds: float) -> None:
+        """Count one observation; a Redis error is logged, never raised (a metric must not
+        fail a job)."""
+        import redis
+
+        histogram = SHARED_HISTOGRAMS[name]
+        seconds = max(0.0, seconds)
+        bucket = bisect.bisect_left(histogram.buckets, seconds)  # len(buckets): +Inf only
+        field = _SEP.join(labels)
+        key = shared_metrics_key(self.namespace, name)
+        try:
+            with self.client.pipeline(transaction=True) as pipe:
+                pipe.hincrby(key, f"{field}{_SEP}{bucket}", 1)
+                pipe.hincrbyfloat(key, f"{field}{_SEP}sum", seconds)
+                pipe.execute()
+        except (redis.RedisError, OSError) as exc:
+            logger.warning("metric %s not recorded: %s", name, type(exc).__name__)
+
+
+def read_shared(client: Any, namespace: str) -> list[HistogramMetricFamily]:
+    """The shared histograms as Prometheus families (cumulative buckets), read from Redis."""
+    families = []
+    for histogram in SHARED_HISTOGRAMS.values():
+        raw = client.hgetall(shared_metrics_key(namespace, histogram.name))
+        series: dict[tuple[str, ...], tuple[list[int], float]] = {}
+        for field, value in raw.items():
+            *labels, part = (field.decode() if isinstance(field, bytes) else field).split(_SEP)
+            if len(labels) != len(histogram.labels):
+                continue  # not ours
+            counts, total = series.setdefault(
+                tuple(labels), ([0] * (len(histogram.buckets) + 1), 0.0)
+            )
+            if part == "sum":
+                series[tuple(labels)] = (counts, float(value))
+            elif part.isdigit() and int(part) <= len(histogram.buckets):
+                counts[int(part)] += int(value)
+        family = HistogramMetricFamily(
+            histogram.name, histogram.documentation, labels=list(histogram.labels)
+        )
+        for labels, (counts, total) in sorted(series.items()):
+            cumulative = list(itertools.accumulate(counts))
+            bounds = [*(floatToGoString(b) for b in histogram.buckets), "+Inf"]
+            family.add_metric(list(labels), list(zip(bounds, cumulative, strict=True)), total)
+        families.append(family)
+    return families
 
 
 def _stage_label(value: str | None) -> str:
@@ -210,13 +321,15 @@ def stage_queue_names(settings: Settings) -> dict[str, str]:
 class QueueDepthCollector(Collector):
     """Jobs waiting and running per stage, read from RQ at scrape time."""
 
-    def __init__(self, redis_url: str, queue_names: QueueNames) -> None:
+    def __init__(self, redis_url: str, queue_names: QueueNames, namespace: str) -> None:
         self.redis_url = redis_url
         self.queue_names = queue_names
+        self.namespace = namespace
         self._connection: Any = None  # redis.Redis, made on the first scrape
 
     def collect(self) -> Iterable[Metric]:
-        """Gauges ``breastdx_queue_depth{stage}``, ``breastdx_queue_started{stage}``, ``_up``."""
+        """Gauges ``breastdx_queue_depth{stage}``, ``breastdx_queue_started{stage}``, ``_up``,
+        and the job and inference duration histograms the workers recorded in Redis."""
         import redis
         from rq import Queue
 
@@ -236,12 +349,13 @@ class QueueDepthCollector(Collector):
                 queue = Queue(name, connection=self._connection)
                 depth.add_metric([stage], queue.count)
                 started.add_metric([stage], queue.started_job_registry.count)
+            shared = read_shared(self._connection, self.namespace)
             up.add_metric([], 1.0)
         except (redis.RedisError, OSError) as exc:
-            logger.warning("queue depth unavailable: %s", type(exc).__name__)
+            logger.warning("queue metrics unavailable: %s", type(exc).__name__)
             up.add_metric([], 0.0)
             return [up]
-        return [depth, started, up]
+        return [depth, started, up, *shared]
 
 
 def metrics_registry(settings: Settings) -> CollectorRegistry:
@@ -252,10 +366,13 @@ def metrics_registry(settings: Settings) -> CollectorRegistry:
     else:
         for metric in _OWN_METRICS:
             registry.register(metric)
+        if not settings.redis_url:  # in process: the jobs ran here
+            for metric in _JOB_METRICS:
+                registry.register(metric)
         registry.register(ProcessCollector(registry=None))
     if settings.redis_url:
         names = partial(stage_queue_names, settings)
-        registry.register(QueueDepthCollector(settings.redis_url, names))
+        registry.register(QueueDepthCollector(settings.redis_url, names, settings.namespace))
     return registry
 
 

@@ -24,7 +24,7 @@ from breastdx.errors import BreastdxError
 from imaging import decode
 from imaging.geometry import Geometry
 from imaging.limits import DEFAULT_MAX_PIXELS
-from imaging.postprocess import MaskResult, overlay, postprocess_mask
+from imaging.postprocess import MaskResult, postprocess_mask, to_uint8
 from imaging.preprocess import PreprocessConfig, preprocess_decoded, select_frame
 from imaging.record import DecodedImage
 from models_registry.card import Stage
@@ -59,6 +59,15 @@ class NoModelForStageError(BreastdxError):
     code = "no_model_for_stage"
     title = "No model for this stage"
     http_status = 503
+
+
+@dataclass(frozen=True)
+class Predecoded:
+    """An input decoded earlier in this process (the API's submission check, in-process mode),
+    with the milliseconds that decode took; the pipeline does not decode it again."""
+
+    image: DecodedImage
+    decode_ms: float
 
 
 @dataclass
@@ -110,13 +119,16 @@ def default_model_ref(stage: Stage, registry: Registry) -> str:
     return names[0]
 
 
-def _prepare(request: _Request, source: Source) -> _Item:
+def _prepare(request: _Request, source: Source | Predecoded) -> _Item:
     """Decode, check the stage, preprocess (the image, or the windows of a tile)."""
     start = time.perf_counter()
-    decoded = decode(source, max_pixels=request.max_pixels)
+    if isinstance(source, Predecoded):
+        decoded, earlier_ms = source.image, source.decode_ms
+    else:
+        decoded, earlier_ms = decode(source, max_pixels=request.max_pixels), 0.0
     frame_index = select_frame(decoded.frames, request.config.frame_policy)
     item = _Item(decoded, frame_index, decoded.display(frame_index))
-    item.ms["decode"] = _ms(start)
+    item.ms["decode"] = round(earlier_ms + _ms(start), 3)
     start = time.perf_counter()
     item.warnings = check_stage(request.stage, decoded, frame_index, item.display)
     if request.window is None:
@@ -133,7 +145,7 @@ def _finish(
     request: _Request,
     item: _Item,
     masks: MaskResult,
-    picture: np.ndarray,
+    picture: np.ndarray | None,
     probability: float | None,
     histology: Histopathology | None = None,
     batch_size: int = 1,
@@ -153,7 +165,9 @@ def _finish(
         warnings=item.warnings,
     )
     mask = np.where(masks.mask, 255, 0).astype(np.uint8)  # (H, W)
-    return Analysis(result=result, mask=mask, overlay=picture)
+    if picture is not None:
+        return Analysis(result=result, mask=mask, overlay=picture)
+    return Analysis(result=result, mask=mask, display=to_uint8(item.display))
 
 
 def _threshold(value: float) -> float:
@@ -179,9 +193,8 @@ def _segmentation(
         min_area_px=card.thresholds.min_lesion_area_px,
         pixel_spacing_mm=item.decoded.metadata.pixel_spacing_mm,
     )
-    picture = overlay(item.display, masks.mask, masks.lesions)  # (H, W, 3)
-    item.ms["postprocess"] = _ms(start)
-    return _finish(request, item, masks, picture, probability, batch_size=batch_size)
+    item.ms["postprocess"] = _ms(start)  # the overlay is drawn when first asked for
+    return _finish(request, item, masks, None, probability, batch_size=batch_size)
 
 
 def _histopathology(
@@ -265,7 +278,7 @@ def _request(
 
 def analyse_each(
     stage: Stage | str,
-    inputs: Sequence[Source],
+    inputs: Sequence[Source | Predecoded],
     *,
     registry: Registry,
     model_ref: str | None = None,

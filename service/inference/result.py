@@ -11,7 +11,6 @@ patient identifiers or UIDs.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Final, Literal
 
@@ -19,6 +18,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from imaging.postprocess import Lesion, MaskResult
+from imaging.postprocess import overlay as draw_overlay
 from imaging.record import DecodedImage, ImageFormat, Laterality, ViewPosition
 from models_registry.card import ModelCard, Stage, Task
 
@@ -154,19 +154,39 @@ class AnalysisResult(_Public):
     ai_generated: Literal[True] = True
 
 
-@dataclass(frozen=True, eq=False)
 class Analysis:
     """A result with its pixel outputs at the original geometry.
 
     Attributes:
         result: the JSON object.
         mask: ``(H, W)`` uint8, 0 or 255.
-        overlay: ``(H, W, 3)`` uint8 RGB: mask tint and contours, or the heatmap.
+        display: ``(H, W)`` or ``(H, W, 3)`` uint8, the image a segmentation overlay is drawn
+            on (None when the overlay was given ready-made, as the histopathology heatmap).
+        overlay: ``(H, W, 3)`` uint8 RGB: mask tint and contours, or the heatmap; a
+            segmentation overlay is drawn on first use (``imaging.postprocess.overlay`` of
+            ``display``, ``mask`` and ``result.lesions``), so a job that stores the display
+            rather than the overlay PNG (``service.jobs``) never pays for drawing it.
     """
 
-    result: AnalysisResult
-    mask: np.ndarray
-    overlay: np.ndarray
+    def __init__(
+        self,
+        result: AnalysisResult,
+        mask: np.ndarray,
+        overlay: np.ndarray | None = None,
+        *,
+        display: np.ndarray | None = None,
+    ) -> None:
+        if overlay is None and display is None:
+            raise ValueError("an Analysis needs its overlay or the display image to draw it on")
+        self.result, self.mask, self.display = result, mask, display
+        self._overlay = overlay
+
+    @property
+    def overlay(self) -> np.ndarray:
+        if self._overlay is None:
+            assert self.display is not None  # __init__ holds one of the two
+            self._overlay = draw_overlay(self.display, self.mask > 0, self.result.lesions)
+        return self._overlay
 
 
 def model_info(runner: ModelRunner) -> ModelInfo:

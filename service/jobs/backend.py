@@ -8,15 +8,18 @@ and process (the API, each worker, the DICOM listener), made on first use.
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import redis
 
 from models_registry.registry import Registry
 from service.config import Settings
+from service.inference.pipeline import Predecoded
 from service.jobs import queue
-from service.jobs.execute import Attempt, execute
+from service.jobs.execute import Attempt, execute, time_out
 from service.jobs.inprocess import InProcessExecutor
+from service.jobs.notify import RedisListener, Waiters
 from service.jobs.state import JobRecord
 from service.jobs.store import JobStore, MemoryKeyValue, RedisKeyValue, Ttls, redis_client
 
@@ -37,6 +40,22 @@ class Backend:
     registry: Registry
     redis: redis.Redis | None = None
     executor: InProcessExecutor | None = field(default=None, repr=False)
+    waiters: Waiters = field(default_factory=Waiters, repr=False)
+    _decoded: dict[str, list[Predecoded]] = field(default_factory=dict, repr=False)
+    _decoded_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    listener: RedisListener | None = field(default=None, repr=False)
+
+    def start_listening(self) -> None:
+        """Queued mode: hear the job-final announcements (started on the first wait; the
+        workers, which never wait, never start it). Blocks up to 1 s the first time."""
+        if self.redis is not None and self.listener is None:
+            self.listener = RedisListener(self.redis, self.store.final_channel, self.waiters.wake)
+        if self.listener is not None:
+            self.listener.start()
+
+    @property
+    def listening(self) -> bool:
+        return self.redis is None or (self.listener is not None and self.listener.alive)
 
     def reserve(self) -> None:
         """Refuse early when the in-process pool is full (queued mode: nothing to reserve)."""
@@ -47,23 +66,35 @@ class Backend:
         if self.executor is not None:
             self.executor.release()
 
-    def dispatch(self, record: JobRecord) -> None:
-        """Enqueue the stored job on its stage queue, or run it on the in-process pool."""
+    def dispatch(self, record: JobRecord, decoded: Sequence[Predecoded] = ()) -> None:
+        """Enqueue the stored job on its stage queue, or run it on the in-process pool (with
+        the images the submission check decoded: its first attempt does not decode again)."""
         if self.redis is not None:
             queue.enqueue(self.settings, self.redis, record)
         elif self.executor is not None:
+            with self._decoded_lock:  # held for the next few jobs only: bounded memory
+                if len(decoded) == record.total and len(self._decoded) < 2 * self.executor.slots:
+                    self._decoded[record.id] = list(decoded)
             self.executor.submit(record.id)
 
     def run_attempt(self, job_id: str, attempt: Attempt) -> object:
+        with self._decoded_lock:
+            decoded = self._decoded.pop(job_id, None)
         return execute(
             job_id,
             store=self.store,
             registry=self.registry,
             settings=self.settings,
             attempt=attempt,
+            decoded=decoded,
         )
 
+    def time_out(self, job_id: str) -> bool:
+        return time_out(job_id, store=self.store, timeout_s=self.settings.job_timeout_s)
+
     def close(self) -> None:
+        if self.listener is not None:
+            self.listener.stop()
         if self.executor is not None:
             self.executor.shutdown()
         if self.redis is not None:
@@ -81,8 +112,10 @@ def _make(settings: Settings) -> Backend:
         client = redis_client(settings.redis_url)
         kv = RedisKeyValue(client, settings.redis_retry_after_s)
         return Backend(settings, JobStore(kv, settings.namespace, ttls), registry, redis=client)
-    backend = Backend(settings, JobStore(MemoryKeyValue(), settings.namespace, ttls), registry)
-    backend.executor = InProcessExecutor(settings, backend.run_attempt)
+    memory = MemoryKeyValue()
+    backend = Backend(settings, JobStore(memory, settings.namespace, ttls), registry)
+    memory.subscribe(backend.store.final_channel, backend.waiters.wake)
+    backend.executor = InProcessExecutor(settings, backend.run_attempt, backend.time_out)
     return backend
 
 

@@ -2,7 +2,8 @@
 
 ``execute`` reads the record and the uploaded bytes, runs ``service.inference.analyse_each`` (the
 code ``breastdx predict`` runs) on the pinned model, stores the results and the two PNGs per
-input (for a DICOM input also its SEG and SR, built while the upload is still there:
+input (the overlay of a segmentation is drawn on its first GET from the stored display image;
+for a DICOM input also its SEG and SR, built while the upload is still there:
 ``service.dicom.artefacts``), marks the job ``succeeded``, deletes the uploads and runs the
 post-success hooks. On a failure it records why and re-raises: a transient one (Redis, OSError,
 a 5xx error of the registry) sends the job back to ``queued`` while retries remain; anything else
@@ -16,6 +17,7 @@ dropped, so "running without a lease" means the worker is gone.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,11 +30,12 @@ from service.config import Settings
 from service.dicom.artefacts import dicom_artefacts
 from service.errors import JobNotFoundError
 from service.inference import Analysis, RunnerOptions, analyse_each
-from service.inference.render import mask_png, overlay_png
+from service.inference.pipeline import Predecoded
+from service.inference.render import encode_png, mask_png, overlay_png
 from service.jobs.hooks import run_hooks
 from service.jobs.state import JobError, JobRecord, JobState, utcnow
-from service.jobs.store import ArtefactKind, JobStore
-from service.observability import log_context, observe_inference, observe_job
+from service.jobs.store import ArtefactKind, JobStore, RedisKeyValue
+from service.observability import SharedMetrics, log_context, observe_inference, observe_job
 
 logger = logging.getLogger(__name__)
 
@@ -76,18 +79,33 @@ def job_error(exc: BaseException, timeout_s: float | None = None) -> JobError:
 
 
 def execute(
-    job_id: str, *, store: JobStore, registry: Registry, settings: Settings, attempt: Attempt
+    job_id: str,
+    *,
+    store: JobStore,
+    registry: Registry,
+    settings: Settings,
+    attempt: Attempt,
+    decoded: Sequence[Predecoded] | None = None,
 ) -> dict[str, Any]:
-    """Run one attempt; returns a small summary (ids and counts, never arrays)."""
+    """Run one attempt; returns a small summary (ids and counts, never arrays).
+
+    ``decoded``: the inputs already decoded in this process (in process, by the submission
+    check); else the stored bytes are decoded.
+    """
     record = store.get(job_id)
     if record is None:
         raise JobNotFoundError(f"job {job_id} expired before it ran", job_id=job_id)
     with log_context(job_id=job_id, model=record.model_ref):
-        return _attempt(record, store, registry, settings, attempt)
+        return _attempt(record, store, registry, settings, attempt, decoded)
 
 
 def _attempt(
-    record: JobRecord, store: JobStore, registry: Registry, settings: Settings, attempt: Attempt
+    record: JobRecord,
+    store: JobStore,
+    registry: Registry,
+    settings: Settings,
+    attempt: Attempt,
+    decoded: Sequence[Predecoded] | None = None,
 ) -> dict[str, Any]:
     if record.state.final:
         logger.warning(
@@ -107,7 +125,8 @@ def _attempt(
     logger.info("job started (attempt %d)", record.attempts, extra=record.log_extra())
     try:
         inputs = store.inputs(record)
-        analyses = _analyse(record, inputs, registry, settings)
+        sources = decoded if decoded is not None and len(decoded) == len(inputs) else inputs
+        analyses = _analyse(record, sources, registry, settings)
         current = _succeed(record, analyses, store, dicom_artefacts(inputs, analyses, registry))
     except Exception as exc:
         _fail(record, exc, attempt, store)
@@ -127,7 +146,10 @@ def _elapsed_s(record: JobRecord) -> float:
 
 
 def _analyse(
-    record: JobRecord, inputs: list[bytes], registry: Registry, settings: Settings
+    record: JobRecord,
+    inputs: Sequence[bytes | Predecoded],
+    registry: Registry,
+    settings: Settings,
 ) -> list[Analysis]:
     outcomes = analyse_each(
         record.stage,
@@ -153,6 +175,25 @@ def _current(record: JobRecord, store: JobStore) -> bool:
     return True
 
 
+def _shared_metrics(store: JobStore) -> SharedMetrics | None:
+    """Queued mode: durations go to Redis, where every API process's /metrics reads them."""
+    if isinstance(store.kv, RedisKeyValue):
+        return SharedMetrics(store.kv.client, store.namespace)
+    return None
+
+
+def _images(analysis: Analysis) -> dict[ArtefactKind, bytes]:
+    """The mask PNG, and the overlay PNG or (segmentation) the display image it is drawn
+    from on the first GET: drawing and encoding an RGB overlay costs more than the rest of a
+    small model's post-processing, and most API clients never fetch it."""
+    images: dict[ArtefactKind, bytes] = {"mask": mask_png(analysis)}
+    if analysis.display is not None:
+        images["display"] = encode_png(analysis.display, fast=True)
+    else:
+        images["overlay"] = overlay_png(analysis)
+    return images
+
+
 def _succeed(
     record: JobRecord,
     analyses: list[Analysis],
@@ -160,8 +201,7 @@ def _succeed(
     dicom: list[dict[ArtefactKind, bytes]],
 ) -> bool:
     results = [a.result.model_dump_json() for a in analyses]
-    masks, overlays = [mask_png(a) for a in analyses], [overlay_png(a) for a in analyses]
-    store.put_results(record.id, results, masks, overlays, dicom)
+    store.put_results(record.id, results, [_images(a) for a in analyses], dicom)
     record = record.model_copy(
         update={
             "state": JobState.SUCCEEDED,
@@ -174,11 +214,35 @@ def _succeed(
         return False
     store.save(record)
     store.delete_inputs(record)
-    observe_job(record.stage, _elapsed_s(record), JobState.SUCCEEDED.value)
+    shared = _shared_metrics(store)
+    observe_job(record.stage, _elapsed_s(record), JobState.SUCCEEDED.value, shared)
     if analyses:  # one batch run per request: its time is shared by the request's images
         first = analyses[0].result
-        observe_inference(record.stage, first.model.ref, first.timings_ms.inference / 1000.0)
+        seconds = first.timings_ms.inference / 1000.0
+        observe_inference(record.stage, first.model.ref, seconds, shared)
     logger.info("job succeeded", extra=record.log_extra())
+    return True
+
+
+def time_out(job_id: str, *, store: JobStore, timeout_s: float) -> bool:
+    """Fail a job still running past its limit (in process, where a thread cannot be stopped:
+    the attempt runs on, and ``_current`` keeps its late result out of the record)."""
+    record = store.get(job_id)
+    if record is None or record.state is not JobState.RUNNING:
+        return False
+    error = job_error(JobTimeoutException(), timeout_s)
+    failed = record.model_copy(
+        update={
+            "state": JobState.FAILED,
+            "error": error,
+            "last_error": error,
+            "finished_at": utcnow(),
+        }
+    )
+    store.save(failed)
+    store.delete_inputs(failed)
+    observe_job(failed.stage, _elapsed_s(failed), JobState.FAILED.value, _shared_metrics(store))
+    logger.warning("job timed out after %s s", timeout_s, extra=failed.log_extra())
     return True
 
 
@@ -201,7 +265,9 @@ def _fail(record: JobRecord, exc: Exception, attempt: Attempt, store: JobStore) 
         store.save(record)
         if not retry:
             store.delete_inputs(record)
-            observe_job(record.stage, _elapsed_s(record), JobState.FAILED.value)
+            observe_job(
+                record.stage, _elapsed_s(record), JobState.FAILED.value, _shared_metrics(store)
+            )
     except BreastdxError:  # the store itself is down: RQ's retry or the reconciler catches up
         logger.exception("could not record the failure", extra=record.log_extra())
         return

@@ -2,8 +2,10 @@
 
 At most ``inprocess_workers`` jobs run at once and ``inprocess_max_pending`` wait or run; one
 more is refused with 503 ``service_busy`` (Retry-After) before anything is stored. Transient
-failures are retried with the same intervals as the queue's ``Retry``. There is no hard time
-limit in this mode (a thread cannot be stopped); use the queued mode in production.
+failures are retried with the same intervals as the queue's ``Retry``. An attempt running past
+``job_timeout_s`` fails the job with ``job_timeout`` at once (``on_timeout``); a thread cannot be
+stopped, so the attempt holds its slot until it ends and its late result is discarded. The
+queued mode's workers are stopped at the limit; prefer it in production.
 """
 
 from __future__ import annotations
@@ -22,18 +24,27 @@ logger = logging.getLogger(__name__)
 
 WORKER_NAME = "in-process"
 RunAttempt = Callable[[str, Attempt], object]
+OnTimeout = Callable[[str], object]
 
 
 class InProcessExecutor:
     """Runs ``run(job_id, attempt)`` on a thread pool, retrying transient failures."""
 
-    def __init__(self, settings: Settings, run: RunAttempt) -> None:
+    def __init__(
+        self, settings: Settings, run: RunAttempt, on_timeout: OnTimeout | None = None
+    ) -> None:
         self.settings = settings
         self.run = run
+        self.on_timeout = on_timeout
         self._pool = ThreadPoolExecutor(
             max_workers=settings.inprocess_workers, thread_name_prefix="breastdx-job"
         )
         self._slots = threading.BoundedSemaphore(settings.inprocess_max_pending)
+
+    @property
+    def slots(self) -> int:
+        """Jobs that run at once."""
+        return self.settings.inprocess_workers
 
     def reserve(self) -> None:
         """Take a slot for one job, or raise :class:`ServiceBusyError`."""
@@ -55,15 +66,28 @@ class InProcessExecutor:
         try:
             for number in range(self.settings.retry_max + 1):
                 retries_left = self.settings.retry_max - number
+                attempt = Attempt(WORKER_NAME, retries_left, float(self.settings.job_timeout_s))
+                timer = self._timer(job_id, attempt)
                 try:
-                    self.run(job_id, Attempt(WORKER_NAME, retries_left))
+                    self.run(job_id, attempt)
                     return
                 except Exception as exc:
                     if not (is_transient(exc) and retries_left > 0):
                         return  # execute() recorded why; nothing more to do here
+                finally:
+                    if timer is not None:
+                        timer.cancel()
                     time.sleep(intervals[min(number, len(intervals) - 1)])
         finally:
             self.release()
+
+    def _timer(self, job_id: str, attempt: Attempt) -> threading.Timer | None:
+        if self.on_timeout is None or attempt.timeout_s is None:
+            return None
+        timer = threading.Timer(attempt.timeout_s, self.on_timeout, args=(job_id,))
+        timer.daemon = True
+        timer.start()
+        return timer
 
     def shutdown(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

@@ -12,6 +12,7 @@ scoped per API key (or per origin without one); the same key with other images i
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
@@ -39,8 +40,12 @@ from service.errors import (
     TooManyInputsError,
     UnknownStageError,
 )
+from service.inference.pipeline import Predecoded
+from service.inference.render import overlay_from_stored
+from service.inference.result import AnalysisResult
 from service.jobs.backend import Backend, get_backend
 from service.jobs.hooks import check_hooks, load_hook_modules
+from service.jobs.notify import FALLBACK_POLL_S
 from service.jobs.preflight import check_inputs, pin_model
 from service.jobs.reconcile import reconcile
 from service.jobs.state import InputInfo, JobRecord, JobState, Origin
@@ -113,7 +118,7 @@ def submit_analysis(
     if key is not None and (earlier := key.earlier(backend)) is not None:
         return earlier  # a repeat: no decoding, no new job
     card = pin_model(stage, backend.registry, model_ref)
-    check_inputs(stage, card, inputs, settings.max_pixels)
+    decoded = check_inputs(stage, card, inputs, settings.max_pixels)
     record = JobRecord(
         id=uuid.uuid4().hex,
         stage=stage,
@@ -130,7 +135,7 @@ def submit_analysis(
     )
     if key is not None and (earlier := key.claim(backend, record.id)) is not None:
         return earlier  # a concurrent twin won the claim
-    _store_and_dispatch(backend, record, inputs, key)
+    _store_and_dispatch(backend, record, inputs, key, decoded)
     logger.info("job submitted", extra=record.log_extra() | {"origin": origin.value})
     return record
 
@@ -196,13 +201,17 @@ class _Idempotency:
 
 
 def _store_and_dispatch(
-    backend: Backend, record: JobRecord, inputs: Sequence[bytes], key: _Idempotency | None
+    backend: Backend,
+    record: JobRecord,
+    inputs: Sequence[bytes],
+    key: _Idempotency | None,
+    decoded: Sequence[Predecoded] = (),
 ) -> None:
     backend.reserve()
     dispatched = False
     try:
         backend.store.create(record, inputs)
-        backend.dispatch(record)
+        backend.dispatch(record, decoded)
         dispatched = True
     finally:
         if not dispatched:  # leave nothing behind: no record, no uploads, no claim
@@ -277,9 +286,24 @@ def job_artefact(
 ) -> bytes:
     """The mask or overlay PNG of input ``index`` of a succeeded job (owner as in get_job)."""
     _succeeded_input(job_id, index, "images", settings, api_key_id, enforce_owner)
-    data = get_backend(settings).store.artefact(job_id, kind, index)
+    store = get_backend(settings).store
+    data = store.artefact(job_id, kind, index)
+    if data is None and kind == "overlay":
+        data = _draw_overlay(store, job_id, index)
     if data is None:
         raise ArtefactNotFoundError(f"the {kind} of input {index} has expired")
+    return data
+
+
+def _draw_overlay(store: JobStore, job_id: str, index: int) -> bytes | None:
+    """A segmentation's overlay, drawn from its stored display image on the first request and
+    kept for the next ones (None when the display image has expired)."""
+    display, mask = store.artefact(job_id, "display", index), store.artefact(job_id, "mask", index)
+    results = store.results(job_id)
+    if display is None or mask is None or results is None or index >= len(results):
+        return None
+    data = overlay_from_stored(display, mask, AnalysisResult.model_validate(results[index]))
+    store.put_artefact(job_id, "overlay", index, data)
     return data
 
 
@@ -331,21 +355,28 @@ def _no_dicom_output(store: JobStore, job_id: str, kind: DicomKind, index: int) 
 async def wait_for_job(
     job_id: str, *, settings: Settings, timeout_s: float, api_key_id: str | None = None
 ) -> JobRecord:
-    """Poll until the job is final or ``timeout_s`` passed; returns the latest record.
+    """Wait until the job is final or ``timeout_s`` passed; returns the latest record.
 
-    Only the submitting key's jobs are visible (``get_job(..., enforce_owner=True)``).
+    Woken by the job-final announcement (``service.jobs.notify``) the moment the job ends, and
+    re-reads the record at least every ``FALLBACK_POLL_S`` in case one is lost. Only the
+    submitting key's jobs are visible (``get_job(..., enforce_owner=True)``).
     """
     deadline = time.monotonic() + timeout_s
-    # Short first polls: a 70 ms job must be seen within milliseconds, not at the next coarse
-    # tick (a 50/125/237 ms schedule doubled the ultrasound latency). A read is one Redis GET.
-    delay = 0.005
+    backend = get_backend(settings)
 
     def look() -> JobRecord:
         return get_job(job_id, settings=settings, api_key_id=api_key_id, enforce_owner=True)
 
-    while True:
-        record = await to_thread.run_sync(look)
-        if record.state.final or time.monotonic() >= deadline:
-            return record
-        await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
-        delay = min(delay * 1.25, 0.1)
+    if timeout_s <= 0:
+        return await to_thread.run_sync(look)
+    if not backend.listening:
+        await to_thread.run_sync(backend.start_listening)
+    with backend.waiters.watch(job_id) as finished:
+        while True:
+            finished.clear()
+            record = await to_thread.run_sync(look)
+            remaining = deadline - time.monotonic()
+            if record.state.final or remaining <= 0:
+                return record
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(finished.wait(), min(remaining, FALLBACK_POLL_S))

@@ -11,12 +11,18 @@ settings' ``namespace`` (``breastdx`` by default)::
                                                                 job ends (success or failure)
     <ns>:job:<id>:results          [AnalysisResult JSON, ...]   result_ttl_s
     <ns>:job:<id>:mask:<i>         mask PNG                     result_ttl_s
-    <ns>:job:<id>:overlay:<i>      overlay PNG                  result_ttl_s
+    <ns>:job:<id>:overlay:<i>      overlay PNG                  result_ttl_s; histopathology,
+                                                                or drawn on the first GET
+    <ns>:job:<id>:display:<i>      the image the segmentation   result_ttl_s; the overlay is
+                                   overlay is drawn on (PNG)    drawn from it on request
     <ns>:job:<id>:seg:<i>          DICOM SEG (file format)      result_ttl_s; DICOM inputs only
     <ns>:job:<id>:sr:<i>           DICOM SR (file format)       result_ttl_s; DICOM inputs only
     <ns>:job:<id>:dicom_error:<i>  why no SEG/SR was built      result_ttl_s; JSON {code, message}
     <ns>:job:<id>:lease            the running worker's lease   lease_ttl_s, renewed while it runs
     <ns>:idem:<scope>:<sha256>     idempotency key -> job id    failure_ttl_s
+
+and the pub/sub channel ``<ns>:job-final``: the id of each job saved in a final state, published
+with the record (``service.jobs.notify`` wakes the requests that wait on it).
 
 A Redis that cannot be reached raises :class:`QueueUnavailableError` (503 with Retry-After).
 """
@@ -26,7 +32,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
@@ -35,11 +41,12 @@ import redis
 
 from service.config import Settings
 from service.errors import QueueUnavailableError, UploadExpiredError
+from service.jobs.notify import final_channel
 from service.jobs.state import JobRecord, JobState
 
 ImageKind = Literal["mask", "overlay"]
 DicomKind = Literal["seg", "sr"]
-ArtefactKind = Literal[ImageKind, DicomKind, "dicom_error"]
+ArtefactKind = Literal[ImageKind, DicomKind, "display", "dicom_error"]
 
 
 class KeyValue(Protocol):
@@ -47,7 +54,13 @@ class KeyValue(Protocol):
 
     def get(self, key: str) -> bytes | None: ...
 
-    def set_many(self, items: Mapping[str, bytes], ttl_s: int) -> None: ...
+    def set_many(
+        self, items: Mapping[str, bytes], ttl_s: int, announce: tuple[str, str] | None = None
+    ) -> None:
+        """Set every item with ``ttl_s``; then publish ``announce`` = (channel, message)."""
+
+    def subscribe(self, channel: str, callback: Callable[[str], None]) -> None:
+        """In-process delivery of ``channel``'s messages (Redis: see ``service.jobs.notify``)."""
 
     def set_nx(self, key: str, value: bytes, ttl_s: int) -> bool: ...
 
@@ -60,12 +73,17 @@ class KeyValue(Protocol):
     def ping(self) -> None: ...
 
 
+PURGE_INTERVAL_S = 1.0
+
+
 class MemoryKeyValue:
     """Process memory with lazy expiry (in-process mode and tests)."""
 
     def __init__(self) -> None:
         self._data: dict[str, tuple[bytes, float]] = {}
         self._lock = threading.Lock()
+        self._subscribers: dict[str, list[Callable[[str], None]]] = {}
+        self._next_purge = 0.0
 
     def _live(self, key: str) -> bytes | None:
         item = self._data.get(key)
@@ -80,11 +98,20 @@ class MemoryKeyValue:
         with self._lock:
             return self._live(key)
 
-    def set_many(self, items: Mapping[str, bytes], ttl_s: int) -> None:
+    def set_many(
+        self, items: Mapping[str, bytes], ttl_s: int, announce: tuple[str, str] | None = None
+    ) -> None:
         expires = time.monotonic() + ttl_s
         with self._lock:
             self._data.update({key: (value, expires) for key, value in items.items()})
             self._purge()
+            callbacks = list(self._subscribers.get(announce[0], ())) if announce else []
+        for callback in callbacks:
+            callback(announce[1] if announce else "")
+
+    def subscribe(self, channel: str, callback: Callable[[str], None]) -> None:
+        with self._lock:
+            self._subscribers.setdefault(channel, []).append(callback)
 
     def set_nx(self, key: str, value: bytes, ttl_s: int) -> bool:
         with self._lock:
@@ -118,7 +145,11 @@ class MemoryKeyValue:
         return None
 
     def _purge(self) -> None:
+        """Drop expired entries, at most once a second (a scan of every key)."""
         now = time.monotonic()
+        if now < self._next_purge:
+            return
+        self._next_purge = now + PURGE_INTERVAL_S
         for key in [k for k, (_, expires) in self._data.items() if expires <= now]:
             del self._data[key]
 
@@ -145,11 +176,18 @@ class RedisKeyValue:
             value = self.client.get(key)
         return value if value is None or isinstance(value, bytes) else str(value).encode()
 
-    def set_many(self, items: Mapping[str, bytes], ttl_s: int) -> None:
+    def set_many(
+        self, items: Mapping[str, bytes], ttl_s: int, announce: tuple[str, str] | None = None
+    ) -> None:
         with self._errors(), self.client.pipeline(transaction=True) as pipe:
             for key, value in items.items():
                 pipe.set(key, value, ex=ttl_s)
+            if announce is not None:
+                pipe.publish(*announce)
             pipe.execute()
+
+    def subscribe(self, channel: str, callback: Callable[[str], None]) -> None:
+        raise NotImplementedError("Redis messages reach a process through notify.RedisListener")
 
     def set_nx(self, key: str, value: bytes, ttl_s: int) -> bool:
         with self._errors():
@@ -227,9 +265,16 @@ class JobStore:
         data = self.kv.get(self.key(job_id))
         return None if data is None else JobRecord.model_validate_json(data)
 
+    @property
+    def final_channel(self) -> str:
+        """Where the id of every job that reaches a final state is announced."""
+        return final_channel(self.namespace)
+
     def save(self, record: JobRecord) -> None:
+        """Store the record; a final one is announced on :attr:`final_channel` with it."""
         data = record.model_dump_json().encode()
-        self.kv.set_many({self.key(record.id): data}, self.ttls.record(record.state))
+        announce = (self.final_channel, record.id) if record.state.final else None
+        self.kv.set_many({self.key(record.id): data}, self.ttls.record(record.state), announce)
 
     def inputs(self, record: JobRecord) -> list[bytes]:
         """The uploaded bytes, in order; raises :class:`UploadExpiredError` if any is gone."""
@@ -258,18 +303,24 @@ class JobStore:
         self,
         job_id: str,
         results: Sequence[str],
-        masks: Sequence[bytes],
-        overlays: Sequence[bytes],
+        images: Sequence[Mapping[ArtefactKind, bytes]],
         extra: Sequence[Mapping[ArtefactKind, bytes]] = (),
     ) -> None:
-        """Results JSON (one AnalysisResult JSON text per input), the two PNGs per input and
-        ``extra`` artefacts per input (the DICOM SEG and SR), all with the results' TTL."""
+        """Results JSON (one AnalysisResult JSON text per input), the PNGs per input (``mask``,
+        and ``overlay`` or the ``display`` it is drawn from) and ``extra`` artefacts per input
+        (the DICOM SEG and SR), all with the results' TTL."""
         items = {self.key(job_id, "results"): ("[" + ",".join(results) + "]").encode()}
-        items |= {self.key(job_id, "mask", i): png for i, png in enumerate(masks)}
-        items |= {self.key(job_id, "overlay", i): png for i, png in enumerate(overlays)}
-        for i, artefacts in enumerate(extra):
-            items |= {self.key(job_id, kind, i): data for kind, data in artefacts.items()}
+        for per_input in (images, extra):
+            for i, artefacts in enumerate(per_input):
+                items |= {self.key(job_id, kind, i): data for kind, data in artefacts.items()}
         self.kv.set_many(items, self.ttls.result)
+
+    def put_artefact(self, job_id: str, kind: ArtefactKind, index: int, data: bytes) -> None:
+        """One more artefact of a succeeded job (an overlay drawn on request), with the TTL
+        its results have left."""
+        left = self.kv.ttl(self.key(job_id, "results"))
+        if left:
+            self.kv.set_many({self.key(job_id, kind, index): data}, left)
 
     def results(self, job_id: str) -> list[dict[str, Any]] | None:
         data = self.kv.get(self.key(job_id, "results"))

@@ -16,6 +16,7 @@ from fastapi.testclient import TestClient
 from service.app import create_app
 from service.cli_predict import main as predict_main
 from service.config import Settings
+from service.inference.render import decode_png
 from service.inference.result import AnalysisResult
 from tests.service import jobs_support as js
 
@@ -77,10 +78,15 @@ def test_result_is_what_breastdx_predict_writes(
     response = client.post(
         "/v1/mammography/analyses", files=files(image.read_bytes()), headers={"Prefer": "wait=30"}
     )
-    got = response.json()["result"][0]
+    job = response.json()
+    got = job["result"][0]
     for body in (expected, got):
         body.pop("timings_ms")
-    assert got == expected
+    assert got == expected and got["lesions"]
+    for kind in ("mask", "overlay"):  # the overlay is drawn on request from the stored display
+        served = client.get(f"{job['links'][kind]}?index=0").content
+        written = (tmp_path / "out" / f"scan.{kind}.png").read_bytes()
+        assert np.array_equal(decode_png(served), decode_png(written)), kind
 
 
 def test_prefer_wait_answers_200_with_the_finished_job(client: TestClient) -> None:
@@ -206,6 +212,27 @@ def test_full_in_process_pool_answers_503(store: Path) -> None:
         assert busy.status_code == 503 and int(busy.headers["retry-after"]) >= 1
         assert busy.json()["type"] == "urn:breastdx:problem:service_busy"
         assert poll(client, first.headers["location"])["state"] == "succeeded"
+
+
+def test_in_process_job_past_its_time_limit_fails_at_the_limit(store: Path) -> None:
+    """A thread cannot be stopped: the job fails at the limit, the late result is discarded."""
+    with make_client(store, job_timeout_s=1, inprocess_workers=1) as client:
+        started = time.monotonic()
+        response = client.post(
+            "/v1/mammography/analyses?model=mg-slow",
+            files=files(js.mammogram_png()),
+            headers={"Prefer": "wait=30"},
+        )
+        waited = time.monotonic() - started
+        body = response.json()
+        assert response.status_code == 200 and body["state"] == "failed"
+        assert body["error"]["code"] == "job_timeout" and "1" in body["error"]["detail"]
+        assert waited < 2.5  # woken at the limit, not when the slow model finished
+        # the attempt runs on and ends; its result does not replace the failure
+        later = client.post("/v1/mammography/analyses", files=files(js.mammogram_png()))
+        assert poll(client, later.headers["location"])["state"] == "succeeded"  # slot freed
+        assert client.get(body["links"]["self"]).json()["state"] == "failed"
+        assert client.get(f"/v1/analyses/{body['id']}/mask.png").status_code == 409
 
 
 def test_readyz_verifies_served_models(client: TestClient) -> None:

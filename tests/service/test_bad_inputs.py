@@ -27,14 +27,6 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def db() -> Iterator[redis.Redis]:
-    client = js.redis_or_skip()
-    client.flushdb()
-    yield client
-    client.flushdb()
-
-
-@pytest.fixture
 def client(store: Path, db: redis.Redis) -> Iterator[TestClient]:
     settings = Settings(
         model_store=store,

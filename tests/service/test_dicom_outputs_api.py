@@ -52,14 +52,6 @@ def worker(store: Path) -> Iterator[subprocess.Popen[bytes]]:
     js.stop_worker(proc)
 
 
-@pytest.fixture
-def db() -> Iterator[redis.Redis]:
-    client = js.redis_or_skip()
-    client.flushdb()
-    yield client
-    client.flushdb()
-
-
 def queued_client(store: Path, namespace: str = NS) -> TestClient:
     return make_client(store, redis_url=js.TEST_REDIS_URL, namespace=namespace)
 

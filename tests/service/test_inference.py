@@ -24,6 +24,7 @@ from models_registry.registry import Registry
 from models_registry.store import DirectoryStore
 from service.inference import (
     Aggregate,
+    Analysis,
     AnalysisResult,
     ModelStageMismatchError,
     NoModelForStageError,
@@ -35,6 +36,7 @@ from service.inference import (
     clear_runners,
     get_runner,
 )
+from service.inference.pipeline import Predecoded
 from service.inference.result import SCHEMA_PATH, render_schema
 from service.inference.runner import CPU_PROVIDER, default_providers
 from tests.imaging import dicom_factory as dcm
@@ -106,6 +108,20 @@ def test_ultrasound_batch_gives_masks_at_original_size(registry: Registry) -> No
         assert result.malignancy is not None and result.malignancy.calibrated
         assert "Not for clinical use" in result.disclaimer
         check_result_json(result.model_dump_json())
+
+
+def test_predecoded_inputs_give_the_same_analysis(registry: Registry) -> None:
+    """In process, a job analyses the images its submission check decoded: same results."""
+    inputs = [ultrasound_png(seed) for seed in range(2)]
+    fresh = analyse("ultrasound", inputs, registry=registry)
+    known = [Predecoded(decode(data), decode_ms=1.5) for data in inputs]
+    again = analyse_each("ultrasound", known, registry=registry)
+    for a, b in zip(fresh, again, strict=True):
+        assert isinstance(b, Analysis)
+        ours, theirs = a.result.model_dump(), b.result.model_dump()
+        assert ours.pop("timings_ms") and theirs.pop("timings_ms")["decode"] >= 1.5
+        assert ours == theirs and np.array_equal(a.mask, b.mask)
+        assert np.array_equal(a.overlay, b.overlay)
 
 
 def test_malignancy_is_the_calibrated_onnx_output(registry: Registry) -> None:

@@ -37,14 +37,6 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def db() -> Iterator[redis.Redis]:
-    client = js.redis_or_skip()
-    client.flushdb()
-    yield client
-    client.flushdb()
-
-
-@pytest.fixture
 def settings(store: Path, db: redis.Redis) -> Iterator[Settings]:
     settings = Settings(
         model_store=store,

@@ -24,11 +24,13 @@ from service.config import Settings
 from service.observability import (
     JsonFormatter,
     QueueDepthCollector,
+    SharedMetrics,
     configure_logging,
     install_observability,
     log_context,
     observe_inference,
     observe_job,
+    read_shared,
     scrub,
 )
 from service.problems import install_problem_handlers
@@ -248,14 +250,47 @@ def test_queue_depth_is_read_from_rq_at_scrape_time(redis_db: redis.Redis) -> No
     queue = Queue("test-us", connection=redis_db)
     for _ in range(3):
         queue.enqueue("builtins.print", "never run")
-    collector = QueueDepthCollector(REDIS_URL, queue_names=lambda: names)
+    collector = QueueDepthCollector(REDIS_URL, queue_names=lambda: names, namespace="t-obs")
     gauges = {
         m.name: {s.labels.get("stage"): s.value for s in m.samples} for m in collector.collect()
     }
     assert gauges["breastdx_queue_depth"] == {"ultrasound": 3, "mammography": 0}
     assert gauges["breastdx_queue_up"] == {None: 1}
-    down = QueueDepthCollector("redis://127.0.0.1:1/0", queue_names=lambda: names)
+    down = QueueDepthCollector("redis://127.0.0.1:1/0", lambda: names, namespace="t-obs")
     assert [(m.name, m.samples[0].value) for m in down.collect()] == [("breastdx_queue_up", 0)]
+
+
+@pytest.mark.integration
+def test_durations_recorded_by_workers_in_redis_are_prometheus_histograms(
+    redis_db: redis.Redis,
+) -> None:
+    shared = SharedMetrics(redis_db, "t-obs")
+    for seconds in (0.004, 0.02, 0.02, 7.0, 120.0):  # buckets 0.005, 0.025 x2, 10, +Inf
+        observe_job("ultrasound", seconds, "succeeded", shared)
+    observe_job("not-a-stage", 1.0, "failed", shared)
+    observe_inference("ultrasound", "us-tiny@1", 0.0005, shared)
+    families = {f.name: f for f in read_shared(redis_db, "t-obs")}
+    job = {
+        (s.name, s.labels.get("stage"), s.labels.get("le")): s.value
+        for s in families["breastdx_job_duration_seconds"].samples
+    }
+    bucket = "breastdx_job_duration_seconds_bucket"
+    assert job[(bucket, "ultrasound", "0.005")] == 1
+    assert job[(bucket, "ultrasound", "0.01")] == 1
+    assert job[(bucket, "ultrasound", "0.025")] == 3
+    assert job[(bucket, "ultrasound", "10.0")] == 4
+    assert job[(bucket, "ultrasound", "60.0")] == 4 and job[(bucket, "ultrasound", "+Inf")] == 5
+    assert job[("breastdx_job_duration_seconds_count", "ultrasound", None)] == 5
+    assert job[("breastdx_job_duration_seconds_sum", "ultrasound", None)] == pytest.approx(127.044)
+    assert job[("breastdx_job_duration_seconds_count", "none", None)] == 1  # no new label values
+    inference = families["breastdx_inference_duration_seconds"].samples
+    first = next(s for s in inference if s.name.endswith("_bucket"))
+    assert first.labels == {"stage": "ultrasound", "model": "us-tiny@1", "le": "0.001"}
+    assert first.value == 1
+    assert sorted(redis_db.scan_iter("t-obs:metrics:*")) == [
+        b"t-obs:metrics:breastdx_inference_duration_seconds",
+        b"t-obs:metrics:breastdx_job_duration_seconds",
+    ]
 
 
 @pytest.mark.integration

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import redis
 from fastapi.testclient import TestClient
+from prometheus_client.parser import text_string_to_metric_families
 from rq.job import Job, JobStatus
 
 from service.app import create_app
@@ -37,14 +38,6 @@ def worker(store: Path) -> Iterator[subprocess.Popen[bytes]]:
     proc = js.start_worker(js.worker_env(store, NS))
     yield proc
     js.stop_worker(proc)
-
-
-@pytest.fixture
-def db() -> Iterator[redis.Redis]:
-    client = js.redis_or_skip()
-    client.flushdb()
-    yield client
-    client.flushdb()
 
 
 def api(store: Path, namespace: str = NS, **overrides: Any) -> TestClient:
@@ -103,9 +96,22 @@ def test_worker_analyses_every_stage_and_cleans_up(client: TestClient, db: redis
         assert 86000 < db.ttl(f"{NS}:job:{job_id}") <= 86400  # result_ttl_s
         assert 86000 < db.ttl(f"{NS}:job:{job_id}:mask:0") <= 86400
         assert Job.fetch(job_id, connection=db).get_status() == JobStatus.FINISHED
+    # the worker recorded the durations in Redis; the API's /metrics shows them
+    families = {f.name: f for f in text_string_to_metric_families(client.get("/metrics").text)}
+
+    def count(name: str, **labels: str) -> float:
+        return sum(
+            s.value
+            for s in families[name].samples
+            if s.name == f"{name}_count" and labels.items() <= s.labels.items()
+        )
+
+    for stage in cases:
+        assert count("breastdx_job_duration_seconds", stage=stage, state="succeeded") >= 1
+        assert count("breastdx_inference_duration_seconds", stage=stage) >= 1
 
 
-def test_prefer_wait_and_result_images_from_the_worker(client: TestClient) -> None:
+def test_prefer_wait_and_result_images_from_the_worker(client: TestClient, db: redis.Redis) -> None:
     response = submit(client, "mammography", js.mammogram_dicom(160, 128), **{"Prefer": "wait=30"})
     assert response.status_code == 200 and response.headers["preference-applied"] == "wait=30"
     body = response.json()
@@ -113,8 +119,16 @@ def test_prefer_wait_and_result_images_from_the_worker(client: TestClient) -> No
     mask = client.get(body["links"]["mask"])
     pixels = cv2.imdecode(np.frombuffer(mask.content, np.uint8), cv2.IMREAD_UNCHANGED)
     assert pixels.shape == (160, 128)
+    # the worker stored the display image; the overlay is drawn on the first GET, then kept
+    key = f"{NS}:job:{body['id']}"
+    assert db.exists(f"{key}:display:0") and not db.exists(f"{key}:overlay:0")
     overlay = client.get(body["links"]["overlay"] + "?index=0")
     assert overlay.status_code == 200 and overlay.content.startswith(b"\x89PNG")
+    assert db.get(f"{key}:overlay:0") == overlay.content
+    assert 0 < db.ttl(f"{key}:overlay:0") <= db.ttl(f"{key}:results")
+    colour = cv2.imdecode(np.frombuffer(overlay.content, np.uint8), cv2.IMREAD_COLOR)
+    assert colour.shape == (160, 128, 3)
+    assert client.get(body["links"]["overlay"] + "?index=0").content == overlay.content
 
 
 def test_transient_failure_is_retried_with_backoff(

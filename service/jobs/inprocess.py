@@ -77,7 +77,7 @@ class InProcessExecutor:
                 finally:
                     if timer is not None:
                         timer.cancel()
-                    time.sleep(intervals[min(number, len(intervals) - 1)])
+                time.sleep(intervals[min(number, len(intervals) - 1)])  # then try again
         finally:
             self.release()
 

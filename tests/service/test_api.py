@@ -214,6 +214,26 @@ def test_full_in_process_pool_answers_503(store: Path) -> None:
         assert poll(client, first.headers["location"])["state"] == "succeeded"
 
 
+def test_a_finished_job_frees_its_in_process_slot_at_once(store: Path) -> None:
+    """The retry pause is for failed attempts only: with one slot, the next job is accepted
+    right after the previous one finished (not after a retry interval)."""
+    with make_client(
+        store, inprocess_workers=1, inprocess_max_pending=1, retry_intervals_s=[5]
+    ) as client:
+        for _ in range(3):
+            deadline = time.monotonic() + 1.0
+            while True:
+                response = client.post(
+                    "/v1/ultrasound/analyses",
+                    files=files(js.ultrasound_png(1)),
+                    headers={"Prefer": "wait=30"},
+                )
+                if response.status_code != 503 or time.monotonic() > deadline:
+                    break
+                time.sleep(0.02)
+            assert response.status_code == 200 and response.json()["state"] == "succeeded"
+
+
 def test_in_process_job_past_its_time_limit_fails_at_the_limit(store: Path) -> None:
     """A thread cannot be stopped: the job fails at the limit, the late result is discarded."""
     with make_client(store, job_timeout_s=1, inprocess_workers=1) as client:

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Final, Protocol
 
 import pydicom
+from pydicom.dataset import Dataset
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
 from pynetdicom.presentation import build_context
@@ -34,7 +35,7 @@ from service.dicom.outputs import ResultObjects, build_outputs
 from service.dicom.state import open_state
 from service.inference.result import Analysis
 from service.jobs.backend import service_registry
-from service.jobs.hooks import register_hook
+from service.jobs.hooks import StoredArtefact, register_hook
 from service.jobs.state import JobRecord
 
 logger = logging.getLogger(__name__)
@@ -267,11 +268,15 @@ def header_key(image_sha256: str, model_ref: str) -> str:
 
 
 @register_hook(HOOK_NAME)
-def dicom_delivery_hook(record: JobRecord, analyses: list[Analysis]) -> None:
-    """Post-success hook ``dicom-delivery``: build SEG, SR and SC of the job and deliver them.
+def dicom_delivery_hook(
+    record: JobRecord, analyses: list[Analysis], stored: StoredArtefact
+) -> None:
+    """Post-success hook ``dicom-delivery``: deliver SEG, SR and SC of the job.
 
-    Runs in the job's worker, after the job succeeded, with the ``BREASTDX_DICOM_*`` settings of
-    that process. Undeliverable results go to the dead letter (the hook still succeeds).
+    The SEG and SR are the ones the job stored (the API's ``seg.dcm`` and ``sr.dcm``: same SOP
+    Instance UIDs in the PACS as through the API); the SC overlay is built here. Runs in the
+    job's worker, after the job succeeded, with the ``BREASTDX_DICOM_*`` settings of that
+    process. Undeliverable results go to the dead letter (the hook still succeeds).
 
     Raises:
         DeliveryError: the job has no DICOM source header (not submitted by the listener, or
@@ -282,7 +287,7 @@ def dicom_delivery_hook(record: JobRecord, analyses: list[Analysis]) -> None:
     if len(record.inputs) != len(analyses):
         raise DeliveryError(f"{len(analyses)} analyses for {len(record.inputs)} inputs")
     registry = service_registry(service)
-    for info, analysis in zip(record.inputs, analyses, strict=True):
+    for index, (info, analysis) in enumerate(zip(record.inputs, analyses, strict=True)):
         key = header_key(info.sha256, record.model_ref)
         data = state.get(key)
         if data is None:
@@ -290,5 +295,15 @@ def dicom_delivery_hook(record: JobRecord, analyses: list[Analysis]) -> None:
                 f"job {record.id} has no DICOM source header: not from the listener, or expired"
             )
         card = registry.card(analysis.result.model.ref)
-        deliver(build_outputs(parse_header(data), analysis, card), settings)
+        seg_and_sr = _stored_seg_and_sr(stored, index)
+        deliver(build_outputs(parse_header(data), analysis, card, seg_and_sr), settings)
         state.delete(key)
+
+
+def _stored_seg_and_sr(stored: StoredArtefact, index: int) -> tuple[Dataset, Dataset] | None:
+    """The SEG and SR the job stored for input ``index`` (None: none were built, or expired;
+    the hook then builds them anew)."""
+    seg, sr = stored("seg", index), stored("sr", index)
+    if seg is None or sr is None:
+        return None
+    return pydicom.dcmread(io.BytesIO(seg)), pydicom.dcmread(io.BytesIO(sr))

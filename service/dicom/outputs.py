@@ -78,17 +78,29 @@ def build_seg_and_sr(
     return seg, sr
 
 
-def build_outputs(header: Dataset, analysis: Analysis, card: ModelCard) -> ResultObjects:
+def build_outputs(
+    header: Dataset,
+    analysis: Analysis,
+    card: ModelCard,
+    stored: tuple[Dataset, Dataset] | None = None,
+) -> ResultObjects:
     """SEG, SR and SC for ``analysis`` of the instance whose header is ``header``.
 
     Args:
         header: the source dataset (pixel data not needed).
         analysis: the pipeline's result for that instance.
         card: the card of the model that made it (``analysis.result.model.ref``).
+        stored: the SEG and SR the job already built and serves (``service.dicom.artefacts``);
+            they are sent as they are, so the PACS holds the very instances (same SOP Instance
+            UIDs) that ``GET .../seg.dcm`` and ``sr.dcm`` return. Only the SC is built here.
 
     Raises:
         SourceHeaderError: the header does not match the analysis (geometry or model).
     """
-    source, producer, seg, sr = _seg_and_sr(header, analysis, card)
+    if stored is None:
+        source, producer, seg, sr = _seg_and_sr(header, analysis, card)
+    else:
+        source, producer = _check(header, analysis, card), Producer(card)
+        seg, sr = stored
     sc = build_sc(source, analysis.overlay, analysis.result, producer)
     return ResultObjects(source.sop_instance_uid, card.ref, seg, sr, sc)

@@ -19,7 +19,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from functools import partial
+from typing import Any, cast
 
 import redis
 from rq.timeouts import JobTimeoutException
@@ -134,11 +135,15 @@ def _attempt(
     finally:
         store.drop_lease(record.id)
     if current and record.after:
-        hooks = run_hooks(record, analyses)
+        hooks = run_hooks(record, analyses, partial(_stored, store, record.id))
         latest = store.get(record.id)
         if latest is not None:
             store.save(latest.model_copy(update={"hooks": hooks}))
     return {"job_id": record.id, "state": JobState.SUCCEEDED.value, "results": len(analyses)}
+
+
+def _stored(store: JobStore, job_id: str, kind: str, index: int) -> bytes | None:
+    return store.artefact(job_id, cast(ArtefactKind, kind), index)
 
 
 def _elapsed_s(record: JobRecord) -> float:

@@ -2,7 +2,10 @@
 list names them (e.g. ``"dicom-delivery"``, registered by ``service.dicom``).
 
     @register_hook("dicom-delivery")
-    def deliver(record: JobRecord, analyses: list[Analysis]) -> None: ...
+    def deliver(record: JobRecord, analyses: list[Analysis], stored: StoredArtefact) -> None: ...
+
+``stored(kind, index)`` reads what the job stored for input ``index`` (``"seg"``, ``"sr"``,
+``"mask"``, ...; None when absent), from the job store that ran it (Redis or this process).
 
 A hook runs once, after the results are stored and the job is ``succeeded``: its failure is
 logged and recorded in ``JobRecord.hooks`` (``"error: <code>"``) and never fails or re-runs the
@@ -24,7 +27,8 @@ from service.jobs.state import JobRecord
 
 logger = logging.getLogger(__name__)
 
-Hook = Callable[[JobRecord, list[Analysis]], None]
+StoredArtefact = Callable[[str, int], bytes | None]
+Hook = Callable[[JobRecord, list[Analysis], StoredArtefact], None]
 HOOKS: dict[str, Hook] = {}
 _LOADED: set[str] = set()
 
@@ -77,7 +81,9 @@ def check_hooks(names: Sequence[str]) -> list[str]:
     return list(names)
 
 
-def run_hooks(record: JobRecord, analyses: list[Analysis]) -> dict[str, str]:
+def run_hooks(
+    record: JobRecord, analyses: list[Analysis], stored: StoredArtefact
+) -> dict[str, str]:
     """Run the hooks ``record.after`` names, in order; ``{name: "ok" | "error: <code>"}``."""
     outcomes: dict[str, str] = {}
     for name in record.after:
@@ -87,7 +93,7 @@ def run_hooks(record: JobRecord, analyses: list[Analysis]) -> dict[str, str]:
             logger.error("hook not registered in this process", extra={**record.log_extra()})
             continue
         try:
-            hook(record, analyses)
+            hook(record, analyses, stored)
         except BreastdxError as exc:
             outcomes[name] = f"error: {exc.code}"
             logger.warning("hook %s failed: %s", name, exc.code, extra=record.log_extra())

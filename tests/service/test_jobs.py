@@ -23,7 +23,7 @@ from service.errors import UnknownHookError
 from service.inference.result import Analysis
 from service.jobs import JobRecord, get_job, register_hook, submit_analysis
 from service.jobs.backend import close_backend, get_backend
-from service.jobs.hooks import HOOKS
+from service.jobs.hooks import HOOKS, StoredArtefact
 from service.jobs.queue import queue_name
 from service.jobs.store import MemoryKeyValue
 from tests.service import jobs_support as js
@@ -152,14 +152,15 @@ def test_unknown_hook_is_refused_listing_the_valid_ones(settings: Settings) -> N
 
 
 def test_hooks_run_after_success_in_process(store: Path) -> None:
-    calls: list[tuple[str, int]] = []
+    calls: list[tuple[str, int, list[bytes | None]]] = []
 
     @register_hook("test-count")
-    def count(record: JobRecord, analyses: list[Analysis]) -> None:
-        calls.append((record.id, len(analyses)))
+    def count(record: JobRecord, analyses: list[Analysis], stored: StoredArtefact) -> None:
+        masks = [stored("mask", i) for i in range(3)]  # the job's stored artefacts
+        calls.append((record.id, len(analyses), masks))
 
     @register_hook("test-broken")
-    def broken(record: JobRecord, analyses: list[Analysis]) -> None:
+    def broken(record: JobRecord, analyses: list[Analysis], stored: StoredArtefact) -> None:
         raise RuntimeError("delivery failed")
 
     settings = Settings(model_store=store)
@@ -171,7 +172,9 @@ def test_hooks_run_after_success_in_process(store: Path) -> None:
             after=["test-broken", "test-count"],
         )
         done = js.wait_until(lambda: (r := get_job(record.id, settings=settings)).hooks and r, 30)
-        assert done.state == "succeeded" and calls == [(record.id, 2)]
+        assert done.state == "succeeded" and [c[:2] for c in calls] == [(record.id, 2)]
+        masks = calls[0][2]
+        assert masks[0] and masks[0].startswith(b"\x89PNG") and masks[1] and masks[2] is None
         assert done.hooks == {"test-broken": "error: RuntimeError", "test-count": "ok"}
     finally:
         HOOKS.pop("test-count", None)

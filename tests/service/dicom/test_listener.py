@@ -40,6 +40,7 @@ from service.dicom.processing import Submitter
 from service.dicom.state import DiskState, RedisState, safe_name, seen_key
 from service.inference import analyse
 from service.jobs.backend import close_backend
+from service.jobs.service import job_dicom_output
 from tests.imaging import dicom_factory as dcm
 from tests.service.dicom.conftest import (
     LISTENER_AET,
@@ -56,6 +57,7 @@ from tests.service.dicom.conftest import (
 )
 
 MakeListener = Callable[..., DicomListener]
+TINY_MODELS = {"ultrasound": "us-tiny@1", "mammography": "mg-tiny@1"}
 
 
 @pytest.fixture
@@ -169,6 +171,18 @@ def test_us_and_mg_results_arrive_in_orthanc(
         expected = analyse(stage, [data], registry=registry)[0].mask  # what the API returns
         assert np.array_equal(pixels > 0, expected > 0), stage
         assert seg.PatientID == source.PatientID  # filed with the study
+        # the PACS holds the very SEG and SR the API serves for the listener's job
+        job_id = listener.submitter.state.claimed(
+            seen_key(source.SOPInstanceUID, TINY_MODELS[stage])
+        )
+        assert job_id is not None
+        settings = listener.submitter.service
+        served = {
+            kind: read(job_dicom_output(job_id, kind, 0, settings=settings))
+            for kind in ("seg", "sr")
+        }
+        assert served["seg"].SOPInstanceUID == seg.SOPInstanceUID
+        assert served["sr"].SOPInstanceUID == sr.SOPInstanceUID
 
 
 @pytest.mark.integration

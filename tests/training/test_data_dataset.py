@@ -9,13 +9,13 @@ import cv2
 import numpy as np
 import pytest
 
+from models_registry.card import Stage
 from training.data.dataset import load_mask, load_sample
 from training.data.records import (
     Circle,
     DatasetFormatError,
     Modality,
     Sample,
-    Stage,
 )
 
 

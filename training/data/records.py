@@ -10,12 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from enum import IntEnum, StrEnum
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 from breastdx.errors import BreastdxError
 from imaging.record import Laterality, ViewPosition
+from models_registry.card import Stage  # the one Stage enum (torch-free)
 
 BENIGN = 0
 MALIGNANT = 1
@@ -63,14 +64,6 @@ class Modality(StrEnum):
     MG = "MG"  # mammography
     US = "US"  # ultrasound
     SM = "SM"  # slide microscopy (histopathology)
-
-
-class Stage(IntEnum):
-    """The clinical workflow stages of the seed paper (its Fig. 1)."""
-
-    MAMMOGRAPHY = 1
-    ULTRASOUND = 2
-    HISTOPATHOLOGY = 3
 
 
 _STAGE_OF = {

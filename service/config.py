@@ -55,6 +55,11 @@ class Settings(BaseSettings):
     inprocess_workers: int = Field(default=2, ge=1, description="threads, in-process mode")
     inprocess_max_pending: int = Field(default=32, ge=1, description="jobs, in-process mode")
     ort_threads: int = Field(default=0, ge=0, description="ONNX Runtime intra-op threads; 0: auto")
+    ort_spinning: bool = Field(
+        default=False,
+        description="ONNX Runtime threads spin-wait between runs: a little lower model latency "
+        "on cores of their own, CPU taken from the web server and post-processing otherwise",
+    )
     worker_ttl_s: int = Field(default=60, ge=20, description="RQ worker heartbeat TTL")
     maintenance_interval_s: int = Field(
         default=60, ge=1, description="RQ registry cleanup and abandoned-job checks in workers"

@@ -33,9 +33,15 @@ _LOCK = threading.Lock()
 
 @dataclass(frozen=True)
 class RunnerOptions:
-    """Session options; ``intra_op_threads = 0`` lets ONNX Runtime choose (one per core)."""
+    """Session options; ``intra_op_threads = 0`` lets ONNX Runtime choose (one per core).
+
+    ``allow_spinning``: ONNX Runtime's default keeps its threads spinning after each run, which
+    on a small machine takes the cores the rest of the request needs; the service turns it off
+    (``Settings.ort_spinning``).
+    """
 
     intra_op_threads: int = 0
+    allow_spinning: bool = True
     fp16: bool = False
     providers: tuple[str, ...] | None = None  # None: default_providers()
 
@@ -111,6 +117,9 @@ def _session(path: Path, options: RunnerOptions) -> ort.InferenceSession:
     settings = ort.SessionOptions()
     settings.intra_op_num_threads = max(0, options.intra_op_threads)
     settings.log_severity_level = 3
+    if not options.allow_spinning:
+        settings.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        settings.add_session_config_entry("session.inter_op.allow_spinning", "0")
     providers = list(options.providers or default_providers())
     return ort.InferenceSession(str(path), settings, providers=providers)
 

@@ -52,7 +52,9 @@ class Attempt:
 
 def runner_options(settings: Settings) -> RunnerOptions:
     """The session options every job and the worker's warm-up use (one cached session)."""
-    return RunnerOptions(intra_op_threads=settings.ort_threads)
+    return RunnerOptions(
+        intra_op_threads=settings.ort_threads, allow_spinning=settings.ort_spinning
+    )
 
 
 def is_transient(exc: BaseException) -> bool:

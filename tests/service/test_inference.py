@@ -92,6 +92,20 @@ def test_runner_is_created_once_per_process(registry: Registry) -> None:
     assert threads is not first and threads.ref == first.ref == "us-tiny@1"
 
 
+def test_service_sessions_do_not_spin(registry: Registry) -> None:
+    """The service turns ONNX Runtime's spin-waiting off unless the operator turns it on."""
+    from service.config import Settings
+    from service.jobs.execute import runner_options
+
+    entry = "session.intra_op.allow_spinning"
+    quiet = get_runner("us-tiny", registry, runner_options(Settings()))
+    assert quiet.session.get_session_options().get_session_config_entry(entry) == "0"
+    spinning = get_runner("us-tiny", registry, runner_options(Settings(ort_spinning=True)))
+    assert spinning is not quiet
+    with pytest.raises(Exception, match="does not have configuration"):  # ORT's default: spin
+        spinning.session.get_session_options().get_session_config_entry(entry)
+
+
 def test_ultrasound_batch_gives_masks_at_original_size(registry: Registry) -> None:
     shapes = [(120, 160), (96, 130), (150, 100)]
     inputs = [ultrasound_png(seed, shape) for seed, shape in enumerate(shapes)]

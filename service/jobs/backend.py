@@ -8,10 +8,12 @@ and process (the API, each worker, the DICOM listener), made on first use.
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import redis
+from anyio import to_thread
 
 from models_registry.registry import Registry
 from service.config import Settings
@@ -22,6 +24,8 @@ from service.jobs.inprocess import InProcessExecutor
 from service.jobs.notify import RedisListener, Waiters
 from service.jobs.state import JobRecord
 from service.jobs.store import JobStore, MemoryKeyValue, RedisKeyValue, Ttls, redis_client
+
+T = TypeVar("T")
 
 
 def service_registry(settings: Settings) -> Registry:
@@ -44,6 +48,13 @@ class Backend:
     _decoded: dict[str, list[Predecoded]] = field(default_factory=dict, repr=False)
     _decoded_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     listener: RedisListener | None = field(default=None, repr=False)
+
+    async def call(self, read: Callable[[], T]) -> T:
+        """Run a read of the store from async code: in a worker thread where it waits on Redis,
+        at once in process (a dict look-up; a thread hop would cost more than the read)."""
+        if self.redis is None:
+            return read()
+        return await to_thread.run_sync(read)
 
     def start_listening(self) -> None:
         """Queued mode: hear the job-final announcements (started on the first wait; the

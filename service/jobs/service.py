@@ -368,13 +368,13 @@ async def wait_for_job(
         return get_job(job_id, settings=settings, api_key_id=api_key_id, enforce_owner=True)
 
     if timeout_s <= 0:
-        return await to_thread.run_sync(look)
+        return await backend.call(look)
     if not backend.listening:
         await to_thread.run_sync(backend.start_listening)
     with backend.waiters.watch(job_id) as finished:
         while True:
             finished.clear()
-            record = await to_thread.run_sync(look)
+            record = await backend.call(look)
             remaining = deadline - time.monotonic()
             if record.state.final or remaining <= 0:
                 return record

@@ -18,6 +18,7 @@ from fastapi.concurrency import run_in_threadpool
 
 from service.config import Settings
 from service.deps import CanRead, CanSubmit, SettingsDep
+from service.jobs.backend import get_backend
 from service.jobs.service import (
     job_artefact,
     job_dicom_output,
@@ -61,7 +62,7 @@ def prefer_wait(prefer: str | None, cap_s: int) -> int | None:
 async def _public(
     record: JobRecord, response: Response, settings: SettingsDep, wait: int | None
 ) -> JobPublic:
-    results = await run_in_threadpool(job_results, record, settings=settings)
+    results = await get_backend(settings).call(lambda: job_results(record, settings=settings))
     response.headers["Location"] = f"/v1/analyses/{record.id}"
     response.headers["Cache-Control"] = "no-store"
     if wait is not None:

@@ -36,7 +36,9 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import cv2
 import httpx
@@ -73,6 +75,7 @@ class Level:
     concurrency: int
     latencies_s: list[float] = field(default_factory=list)
     pipeline_ms: list[float] = field(default_factory=list)
+    phases_ms: list[dict[str, float]] = field(default_factory=list)
     errors: int = 0
     wall_s: float = 0.0
 
@@ -158,8 +161,30 @@ def follow(client: httpx.Client, response: httpx.Response, deadline: float) -> d
     return body
 
 
-def one_request(client: httpx.Client, stage: str, image: bytes) -> tuple[float, float] | None:
-    """(seconds from send to a succeeded result, the pipeline's own ms); None on any error."""
+Outcome = tuple[float, float, dict[str, float]]
+
+
+def _phases(body: dict[str, Any], e2e_ms: float) -> dict[str, float]:
+    """Where one request's time went: the pipeline's own steps, the job's wait for a worker
+    (created -> started), its run outside the pipeline (started -> finished minus the pipeline)
+    and the rest (HTTP, upload parsing, the submission check, the answer)."""
+    times = {
+        k: datetime.fromisoformat(body[k]) for k in ("created_at", "started_at", "finished_at")
+    }
+    waited = (times["started_at"] - times["created_at"]).total_seconds() * 1000.0
+    ran = (times["finished_at"] - times["started_at"]).total_seconds() * 1000.0
+    steps = {k: float(v) for k, v in body["result"][0]["timings_ms"].items()}
+    return {
+        **{k: steps.get(k, 0.0) for k in ("decode", "preprocess", "inference", "postprocess")},
+        "job-other": ran - steps["total"],
+        "queue-wait": waited,
+        "http+rest": e2e_ms - waited - ran,
+    }
+
+
+def one_request(client: httpx.Client, stage: str, image: bytes) -> Outcome | None:
+    """(seconds from send to a succeeded result, the pipeline's own ms, the phases); None on
+    any error."""
     start = time.perf_counter()
     try:
         response = submit(client, stage, image)
@@ -170,8 +195,9 @@ def one_request(client: httpx.Client, stage: str, image: bytes) -> tuple[float, 
         return None
     if body.get("state") != "succeeded":
         return None
+    seconds = time.perf_counter() - start
     result = body["result"][0]  # type: ignore[index]
-    return time.perf_counter() - start, float(result["timings_ms"]["total"])
+    return seconds, float(result["timings_ms"]["total"]), _phases(body, seconds * 1000.0)
 
 
 def measure(client: httpx.Client, level: Level, image: bytes, requests: int) -> Level:
@@ -185,6 +211,7 @@ def measure(client: httpx.Client, level: Level, image: bytes, requests: int) -> 
     level.wall_s = time.perf_counter() - start
     level.latencies_s = [o[0] for o in outcomes if o is not None]
     level.pipeline_ms = [o[1] for o in outcomes if o is not None]
+    level.phases_ms = [o[2] for o in outcomes if o is not None]
     level.errors = sum(o is None for o in outcomes)
     return level
 
@@ -327,6 +354,26 @@ def print_targets(levels: list[Level], model_ms: dict[str, tuple[str, float, flo
         print(row.format(stage, ref, *cells))
 
 
+def print_phases(levels: list[Level]) -> None:
+    """Median ms per phase of the concurrency-1 requests (see ``_phases``)."""
+    ones = [lv for lv in levels if lv.concurrency == 1 and lv.phases_ms]
+    if not ones:
+        return
+    names = list(ones[0].phases_ms[0])
+    print("\n# where the time goes at concurrency 1 (median ms per phase)")
+    row = "{:<15} {:<10}" + " {:>10}" * (len(names) + 1)
+    print(row.format("stage", "mode", *names, "e2e p50"))
+    for lv in ones:
+        medians = [statistics.median(p[n] for p in lv.phases_ms) for n in names]
+        print(row.format(lv.stage, lv.mode, *(f"{m:.1f}" for m in medians), f"{lv.p_ms(50):.1f}"))
+    print(
+        "# decode..postprocess: the pipeline's own timings (in process the decode runs in the"
+        " submission check, before the job starts); job-other: started -> finished minus the"
+        " pipeline (store writes, PNGs); queue-wait: created -> started; http+rest: the rest of"
+        " the client's time (HTTP, upload parsing, submission check, answer)"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--store", type=Path, help="model store (default: the shipped one)")
@@ -363,6 +410,7 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print_levels(levels)
     print_targets(levels, model_ms)
+    print_phases(levels)
     if soaked is not None:
         outcomes, seconds = soaked
         lost = sum(n for state, n in outcomes.items() if state not in ("succeeded", "refused"))

@@ -47,6 +47,13 @@ def _parser() -> argparse.ArgumentParser:
         "(marked in the report)",
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch CPU threads per cell (0: torch's default); with 1, a cell's figures repeat "
+        "bit for bit on the same CPU",
+    )
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     return parser
 
@@ -129,7 +136,13 @@ def main(argv: list[str] | None = None) -> int:
                 return 2
             if not args.report_only:
                 records = run_grid(
-                    cells, Scale(args.scale), roots, args.out, seed=args.seed, device=args.device
+                    cells,
+                    Scale(args.scale),
+                    roots,
+                    args.out,
+                    seed=args.seed,
+                    device=args.device,
+                    threads=args.threads,
                 )
                 failed = [r for r in records if r.get("status") != "done"]
                 for record in failed:

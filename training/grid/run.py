@@ -136,8 +136,16 @@ def run_grid(
     *,
     seed: int = 0,
     device: str = "auto",
+    threads: int = 0,
 ) -> list[dict[str, Any]]:
-    """Run every cell in order (resuming), logging progress; failures do not stop the grid."""
+    """Run every cell in order (resuming), logging progress; failures do not stop the grid.
+
+    ``threads``: torch CPU threads (0: leave torch's default).
+    """
+    if threads > 0:
+        import torch
+
+        torch.set_num_threads(threads)
     records = []
     for i, cell in enumerate(cells, 1):
         logger.info("[%d/%d] %s %s %s", i, len(cells), cell.modality, cell.protocol, cell.id)

@@ -14,6 +14,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from models_registry.registry import Registry
 from models_registry.store import DirectoryStore
+from tests.cards import segmentation_io
 
 SIZE = 32
 BIAS = 0.25  # malignancy_logit = mean(image) * 2 + BIAS
@@ -64,28 +65,7 @@ def draft_dict(**overrides: Any) -> dict[str, Any]:
         "stage": "ultrasound",
         "task": "segmentation",
         "architecture": {"name": "tiny-conv", "width": 1, "parameters": 12},
-        "input": {
-            "name": "image",
-            "channels": 1,
-            "size": [SIZE, SIZE],
-            "preprocess": {"input_size": [SIZE, SIZE], "channels": 1, "normalisation": "unit"},
-        },
-        "outputs": [
-            {
-                "name": "mask_logits",
-                "role": "mask",
-                "meaning": "per-pixel lesion logit",
-                "shape": ["N", 1, SIZE, SIZE],
-                "activation": "sigmoid",
-            },
-            {
-                "name": "malignancy_logit",
-                "role": "malignancy",
-                "meaning": "malignancy logit",
-                "shape": ["N", 1],
-                "activation": "sigmoid",
-            },
-        ],
+        **segmentation_io(SIZE),
         "labels": ["benign", "malignant"],
         "thresholds": {"mask": 0.5, "malignancy": 0.4, "min_lesion_area_px": 4},
         "calibration": {"temperature": 1.5, "fitted_on": "BUSI val, leakage_safe"},

@@ -29,6 +29,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from models_registry.registry import Registry
 from models_registry.store import DirectoryStore
+from tests.cards import segmentation_io
 from tests.conftest import REPO_ROOT
 from tests.imaging import dicom_factory as dcm
 
@@ -142,28 +143,7 @@ def _draft(stage: str, **overrides: Any) -> dict[str, Any]:
         "stage": stage,
         "task": "segmentation",
         "architecture": {"name": "tiny", "parameters": 12},
-        "input": {
-            "name": "image",
-            "channels": 1,
-            "size": [SIZE, SIZE],
-            "preprocess": {"input_size": [SIZE, SIZE], "channels": 1, "normalisation": "unit"},
-        },
-        "outputs": [
-            {
-                "name": "mask_logits",
-                "role": "mask",
-                "meaning": "per-pixel lesion logit",
-                "shape": ["N", 1, SIZE, SIZE],
-                "activation": "sigmoid",
-            },
-            {
-                "name": "malignancy_logit",
-                "role": "malignancy",
-                "meaning": "malignancy logit",
-                "shape": ["N", 1],
-                "activation": "sigmoid",
-            },
-        ],
+        **segmentation_io(SIZE),
         "labels": ["benign", "malignant"],
         "thresholds": {"mask": 0.6, "malignancy": 0.5, "min_lesion_area_px": 4},
         "calibration": {"temperature": 1.0},

@@ -12,6 +12,8 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
+from breastdx.errors import BreastdxError
+
 
 class Command(NamedTuple):
     target: str  # "package.module:function"
@@ -81,7 +83,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyError as exc:
         print(f"breastdx: {exc.args[0]}", file=sys.stderr)
         return 2
-    return int(func(args[1:]) or 0)
+    try:
+        return int(func(args[1:]) or 0)
+    except BreastdxError as exc:  # one the command did not answer itself (e.g. bad settings)
+        print(f"breastdx {args[0]}: {exc.message}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

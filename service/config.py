@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Self
+from typing import Self, TypeVar
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from breastdx.errors import BreastdxError
 from imaging.limits import DEFAULT_MAX_PIXELS
+
+S = TypeVar("S", bound=BaseSettings)
 
 
 class Settings(BaseSettings):
@@ -86,6 +89,28 @@ class Settings(BaseSettings):
         return bool(self.redis_url)
 
 
+class SettingsError(BreastdxError):
+    """A ``BREASTDX_*`` environment variable that does not parse."""
+
+    code = "invalid_settings"
+    title = "Invalid settings"
+    http_status = 500
+
+
+def load_settings(cls: type[S], prefix: str) -> S:
+    """``cls()`` from the environment; a bad value is a :class:`SettingsError` naming the
+    variable, not a traceback."""
+    try:
+        return cls()
+    except ValidationError as exc:
+        problems = "; ".join(
+            (f"{prefix}{'_'.join(map(str, error['loc'])).upper()}: " if error["loc"] else "")
+            + error["msg"]
+            for error in exc.errors()
+        )
+        raise SettingsError(f"invalid settings: {problems}") from None
+
+
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    return Settings()
+    return load_settings(Settings, "BREASTDX_")

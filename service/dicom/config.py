@@ -14,6 +14,8 @@ from typing import Annotated
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from service.config import load_settings
+
 AE_TITLE_PATTERN = r"^[\x21-\x5b\x5d-\x7e]([\x20-\x5b\x5d-\x7e]{0,14}[\x21-\x5b\x5d-\x7e])?$"
 _AE_TITLE = re.compile(AE_TITLE_PATTERN)
 
@@ -101,4 +103,4 @@ class DicomSettings(BaseSettings):
 
 @lru_cache(maxsize=1)
 def get_dicom_settings() -> DicomSettings:
-    return DicomSettings()
+    return load_settings(DicomSettings, "BREASTDX_DICOM_")

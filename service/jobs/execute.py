@@ -237,19 +237,8 @@ def time_out(job_id: str, *, store: JobStore, timeout_s: float) -> bool:
     record = store.get(job_id)
     if record is None or record.state is not JobState.RUNNING:
         return False
-    error = job_error(JobTimeoutException(), timeout_s)
-    failed = record.model_copy(
-        update={
-            "state": JobState.FAILED,
-            "error": error,
-            "last_error": error,
-            "finished_at": utcnow(),
-        }
-    )
-    store.save(failed)
-    store.delete_inputs(failed)
-    observe_job(failed.stage, _elapsed_s(failed), JobState.FAILED.value, _shared_metrics(store))
-    logger.warning("job timed out after %s s", timeout_s, extra=failed.log_extra())
+    attempt = Attempt(record.worker or "in-process", retries_left=0, timeout_s=timeout_s)
+    _fail(record, JobTimeoutException(), attempt, store)
     return True
 
 

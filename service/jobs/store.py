@@ -57,10 +57,9 @@ class KeyValue(Protocol):
     def set_many(
         self, items: Mapping[str, bytes], ttl_s: int, announce: tuple[str, str] | None = None
     ) -> None:
-        """Set every item with ``ttl_s``; then publish ``announce`` = (channel, message)."""
-
-    def subscribe(self, channel: str, callback: Callable[[str], None]) -> None:
-        """In-process delivery of ``channel``'s messages (Redis: see ``service.jobs.notify``)."""
+        """Set every item with ``ttl_s``; then publish ``announce`` = (channel, message)
+        (heard in process through ``MemoryKeyValue.subscribe``, from Redis through
+        ``service.jobs.notify.RedisListener``)."""
 
     def set_nx(self, key: str, value: bytes, ttl_s: int) -> bool: ...
 
@@ -185,9 +184,6 @@ class RedisKeyValue:
             if announce is not None:
                 pipe.publish(*announce)
             pipe.execute()
-
-    def subscribe(self, channel: str, callback: Callable[[str], None]) -> None:
-        raise NotImplementedError("Redis messages reach a process through notify.RedisListener")
 
     def set_nx(self, key: str, value: bytes, ttl_s: int) -> bool:
         with self._errors():

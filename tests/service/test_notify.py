@@ -43,17 +43,17 @@ def saver(store: JobStore, job: JobRecord) -> threading.Thread:
 
 
 def test_waiters_wake_only_their_job_and_forget_it() -> None:
-    async def scenario() -> tuple[bool, bool, int]:
+    async def scenario() -> tuple[bool, bool, int, int]:
         waiters = Waiters()
         with waiters.watch("a") as a, waiters.watch("b") as b:
             threading.Thread(target=waiters.wake, args=("a",)).start()
             await asyncio.wait_for(a.wait(), 2)
             await asyncio.sleep(0.05)
             watching = len(waiters)
-            return a.is_set(), b.is_set(), watching
+        return a.is_set(), b.is_set(), watching, len(waiters)
 
-    a_set, b_set, watching = asyncio.run(scenario())
-    assert a_set and not b_set and watching == 2
+    a_set, b_set, watching, left = asyncio.run(scenario())
+    assert a_set and not b_set and watching == 2 and left == 0
 
 
 def test_in_process_store_announces_final_states_only() -> None:

@@ -113,3 +113,22 @@ def test_report_carries_over_cells_whose_run_folder_was_lost(grid: Path, tmp_pat
     assert {r["source"] for key, r in after.items() if key != lost} == {"run"}
     assert main(argv) == 0  # no carry-over: the lost cell is missing
     assert "not run" in (reports / f"{stem}.md").read_text()
+
+
+def test_unreadable_earlier_report_and_bad_threads_are_clear_errors(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    reports = tmp_path / "reports"
+    reports.mkdir()
+    (reports / "ultrasound-smoke.csv").write_text(
+        "protocol,model,loss,policy,status,epochs\nleakage_safe,unet,bce,vanilla,done,many\n"
+    )
+    argv = ["--modality", "ultrasound", "--scale", "smoke", "--protocol", "leakage_safe"]
+    argv += ["--out", str(tmp_path / "runs"), "--report-dir", str(reports), "--report-only"]
+    assert main([*argv, "--carry-over"]) == 1
+    err = capsys.readouterr().err
+    assert "is not a grid report CSV" in err and "Traceback" not in err
+    with pytest.raises(SystemExit) as exited:
+        main([*argv, "--threads", "-2"])
+    assert exited.value.code == 2
+    assert "expected a whole number >= 0, got '-2'" in capsys.readouterr().err

@@ -49,13 +49,20 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--threads",
-        type=int,
+        type=_non_negative,
         default=0,
         help="torch CPU threads per cell (0: torch's default); with 1, a cell's figures repeat "
         "bit for bit on the same CPU",
     )
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     return parser
+
+
+def _non_negative(text: str) -> int:
+    value = int(text) if text.strip().lstrip("-").isdigit() else -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
+    return value
 
 
 def _data_roots(args: argparse.Namespace, modalities: list[Modality]) -> dict[Modality, Path]:

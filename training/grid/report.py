@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from breastdx.errors import BreastdxError
 from training.grid.paper import (
     AUGMENTATION_TABLES,
     CLASSIFICATION_TABLE,
@@ -90,12 +91,34 @@ def carry_over(results: list[CellResult], csv_path: Path, source: str) -> list[C
     """
     if not csv_path.is_file():
         return results
+    try:
+        return _merge(results, _done_rows(csv_path), source)
+    except (KeyError, ValueError, csv.Error) as exc:
+        raise ReportError(
+            f"{csv_path} is not a grid report CSV this code can carry figures over from "
+            f"({type(exc).__name__}: {exc})"
+        ) from exc
+
+
+class ReportError(BreastdxError):
+    """An earlier report that cannot be read."""
+
+    code = "grid_report_unreadable"
+    title = "Grid report unreadable"
+
+
+def _done_rows(csv_path: Path) -> dict[tuple[str, str, str, str], dict[str, str]]:
     with csv_path.open(newline="", encoding="utf-8") as handle:
-        rows = {
+        return {
             (r["protocol"], r["model"], r["loss"], r["policy"]): r
             for r in csv.DictReader(handle)
             if r.get("status") == "done"
         }
+
+
+def _merge(
+    results: list[CellResult], rows: dict[tuple[str, str, str, str], dict[str, str]], source: str
+) -> list[CellResult]:
     merged = []
     for r in results:
         row = rows.get((r.cell.protocol, r.cell.model, r.cell.loss, r.cell.policy))

@@ -26,6 +26,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 class ResizeMode(StrEnum):
     STRETCH = "stretch"  # each axis to the input size; aspect ratio not kept
     LETTERBOX = "letterbox"  # scale to fit, keep aspect ratio, pad the rest centred
+    PAD = "pad"  # letterbox that never enlarges: a smaller image (an edge patch) is only padded
 
 
 class Normalisation(StrEnum):
@@ -56,7 +57,7 @@ class PreprocessConfig(BaseModel):
     std: tuple[float, ...] | None = None  # zscore only, one per channel, > 0
     frame_policy: FramePolicy = FramePolicy.FIRST
     interpolation: Interpolation = Interpolation.AREA
-    pad_value: float = Field(default=0.0, ge=0.0, le=1.0)  # letterbox fill, before normalising
+    pad_value: float = Field(default=0.0, ge=0.0, le=1.0)  # letterbox/pad fill, before normalising
 
     @model_validator(mode="after")
     def _check(self) -> Self:
@@ -123,6 +124,8 @@ def _fit_ops(in_hw: tuple[int, int], config: PreprocessConfig) -> list[Op]:
     if config.resize_mode == ResizeMode.STRETCH:
         return [Resize(in_hw, (out_h, out_w))]
     scale = min(out_h / in_hw[0], out_w / in_hw[1])
+    if config.resize_mode == ResizeMode.PAD:
+        scale = min(scale, 1.0)  # native pixels: shrink what is too large, never stretch
     new_h = min(out_h, max(1, round(in_hw[0] * scale)))
     new_w = min(out_w, max(1, round(in_hw[1] * scale)))
     top, left = (out_h - new_h) // 2, (out_w - new_w) // 2
@@ -159,7 +162,8 @@ def prepare(
     """Display image (float32 [0, 1], ``(H, W)`` or ``(H, W, 3)``) -> model-size ``Prepared``.
 
     Order: RGB -> grey (BT.601 luma) when ``channels=1``; breast crop and canonical flip when
-    configured; resize (stretch or letterbox); grey -> 3 channels by repetition; clip to [0, 1].
+    configured; resize (stretch, letterbox, or pad: letterbox without enlarging); grey -> 3
+    channels by repetition; clip to [0, 1].
     """
     image = _check_display_image(image)  # (H, W) or (H, W, 3)
     original_hw = (image.shape[0], image.shape[1])

@@ -4,7 +4,8 @@ Policies (paper, "Augmentation policies"): ``vanilla`` (original data only), ``g
 (rotation, vertical and horizontal flip, grid distortion), ``filter`` (CLAHE, Gaussian blur,
 histogram equalisation, Fancy PCA) and ``all`` (geometric then filter). ``geometric_histopathology``
 is the set the paper used for stage 3 (rotation, flip, translation, shear, Gaussian blur,
-equalisation, shift).
+equalisation, shift). For histopathology patches, ``filter_histo`` adds the eight symmetries of
+the square to Filter (the paper's baseline) and ``filter_histo_stain`` also jitters H&E stain.
 
 Geometric transforms move the mask with the image (nearest-neighbour, zero fill), so mask values
 stay the values they were; filters are pixel-level and never touch the mask (albumentations 2.0).
@@ -85,6 +86,28 @@ def geometric_histopathology() -> TransformList:
         A.GaussianBlur(blur_limit=(3, 3), sigma_limit=(0.3, 1.0), p=0.2),
         A.Equalize(by_channels=False, p=0.2),
     ]
+
+
+@AUGMENTATIONS.register("filter_histo")
+def filter_histopathology() -> TransformList:
+    """Filter plus the eight symmetries of the square (rotations by 90 degrees, flips), drawn
+    uniformly: tissue on a slide has no orientation, and no pixel is interpolated."""
+    return [A.SquareSymmetry(p=1.0), *filter_()]
+
+
+@AUGMENTATIONS.register("filter_histo_stain")
+def filter_histopathology_stain() -> TransformList:
+    """``filter_histo`` plus H&E stain jitter: the image re-composed from stain concentrations
+    under a randomly chosen reference stain matrix with scaled and shifted intensities
+    (albumentations ``HEStain``; Ruifrok & Johnston 2001, Macenko et al. 2009), as stain varies
+    between labs and scanners."""
+    stain = A.HEStain(
+        method="random_preset",
+        intensity_scale_range=(0.9, 1.1),
+        intensity_shift_range=(-0.05, 0.05),
+        p=0.5,
+    )
+    return [A.SquareSymmetry(p=1.0), stain, *filter_()]
 
 
 def sample_seed(seed: int, key: int | str, epoch: int = 0, copy: int = 0) -> int:

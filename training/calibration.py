@@ -6,12 +6,17 @@ search on log T over [``T_MIN``, ``T_MAX``] finds the minimum without gradients.
 logits ``(N,)`` / ``(N, 1)`` (sigmoid; labels 0/1, ``-1`` = unknown is left out) and multi-class
 logits ``(N, K)`` (softmax; labels 0..K-1). T > 1 softens over-confident scores; the class ranking,
 hence accuracy and AUC, never changes.
+
+``decision_threshold`` then picks the cut-off on the calibrated P(malignant) that maximises
+balanced accuracy on the same validation cases; the model card states it (``thresholds.
+malignancy``), so the service's calls are the ones validation chose.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -121,3 +126,73 @@ def calibration_report(
         "ece_after": expected_calibration_error(after, y, n_bins),
         "n": int(y.size),
     }
+
+
+@dataclass(frozen=True)
+class ThresholdChoice:
+    """A decision threshold on P(malignant) and what it scored on the cases it was chosen on."""
+
+    threshold: float  # malignant where probability >= threshold
+    balanced_accuracy: float
+    sensitivity: float
+    specificity: float
+    n: int
+    temperature: float = 1.0  # the probabilities were softmax / sigmoid of logits / temperature
+
+    def to_dict(self) -> dict[str, float | int]:
+        return asdict(self)
+
+
+def balanced_threshold(probs: ArrayLike, labels: ArrayLike) -> ThresholdChoice:
+    """The threshold on P(malignant) ``(N,)`` that maximises balanced accuracy against 0/1 labels.
+
+    Every distinct probability is a candidate cut (malignant where ``p >= cut``); the returned
+    threshold lies midway between the best cut and the next lower probability, so it gives the
+    same calls on these cases and sits away from them. Ties go to the lower threshold (the more
+    sensitive call).
+    """
+    p = np.asarray(probs, dtype=np.float64).reshape(-1)
+    y = np.asarray(labels).astype(np.int64).reshape(-1)
+    if p.shape != y.shape or not np.isin(y, (0, 1)).all():
+        raise MetricInputError("need one 0/1 label per probability")
+    if not (np.isfinite(p).all() and (p >= 0).all() and (p <= 1).all()):
+        raise MetricInputError("probabilities must be finite and in [0, 1]")
+    n_pos, n_neg = int(y.sum()), int(y.size - y.sum())
+    if n_pos == 0 or n_neg == 0:
+        raise MetricInputError("choosing a threshold needs both classes among the cases")
+    cuts, index = np.unique(p, return_inverse=True)  # ascending distinct probabilities
+    pos = np.bincount(index, weights=y, minlength=cuts.size)  # positives at each value
+    neg = np.bincount(index, weights=1 - y, minlength=cuts.size)
+    sens = np.cumsum(pos[::-1])[::-1] / n_pos  # called malignant: p >= cuts[i]
+    spec = 1.0 - np.cumsum(neg[::-1])[::-1] / n_neg
+    score = 0.5 * (sens + spec)
+    best = int(np.flatnonzero(score == score.max())[0])  # lowest cut among ties
+    threshold = cuts[best] if best == 0 else 0.5 * (cuts[best - 1] + cuts[best])
+    return ThresholdChoice(
+        threshold=float(threshold),
+        balanced_accuracy=float(score[best]),
+        sensitivity=float(sens[best]),
+        specificity=float(spec[best]),
+        n=int(y.size),
+    )
+
+
+def decision_threshold(
+    logits: ArrayLike, labels: ArrayLike, temperature: float = 1.0
+) -> ThresholdChoice:
+    """``balanced_threshold`` on the calibrated P(malignant) of validation logits.
+
+    Args:
+        logits: ``(N, 2)`` class logits (softmax) or ``(N,)`` / ``(N, 1)`` malignancy logits
+            (sigmoid); binary labels of -1 (unknown) are left out.
+        labels: 0 (not malignant) or 1 (malignant) per case.
+        temperature: the fitted temperature (``fit_temperature``), as the service applies it.
+    """
+    z, y = _prepare(logits, labels)
+    if z.ndim == 2 and z.shape[1] != 2:
+        raise MetricInputError(
+            f"a decision threshold needs binary logits, got {z.shape[1]} classes"
+        )
+    probs = probabilities(z, temperature)
+    malignant = probs[:, 1] if probs.ndim == 2 else probs  # (N,)
+    return replace(balanced_threshold(malignant, y), temperature=float(temperature))

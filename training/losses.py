@@ -12,8 +12,9 @@ notation): TP = sum(y p), FP = sum((1 - y) p), FN = sum(y (1 - p)).
   false positives, beta false negatives; default alpha 0.3, beta 0.7 (favours recall). With
   alpha = beta = 0.5 it equals Dice with smooth 2 s (exactly Dice when s = 0).
 - ``dice_bce``: dice_weight * Dice + bce_weight * BCE.
-- ``ce``: cross-entropy for classification, optional class weights; targets are class indices
-  ``(B,)`` or class probabilities ``(B, K)`` (MixUp / CutMix).
+- ``ce``: cross-entropy for classification, optional class weights (``class_weights``, or the
+  binary ``positive_weight``); targets are class indices ``(B,)`` or class probabilities
+  ``(B, K)`` (MixUp / CutMix).
 
 ``JointLoss`` adds the malignancy head's BCE to a mask loss for the joint segmentation models.
 """
@@ -199,15 +200,27 @@ class DiceBCELoss(nn.Module):
 
 @LOSSES.register("ce")
 class CrossEntropyLoss(nn.Module):
-    """Cross-entropy on ``(B, K)`` class logits; ``class_weights`` has one weight per class."""
+    """Cross-entropy on ``(B, K)`` class logits, optionally class-weighted against imbalance.
+
+    ``class_weights`` has one weight per class; ``positive_weight`` (binary, a scalar a YAML
+    ``loss.params`` can hold) is shorthand for ``class_weights = (1, positive_weight)``, e.g. the
+    ratio of negative to positive training samples, so each class weighs the same in total.
+    """
 
     weight: torch.Tensor | None
 
     def __init__(
-        self, class_weights: Sequence[float] | None = None, label_smoothing: float = 0.0
+        self,
+        class_weights: Sequence[float] | None = None,
+        label_smoothing: float = 0.0,
+        positive_weight: float | None = None,
     ) -> None:
         super().__init__()
-        _check_non_negative(label_smoothing=label_smoothing)
+        _check_non_negative(label_smoothing=label_smoothing, positive_weight=positive_weight)
+        if positive_weight is not None:
+            if class_weights is not None:
+                raise LossConfigError("ce: give class_weights or positive_weight, not both")
+            class_weights = (1.0, float(positive_weight))
         if class_weights is not None:
             _check_non_negative(**{f"class_weights[{i}]": w for i, w in enumerate(class_weights)})
         weight = None if class_weights is None else torch.tensor(class_weights, dtype=torch.float)

@@ -33,6 +33,9 @@ COMMANDS: dict[str, Command] = {
     "predict": Command(
         "service.cli_predict:main", "analyse images with a registered model; PNG masks and JSON"
     ),
+    "evaluate": Command(
+        "evaluation.cli:main", "score a model on labelled local data; report.json and .html"
+    ),
     "grid": Command("training.grid.cli:main", "run the paper's experiment grid and its reports"),
     "serve": Command(
         "service.cli:serve_main", "run the HTTP API (in process, or queued with Redis)"

@@ -173,6 +173,11 @@ class Metric(_Frozen):
     dataset: Text
     split: Text
     protocol: EvaluationProtocol
+    resolution: Literal["original", "model_input"] | None = Field(
+        default=None,
+        description="original: measured on each image at its own geometry (breastdx evaluate); "
+        "model_input: at the model's input size inside training; None: not stated",
+    )
 
     @model_validator(mode="after")
     def _interval_holds_value(self) -> Self:

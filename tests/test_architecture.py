@@ -11,7 +11,7 @@ import pytest
 
 from tests.conftest import REPO_ROOT
 
-TORCH_FREE = ("breastdx", "imaging", "models_registry", "service")
+TORCH_FREE = ("breastdx", "imaging", "models_registry", "service", "evaluation")
 TORCH_MODULES = {"torch", "torchvision", "albumentations", "timm"}
 WEB_QUEUE_MODULES = {"fastapi", "starlette", "uvicorn", "rq"}
 
@@ -50,22 +50,38 @@ def test_training_never_imports_web_or_queue_stack() -> None:
     assert offenders == {}
 
 
-def test_importing_every_serving_module_loads_no_torch() -> None:
-    """Dynamic check: transitive imports too (a static scan misses them)."""
+def _loaded_after_import(packages: tuple[str, ...], bad: str) -> str:
+    """Import every module of ``packages`` in a fresh interpreter; the loaded modules ``m``
+    for which the expression ``bad`` holds, comma-separated."""
     modules = [
         ".".join(path.relative_to(REPO_ROOT).with_suffix("").parts).removesuffix(".__init__")
-        for package in TORCH_FREE
+        for package in packages
         for path in _py_files(package)
     ]
     code = (
         "import importlib, sys\n"
         f"for name in {modules!r}:\n"
         "    importlib.import_module(name)\n"
-        f"bad = sorted(m for m in sys.modules if m.split('.')[0] in {sorted(TORCH_MODULES)!r})\n"
-        "print(','.join(bad))\n"
+        f"print(','.join(sorted(m for m in sys.modules if {bad})))\n"
     )
     result = subprocess.run(
         [sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == ""
+    return result.stdout.strip()
+
+
+def test_importing_every_serving_module_loads_no_torch() -> None:
+    """Dynamic check: transitive imports too (a static scan misses them)."""
+    assert _loaded_after_import(TORCH_FREE, f"m.split('.')[0] in {sorted(TORCH_MODULES)!r}") == ""
+
+
+def test_evaluation_takes_only_the_data_readers_from_training() -> None:
+    """``breastdx evaluate`` runs in the serving environment: importing every evaluation module
+    loads no torch, no imagehash (``training.data.splits`` imports duplicates lazily) and, of
+    training, only the torch-free readers of ``training.data``."""
+    bad = (
+        "m.split('.')[0] in ('torch', 'imagehash') "
+        "or (m.startswith('training.') and not m.startswith('training.data'))"
+    )
+    assert _loaded_after_import(("evaluation",), bad) == ""

@@ -20,22 +20,19 @@ import json
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from training.data.duplicates import (
-    DuplicateConfig,
-    DuplicatePair,
-    UnionFind,
-    find_near_duplicates,
-)
 from training.data.records import (
     DatasetFormatError,
     Sample,
     SplitError,
     SplitIntegrityError,
 )
+
+if TYPE_CHECKING:  # duplicates needs imagehash, absent from the serving environment
+    from training.data.duplicates import DuplicateConfig, DuplicatePair
 
 SPLIT_NAMES = ("train", "val", "test")
 FORMAT = "breastdx.split/1"
@@ -151,6 +148,8 @@ def leakage_safe_split(
         duplicate_config: thresholds of the duplicate search.
         names: split names, one per fraction.
     """
+    from training.data.duplicates import DuplicateConfig
+
     _check(samples, fractions, names)
     config = duplicate_config or DuplicateConfig()
     groups, pairs = assign_groups(samples, group_by, near_duplicates, config)
@@ -230,6 +229,8 @@ def assign_groups(
     ``Sample.group_id`` (``patient:...`` or ``image:...``)."""
     if group_by not in ("patient", "image") or near_duplicates not in ("auto", "all", "none"):
         raise SplitError("group_by is 'patient' or 'image'; near_duplicates 'auto'|'all'|'none'")
+    from training.data.duplicates import UnionFind, find_near_duplicates
+
     union = UnionFind([s.id for s in samples])
     if group_by == "patient":
         first: dict[str, str] = {}

@@ -1,0 +1,170 @@
+"""Model-card figures from an evaluation: a new card version whose test metrics are this report's.
+
+Registry versions are immutable, so an evaluated card is a NEW version of the model with the
+same ONNX file (``breastdx evaluate ... --register``). Its ``evaluation_sets`` hold one entry per
+evaluated data set (the split file, its sha256, class counts), its ``metrics`` the report's
+figures at the original resolution (``resolution="original"``) with their 95 % intervals. Of the
+earlier card's figures, measured inside training at the model's input size, only the paper-
+comparison ones without an original-resolution counterpart stay (``PAPER_FIGURES``), labelled
+``resolution="model_input"``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from evaluation.lesions import FP_RATES
+from models_registry.card import (
+    CardDraft,
+    EvaluationProtocol,
+    EvaluationSet,
+    Fp16Export,
+    Metric,
+    ModelCard,
+    OnnxExport,
+    Task,
+)
+from models_registry.registry import Registry
+
+PAPER_FIGURES = frozenset({"miou_fg_bg", "miou_fg_bg_pooled", "pixel_accuracy"})
+EVALUATED_NOTE = (
+    "Test figures measured by 'breastdx evaluate' with this ONNX file at the original image "
+    "resolution (the service's own pipeline, masks mapped back to each image's geometry); "
+    "Dice and IoU average the images that hold a lesion, the false-lesion rate covers the others."
+)
+_OLD_BASELINE = "count an empty prediction on a lesion-free image as 1"
+
+
+def metric_names(card: ModelCard) -> dict[str, str]:
+    """Report key -> card metric name (a segmentation model's scores are ``malignancy_*``)."""
+    prefix = "malignancy_" if card.task is Task.SEGMENTATION else ""
+    names = {k: k for k in ("dice", "iou", "hd95_px", "hd95_mm", "false_lesion_rate")}
+    for key in ("auc", "sensitivity", "specificity", "balanced_accuracy", "accuracy", "ece"):
+        names[f"classification.{key}"] = prefix + key
+        names[f"classification_per_patient.{key}"] = f"patient_{key}"
+    names["classification.brier"] = prefix + "brier"
+    names["classification_per_patient.brier"] = "patient_brier"
+    return names
+
+
+def _figures(section: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Flat ``report key -> figure`` of one data set's section."""
+    out: dict[str, dict[str, Any]] = {}
+    for key, value in (section.get("segmentation") or {}).items():
+        if isinstance(value, dict):
+            out[key] = value
+    for block in ("classification", "classification_per_patient"):
+        for key, value in (section.get(block) or {}).items():
+            if isinstance(value, dict) and "value" in value:
+                out[f"{block}.{key}"] = value
+    detection = section.get("detection") or {}
+    for rate, point in zip(FP_RATES, detection.get("froc", []), strict=False):
+        out[f"froc_sensitivity_at_{rate:g}_fp"] = point
+    if detection:
+        out["froc_mean_sensitivity"] = detection["mean_sensitivity"]
+    return out
+
+
+def _metric(name: str, figure: dict[str, Any], evaluation: EvaluationSet) -> Metric | None:
+    value, low, high = figure.get("value"), figure.get("ci_low"), figure.get("ci_high")
+    if value is None or not figure.get("n"):
+        return None
+    interval = low is not None and high is not None
+    return Metric(
+        name=name,
+        value=value,
+        ci_low=min(low, value) if interval else None,
+        ci_high=max(high, value) if interval else None,
+        n=int(figure["n"]),
+        dataset=evaluation.dataset,
+        split=evaluation.split,
+        protocol=evaluation.protocol,
+        resolution="original",
+    )
+
+
+def evaluation_set(section: dict[str, Any], split: dict[str, Any]) -> EvaluationSet:
+    """The card's record of one evaluated data set (``split``: the loaded split's facts)."""
+    return EvaluationSet(
+        dataset=section["display"],
+        split=split["subset"],
+        protocol=EvaluationProtocol(split["protocol"]),
+        data_root=f"{section['root']} ({section['format']} format; breastdx evaluate, original "
+        f"resolution; data fingerprint {section['fingerprint'][:16]})",
+        split_file=Path(split["file"]).name,
+        split_file_sha256=split["sha256"],
+        unit="images",
+        class_counts=dict(sorted(split["class_counts"].items())),
+    )
+
+
+def split_facts(path: Path, subset: str, ids: list[str], classes: dict[str, str]) -> dict[str, Any]:
+    """What a card needs of a split: file, sha256, protocol, class counts of ``ids``."""
+    import json
+
+    document = json.loads(path.read_text(encoding="utf-8"))
+    protocol = "leakage_safe" if document.get("protocol") == "leakage_safe" else "paper"
+    return {
+        "file": str(path),
+        "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+        "subset": subset,
+        "protocol": protocol,
+        "class_counts": dict(Counter(classes.get(i, "unknown") for i in ids)),
+    }
+
+
+def carded_draft(card: ModelCard, report: dict[str, Any]) -> CardDraft:
+    """A draft of ``card`` whose test metrics and evaluation sets come from ``report``."""
+    names = metric_names(card)
+    sets, metrics = [], []
+    for section in report["datasets"]:
+        if not section.get("split"):
+            raise ValueError("a card's figures need a split: evaluate with --split FILE")
+        evaluation = evaluation_set(section, section["split"])
+        sets.append(evaluation)
+        for key, figure in _figures(section).items():
+            metric = _metric(names.get(key, key), figure, evaluation)
+            if metric is not None:
+                metrics.append(metric)
+    keys = {(e.dataset, e.split, e.protocol) for e in sets}
+    fresh = {m.name for m in metrics}
+    for old in card.metrics:
+        where = (old.dataset, old.split, old.protocol)
+        if old.name in PAPER_FIGURES and old.name not in fresh and where in keys:
+            metrics.append(old.model_copy(update={"resolution": "model_input"}))
+    body = card.model_dump(
+        exclude={"name", "version", "registered_at", "onnx", "metrics", "evaluation_sets"}
+    )
+    body["limitations"] = [
+        item for item in card.limitations if _OLD_BASELINE not in item and item != EVALUATED_NOTE
+    ] + [EVALUATED_NOTE]
+    fp16 = Fp16Export(parity=card.onnx.fp16.parity) if card.onnx.fp16 else None
+    return CardDraft(
+        name=card.name,
+        onnx=OnnxExport(opset=card.onnx.opset, fp16=fp16),
+        metrics=metrics,
+        evaluation_sets=sets,
+        **body,
+    )
+
+
+def register_evaluated(
+    registry: Registry,
+    card: ModelCard,
+    report: dict[str, Any],
+    *,
+    target: Registry | None = None,
+    alias: str | None = None,
+) -> ModelCard:
+    """Register the model's ONNX file again as a new version carrying ``report``'s figures."""
+    draft = carded_draft(card, report)
+    loaded = registry.load(card.ref)
+    fp16_path = None
+    if card.onnx.fp16 is not None:
+        fp16_path = registry.load(card.ref, fp16=True).onnx_path
+    return (target or registry).register(
+        card.name, loaded.onnx_path, draft, fp16_path=fp16_path, alias=alias
+    )

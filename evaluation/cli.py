@@ -1,0 +1,219 @@
+"""``breastdx evaluate``: score a registered model on labelled local data at original resolution.
+
+    breastdx evaluate --stage ultrasound DATA [DATA...] --out DIR [--model NAME@VERSION]
+        [--format F] [--split FILE --subset test] [--register [--register-store DIR]
+        [--alias production]]
+
+Each DATA folder is one data set, its format recognised from the layout (``--format`` names it):
+BUSI, BUS-BRA, CBIS-DDSM (COCO boxes), mini-MIAS, IDC or a hospital CSV (docs/evaluation.md).
+Every case runs through the service's pipeline; ``DIR/report.json``, ``DIR/report.html`` and
+``DIR/plots/`` hold the figures; ``DIR/cache/`` the scored cases (a re-run resumes). With
+``--register`` a new version of the model is registered whose card carries these figures.
+
+Exit 0: every case scored; 1: a case was skipped (bad image, missing or mismatched mask) or the
+model is unusable; 2: bad usage or a data folder in no known format.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+from breastdx.errors import BreastdxError
+from evaluation import formats
+from evaluation.cases import Case
+from evaluation.figures import N_BOOT
+from models_registry.card import ModelCard, Stage
+from models_registry.registry import Registry
+
+PROG = "breastdx evaluate"
+logger = logging.getLogger(__name__)
+
+
+class SplitUseError(BreastdxError):
+    """A split file cannot restrict this data set (unreadable, no such subset, no case of it)."""
+
+    code = "split_unusable"
+    title = "Split file not usable"
+    http_status = 422
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n")[0])
+    parser.add_argument("--stage", required=True, choices=[s.value for s in Stage])
+    parser.add_argument("data", nargs="+", type=Path, metavar="DATA", help="data set folders")
+    parser.add_argument("--out", required=True, type=Path, help="report folder")
+    parser.add_argument("--model", help="NAME, NAME@ALIAS or NAME@VERSION (default: the stage's)")
+    parser.add_argument("--store", action="append", help="model store (repeatable)")
+    parser.add_argument("--format", choices=sorted(formats.FORMATS), help="data-set format")
+    parser.add_argument("--split", type=Path, help="a split file (models_registry/store/splits)")
+    parser.add_argument("--subset", default="test", help="the split's part to evaluate (test)")
+    parser.add_argument("--n-boot", type=int, default=N_BOOT, help="bootstrap resamples")
+    parser.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads")
+    parser.add_argument("--register", action="store_true", help="register a re-carded version")
+    parser.add_argument("--register-store", type=Path, help="store for --register (the model's)")
+    parser.add_argument("--alias", help="alias for the registered version, e.g. production")
+    parser.add_argument("--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING"])
+    return parser
+
+
+def _split_ids(split_path: Path, subset: str) -> tuple[list[str], dict[str, str]]:
+    """Sample ids of ``subset`` (as written, maybe ``dataset:id``) and class names by id."""
+    from training.data.records import DatasetError
+    from training.data.splits import Split
+
+    try:
+        split = Split.load(split_path)
+    except DatasetError as exc:
+        raise SplitUseError(exc.message) from exc
+    if subset not in split.names():
+        raise SplitUseError(f"{split_path} has no subset {subset!r}; it has {list(split.names())}")
+    classes = {key: record.class_name for key, record in split.samples.items()}
+    return split.ids(subset), classes
+
+
+DATASETS = ("busi", "busbra", "cbis_ddsm", "mini_mias", "idc", "csv")
+
+
+def _prefix(entry: str) -> tuple[str | None, str]:
+    """``(data set, id)`` of a split entry: ``busi:benign (1)`` or ``busi/benign (1)`` name
+    their data set; a plain id names none."""
+    for sep in (":", "/"):
+        prefix, found, rest = entry.partition(sep)
+        if found and prefix in DATASETS:
+            return prefix, rest
+    return None, entry
+
+
+def restrict(cases: list[Case], ids: list[str], dataset: str) -> tuple[list[Case], list[str]]:
+    """The cases the split names for ``dataset`` (in split order), and the split's ids of this
+    data set that are absent from the data. Entries prefixed with another data set are left
+    to that data set."""
+    by_id = {c.id: c for c in cases}
+    chosen, missing = [], []
+    for entry in ids:
+        owner, own = _prefix(entry)
+        if owner is not None and owner != dataset:
+            continue
+        if own in by_id:
+            chosen.append(by_id[own])
+        else:
+            missing.append(own)
+    return chosen, missing
+
+
+def _registry(stores: list[str] | None) -> Registry:
+    from service.cli_predict import _registry as service_registry
+
+    return service_registry(stores)
+
+
+def _evaluate_one(
+    root: Path, args: argparse.Namespace, registry: Registry, card: ModelCard
+) -> dict[str, Any]:
+    from evaluation import report
+    from evaluation.card import split_facts
+    from evaluation.run import CaseCache, Progress, Skipped, evaluate_cases
+    from service.inference import RunnerOptions
+
+    fmt = formats.get_format(args.format) if args.format else formats.detect_format(root)
+    cases = formats.read_cases(root, fmt)
+    dataset = cases[0].dataset
+    split_info: dict[str, Any] | None = None
+    missing: list[str] = []
+    if args.split:
+        ids, classes = _split_ids(args.split, args.subset)
+        cases, missing = restrict(cases, ids, dataset)
+        if not cases:
+            raise SplitUseError(
+                f"split {args.split} names no case of the {fmt.display} data at {root} in its "
+                f"{args.subset!r} part"
+            )
+        own = {_prefix(k)[1]: v for k, v in classes.items() if _prefix(k)[0] in (None, dataset)}
+        split_info = split_facts(args.split, args.subset, [c.id for c in cases] + missing, own)
+    records, skipped = evaluate_cases(
+        cases,
+        stage=Stage(args.stage),
+        registry=registry,
+        model_ref=card.ref,
+        cache=CaseCache(args.out, card.onnx.sha256),
+        progress=Progress(len(cases), fmt.display),
+        options=RunnerOptions(intra_op_threads=args.threads),
+    )
+    skipped += [
+        Skipped(m, dataset, "not_in_data", f"split {args.split} names {m!r}, absent from {root}")
+        for m in missing
+    ]
+    for item in skipped:
+        print(f"{PROG}: {item.dataset}: skipped {item.id}: {item.message}", file=sys.stderr)
+    section: dict[str, Any] = {
+        "name": dataset,
+        "display": fmt.display,
+        "format": fmt.name,
+        "root": str(root),
+    }
+    section["split"] = split_info
+    section |= report.dataset_section(records, skipped, card=card, n_boot=args.n_boot)
+    by_id = {c.id: c for c in cases}
+    section["plots"] = report.write_plots(args.out, dataset, section, records, by_id)
+    return section
+
+
+def _run(args: argparse.Namespace, command: str) -> int:
+    from evaluation import report, report_html
+    from service.inference.pipeline import default_model_ref
+
+    registry = _registry(args.store)
+    card = registry.card(args.model or default_model_ref(Stage(args.stage), registry))
+    if card.stage.value != args.stage:
+        print(
+            f"{PROG}: model {card.ref} serves {card.stage.value}, not {args.stage}", file=sys.stderr
+        )
+        return 2
+    args.out.mkdir(parents=True, exist_ok=True)
+    sections = [_evaluate_one(root, args, registry, card) for root in args.data]
+    document = report.report_document(card, command, sections, args.n_boot)
+    report.write_json(args.out, document)
+    report_html.write_html(args.out, document)
+    print(f"{PROG}: {card.ref}: report {args.out / 'report.html'}", file=sys.stderr)
+    skipped = sum(s["n_skipped"] for s in sections)
+    if args.register:
+        from evaluation.card import register_evaluated
+
+        target = Registry([args.register_store]) if args.register_store else None
+        new = register_evaluated(registry, card, document, target=target, alias=args.alias)
+        print(f"{PROG}: registered {new.ref} with the evaluated figures", file=sys.stderr)
+    return 1 if skipped else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Evaluate; exit 0 (all scored), 1 (a case skipped, model unusable) or 2 (bad usage)."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.n_boot < 1 or args.threads < 0:
+        parser.error("--n-boot must be >= 1 and --threads >= 0")
+    if args.register and not args.split:
+        parser.error("--register needs --split: a card's figures name their test split")
+    if args.out.exists() and not args.out.is_dir():
+        parser.error("--out must be a folder")
+    logging.basicConfig(level=args.log_level, format="%(levelname)s %(name)s: %(message)s")
+    command = shlex.join(["breastdx", "evaluate", *(sys.argv[1:] if argv is None else argv)])
+    try:
+        return _run(args, command)
+    except (formats.UnknownLayoutError, SplitUseError) as exc:
+        print(f"{PROG}: {exc.code}: {exc.message}", file=sys.stderr)
+        return 2
+    except BreastdxError as exc:  # the model, the store, a registration
+        print(f"{PROG}: {exc.code}: {exc.message}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"{PROG}: cannot read or write {exc.filename}: {exc.strerror}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -47,6 +47,7 @@ def metric_names(card: ModelCard) -> dict[str, str]:
         names[f"classification_per_patient.{key}"] = f"patient_{key}"
     names["classification.brier"] = prefix + "brier"
     names["classification_per_patient.brier"] = "patient_brier"
+    names["classification_per_patient.burden_mae"] = "patient_burden_mae"
     return names
 
 

@@ -52,6 +52,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--format", choices=sorted(formats.FORMATS), help="data-set format")
     parser.add_argument("--split", type=Path, help="a split file (models_registry/store/splits)")
     parser.add_argument("--subset", default="test", help="the split's part to evaluate (test)")
+    parser.add_argument("--limit", type=int, help="only the first N cases (a quick look)")
     parser.add_argument("--n-boot", type=int, default=N_BOOT, help="bootstrap resamples")
     parser.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads")
     parser.add_argument("--register", action="store_true", help="register a re-carded version")
@@ -133,8 +134,11 @@ def _evaluate_one(
                 f"split {args.split} names no case of the {fmt.display} data at {root} in its "
                 f"{args.subset!r} part"
             )
+        if args.limit:
+            cases, missing = cases[: args.limit], []
         own = {_prefix(k)[1]: v for k, v in classes.items() if _prefix(k)[0] in (None, dataset)}
         split_info = split_facts(args.split, args.subset, [c.id for c in cases] + missing, own)
+    cases = cases[: args.limit] if args.limit else cases
     records, skipped = evaluate_cases(
         cases,
         stage=Stage(args.stage),
@@ -194,8 +198,10 @@ def main(argv: list[str] | None = None) -> int:
     """Evaluate; exit 0 (all scored), 1 (a case skipped, model unusable) or 2 (bad usage)."""
     parser = _parser()
     args = parser.parse_args(argv)
-    if args.n_boot < 1 or args.threads < 0:
-        parser.error("--n-boot must be >= 1 and --threads >= 0")
+    if args.n_boot < 1 or args.threads < 0 or (args.limit is not None and args.limit < 1):
+        parser.error("--n-boot and --limit must be >= 1, --threads >= 0")
+    if args.register and args.limit:
+        parser.error("--register takes the whole split, not --limit")
     if args.register and not args.split:
         parser.error("--register needs --split: a card's figures name their test split")
     if args.out.exists() and not args.out.is_dir():

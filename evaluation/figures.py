@@ -171,19 +171,24 @@ def classification(
 def per_patient(
     records: Sequence[Record], threshold: float, n_boot: int = N_BOOT
 ) -> dict[str, Any] | None:
-    """Patient-level classification: mean patch probability; malignant if any patch is."""
+    """Patient-level classification: the patient's probability is the mean of its patches';
+    malignant where at least half its patches are (IDC: nearly every patient has some), and
+    ``burden_mae``, the mean |mean probability - share of positive patches| over patients."""
     by_patient: dict[str, list[Record]] = {}
     for r in records:
-        if (
-            r["label"] is not None
-            and r["probability"] is not None
-            and r["group"].startswith("patient:")
-        ):
+        known = r["label"] is not None and r["probability"] is not None
+        if known and r["group"].startswith("patient:"):
             by_patient.setdefault(r["group"], []).append(r)
     if len(by_patient) < 2:
         return None
     probs = np.array([np.mean([r["probability"] for r in rs]) for rs in by_patient.values()])
-    labels = np.array([max(r["label"] for r in rs) for rs in by_patient.values()], int)
+    shares = np.array([np.mean([r["label"] for r in rs]) for rs in by_patient.values()])
+    labels = (shares >= 0.5).astype(int)
     out = _classification(probs, labels, None, threshold, n_boot)
-    out["rule"] = "a patient's probability is the mean of its patches'; malignant if any patch is"
+    errors = np.abs(probs - shares)
+    out["burden_mae"] = as_dict(bootstrap_ci(_mean, errors, n_boot=n_boot, seed=SEED))
+    out["rule"] = (
+        "a patient's probability is the mean of its patches'; the patient counts as malignant "
+        "where at least half its patches are; burden_mae: mean |probability - positive share|"
+    )
     return out

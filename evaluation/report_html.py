@@ -32,6 +32,7 @@ LABELS = {
     "accuracy": "Accuracy",
     "ece": "ECE (15 bins)",
     "brier": "Brier score",
+    "burden_mae": "Mean |probability - positive patch share|",
 }
 
 

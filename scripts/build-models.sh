@@ -3,7 +3,10 @@
 #   1. train training/configs/ship/{ultrasound,mammography,histopathology}.yaml into runs/ship/<stage>/
 #   2. export each best.pt with the torch-vs-ONNX parity check on its test split:
 #      - float32 file           -> FULL_STORE (outside git), alias production
-#      - fp16 weight storage    -> SHIP_STORE (committed), alias staging, verified, then production
+#      - fp16 weight storage    -> a scratch store, then `breastdx evaluate` scores that very file
+#        on the committed test split(s) at the original resolution and registers it in
+#        SHIP_STORE (committed) with the evaluated figures on its card, alias staging; verified,
+#        then production. The card's test figures are those of `breastdx evaluate`.
 #   3. verify both stores (sha256, ONNX Runtime load, inputs/outputs vs the card)
 # Every run registers NEW versions; a stored version is never overwritten.
 #
@@ -17,6 +20,8 @@
 #   TRAIN_OVERRIDES     extra key=value overrides for every training run (smoke tests)
 #   PARITY_N            test images in each parity check (64)
 #   VENV                virtual environment, created if needed (.venv)
+#   EVAL_ULTRASOUND ... data folders the card's test figures are measured on, per stage
+#                       (EVAL_ULTRASOUND="busi busbra"; defaults: busi, mammography/mini-mias, idc)
 #   OMP_NUM_THREADS     torch threads (1: the thread count the shipped cards were measured with;
 #                       another count changes float sums, so the figures drift by ~0.03)
 set -euo pipefail
@@ -41,6 +46,13 @@ declare -A data_dir=(
     [ultrasound]=busi
     [mammography]=mammography/mini-mias
     [histopathology]=idc
+)
+# Data sets each card's test figures are measured on (space-separated folders under the data
+# root), each restricted to its entries of the stage's committed split file's test part.
+declare -A eval_dirs=(
+    [ultrasound]=${EVAL_ULTRASOUND:-busi}
+    [mammography]=${EVAL_MAMMOGRAPHY:-mammography/mini-mias}
+    [histopathology]=${EVAL_HISTOPATHOLOGY:-idc}
 )
 
 log() { printf '%s build-models: %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
@@ -84,10 +96,15 @@ for stage in $stages; do
     "$bdx" export --checkpoint "$run/best.pt" --out "$out/full/model.onnx" \
         --parity-split test --parity-n "$parity_n" \
         --register --name "$name" --alias production --store "$full_store" | tee "$out/full.json"
-    log "$stage: fp16 weight storage export -> $ship_store"
+    log "$stage: fp16 weight storage export -> $out/store (scratch)"
     "$bdx" export --checkpoint "$run/best.pt" --out "$out/shipped/model.onnx" --weights-fp16 \
         --parity-split test --parity-n "$parity_n" \
-        --register --name "$name" --alias staging --store "$ship_store" | tee "$out/shipped.json"
+        --register --name "$name" --alias staging --store "$out/store" | tee "$out/shipped.json"
+    log "$stage: evaluation at the original resolution -> $ship_store (card figures)"
+    read -r -a dirs <<<"${eval_dirs[$stage]}"
+    "$bdx" evaluate --stage "$stage" "${dirs[@]/#/$data_root/}" --model "$name@staging" \
+        --store "$out/store" --split "$ship_store/splits/$stage.json" --subset test \
+        --out "$out/evaluation" --register --register-store "$ship_store" --alias staging
     "$bdx" models verify --store "$ship_store" "$name@staging"
     "$bdx" models promote --store "$ship_store" "$name@staging" --alias production
 done

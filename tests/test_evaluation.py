@@ -250,13 +250,17 @@ def test_idc_gives_per_patient_figures(store: Path, tmp_path: Path) -> None:
     for r in records:
         by_patient.setdefault(r["group"], []).append(r)
     means = {g: np.mean([r["probability"] for r in rs]) for g, rs in by_patient.items()}
-    positive = [g for g, rs in by_patient.items() if max(r["label"] for r in rs)]
+    shares = {g: np.mean([r["label"] for r in rs]) for g, rs in by_patient.items()}
+    positive = [g for g in by_patient if shares[g] >= 0.5]  # patient 102 only
     negative = [g for g in by_patient if g not in positive]
     pairs = [
         (means[p] > means[n]) + 0.5 * (means[p] == means[n]) for p in positive for n in negative
     ]
     patient = ds["classification_per_patient"]
     assert patient["n"] == 3 and patient["auc"]["value"] == pytest.approx(np.mean(pairs))
+    assert patient["class_counts"] == {"malignant": 1, "benign": 2}
+    burden = np.mean([abs(means[g] - shares[g]) for g in by_patient])
+    assert patient["burden_mae"]["value"] == pytest.approx(burden, abs=1e-5)
     assert ds["classification"]["n"] == 9
 
 

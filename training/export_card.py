@@ -221,6 +221,7 @@ def _metric(name: str, entry: Any, evaluation: EvaluationSet) -> Metric | None:
         dataset=evaluation.dataset,
         split=evaluation.split,
         protocol=evaluation.protocol,
+        resolution="model_input",  # training measures at the model's input size
     )
 
 

@@ -10,24 +10,38 @@ stable code and a message without patient data; an unexpected exception from a c
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import stat
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
+import pydicom
+import tifffile
+
 from imaging.dicom import decode_dicom, describe_exception
+from imaging.dicom_guard import check_deflated_size
 from imaging.errors import (
     CorruptImageError,
     EmptyInputError,
     ImageFileNotFoundError,
+    ImageTooLargeError,
     ImagingError,
     UnreadableFileError,
     UnrecognisedFormatError,
 )
-from imaging.limits import DEFAULT_MAX_PIXELS, check_max_pixels
-from imaging.raster import PNG_SIGNATURE, decode_jpeg, decode_pgm, decode_png
-from imaging.raster_tiff import decode_tiff
+from imaging.limits import DEFAULT_MAX_PIXELS, check_max_pixels, read_jpeg_header
+from imaging.raster import (
+    PNG_SIGNATURE,
+    decode_jpeg,
+    decode_pgm,
+    decode_png,
+    pgm_header,
+    read_png_info,
+)
+from imaging.raster_tiff import decode_tiff, ifd_offsets
 from imaging.record import DecodedImage, ImageFormat
 
 logger = logging.getLogger(__name__)
@@ -149,3 +163,97 @@ def decode(source: Source, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedIm
         # DICOM parser messages may quote attribute values: keep only the exception type.
         detail = type(exc).__name__ if fmt is ImageFormat.DICOM else describe_exception(exc)
         raise CorruptImageError(f"The {fmt.name} data could not be decoded ({detail}).") from exc
+
+
+@dataclass(frozen=True)
+class DeclaredSize:
+    """What a header says decoding will allocate, read without decoding any pixel."""
+
+    format: ImageFormat
+    rows: int
+    columns: int
+    frames: int
+    samples: int
+    bytes_per_sample: int
+
+    @property
+    def values(self) -> int:
+        """Stored values: rows x columns x frames x samples per pixel."""
+        return self.rows * self.columns * self.frames * self.samples
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the decoded stored values (``DecodedImage.raw``)."""
+        return self.values * self.bytes_per_sample
+
+
+def _png_size(data: bytes) -> DeclaredSize:
+    info = read_png_info(data)
+    grey = info.colour_type in (0, 4) or info.grey_palette
+    depth = 2 if info.bit_depth == 16 else 1
+    return DeclaredSize(ImageFormat.PNG, info.height, info.width, 1, 1 if grey else 3, depth)
+
+
+def _jpeg_size(data: bytes) -> DeclaredSize:
+    header = read_jpeg_header(data, "JPEG file")
+    samples = 1 if header.components == 1 else 3
+    depth = 1 if header.precision <= 8 else 2
+    return DeclaredSize(ImageFormat.JPEG, header.rows, header.columns, 1, samples, depth)
+
+
+def _tiff_size(data: bytes) -> DeclaredSize:
+    pages = len(ifd_offsets(data))  # every page counts: an upper bound, no loop followed
+    with tifffile.TiffFile(io.BytesIO(data)) as tif:
+        first = tif.pages.first
+        samples = 1 if first.samplesperpixel == 1 and first.photometric != 3 else 3
+        depth = 1 if first.bitspersample <= 8 else 2
+        return DeclaredSize(
+            ImageFormat.TIFF, first.imagelength, first.imagewidth, pages, samples, depth
+        )
+
+
+def _pgm_size(data: bytes) -> DeclaredSize:
+    _, width, height, maxval, _ = pgm_header(data)
+    return DeclaredSize(ImageFormat.PGM, height, width, 1, 1, 2 if maxval > 255 else 1)
+
+
+def _dicom_size(data: bytes) -> DeclaredSize:
+    check_deflated_size(data, DEFAULT_MAX_PIXELS)  # pydicom would inflate it whole
+    ds = pydicom.dcmread(io.BytesIO(data), force=True, stop_before_pixels=True)
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    bits = int(ds.get("BitsAllocated", 16) or 16)
+    return DeclaredSize(
+        ImageFormat.DICOM,
+        int(ds.Rows),
+        int(ds.Columns),
+        frames,
+        int(ds.get("SamplesPerPixel", 1) or 1),
+        max(1, (bits + 7) // 8),
+    )
+
+
+_SIZE_READERS: dict[ImageFormat, Callable[[bytes], DeclaredSize]] = {
+    ImageFormat.DICOM: _dicom_size,
+    ImageFormat.PNG: _png_size,
+    ImageFormat.JPEG: _jpeg_size,
+    ImageFormat.PGM: _pgm_size,
+    ImageFormat.TIFF: _tiff_size,
+}
+
+
+def declared_size(data: bytes) -> DeclaredSize | None:
+    """The decoded size the header of ``data`` declares, without decoding pixels.
+
+    For budgets taken before any decoding (``service.security.budget``). None when the header
+    cannot be read (a TIFF IFD loop, a corrupt chunk): ``decode`` then names what is wrong
+    with a typed error, as fast. A TIFF counts every page of its IFD chain (an upper bound).
+
+    Raises:
+        ImageTooLargeError: a deflated DICOM dataset inflates beyond any image's need.
+    """
+    try:
+        return _SIZE_READERS[sniff_format(data)](data)
+    except ImageTooLargeError:
+        raise
+    except Exception:  # unreadable header: decode reports it with a typed error
+        return None

@@ -4,14 +4,24 @@
 channel conversion, and returns the image at the model size in [0, 1] with the ``Geometry`` that
 maps predictions back; ``normalise`` turns it into the ``(C, H, W)`` float32 array a network
 takes. The parameters live in ``PreprocessConfig``, which the model card stores.
+
+``preprocess_decoded`` reduces a very large frame early: above ``REDUCE_ABOVE_PIXELS`` pixels
+the stored values are shrunk by an integer factor with area averaging (``cv2.INTER_AREA``)
+before the float32 display transform, so that a 14000 x 14000 image is never copied as
+float32 at full size. The reduction is the first ``Resize`` of the returned ``Geometry``, so
+masks still map back to the original size exactly. Images at or below the threshold (every
+mammogram, ultrasound and histopathology patch the models are trained on) are untouched.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Literal, Self
 
+import cv2
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -21,6 +31,8 @@ from imaging.record import DecodedImage, Laterality
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # torchvision's ImageNet statistics, RGB
 IMAGENET_STD = (0.229, 0.224, 0.225)
+REDUCE_ABOVE_PIXELS = 24_000_000  # per frame; 6000 x 4000, above any full-field mammogram
+_AREA_DTYPES = (np.uint8, np.uint16, np.int16, np.float32)  # cv2.INTER_AREA's types here
 
 
 class ResizeMode(StrEnum):
@@ -216,18 +228,53 @@ def select_frame(frames: int, policy: FramePolicy) -> int:
     return 0
 
 
+def reduction_factor(hw: tuple[int, int], limit: int = REDUCE_ABOVE_PIXELS) -> int:
+    """The smallest integer ``k`` with ``(H / k) * (W / k) <= limit``; 1 at or below it."""
+    pixels = hw[0] * hw[1]
+    return 1 if pixels <= limit else math.ceil(math.sqrt(pixels / limit))
+
+
+def reduce_frame(
+    decoded: DecodedImage, index: int, limit: int = REDUCE_ABOVE_PIXELS
+) -> tuple[DecodedImage, Resize | None]:
+    """Frame ``index`` alone, shrunk by ``reduction_factor`` before any float conversion.
+
+    Returns:
+        ``(record, resize)``: a one-frame record (the same object's frame when no reduction is
+        needed, then ``resize`` is None) and the ``Resize`` from the original size.
+    """
+    frame = decoded.frame(index)  # (H, W) or (H, W, 3), stored values
+    hw = (int(frame.shape[0]), int(frame.shape[1]))
+    factor = reduction_factor(hw, limit)
+    if factor == 1 or frame.dtype.type not in _AREA_DTYPES:
+        return decoded, None
+    small_hw = (max(1, round(hw[0] / factor)), max(1, round(hw[1] / factor)))
+    small = cv2.resize(frame, (small_hw[1], small_hw[0]), interpolation=cv2.INTER_AREA)
+    metadata = decoded.metadata.model_copy(
+        update={"rows": small_hw[0], "columns": small_hw[1], "frames": 1}
+    )
+    record = dataclasses.replace(decoded, metadata=metadata, raw=small[np.newaxis])
+    return record, Resize(hw, small_hw)
+
+
 def preprocess_decoded(
     decoded: DecodedImage, config: PreprocessConfig
 ) -> tuple[np.ndarray, Geometry, int]:
     """Pick the frame, take its display image and preprocess it with the record's laterality.
 
+    A frame above ``REDUCE_ABOVE_PIXELS`` is reduced first (``reduce_frame``); the geometry
+    then starts with that ``Resize`` and still maps back to the original size.
+
     Returns:
         ``(chw, geometry, frame_index)``: ``(C, H, W)`` float32 input, geometry, frame used.
     """
     index = select_frame(decoded.frames, config.frame_policy)
-    chw, geometry = preprocess(
-        decoded.display(index), config, laterality=decoded.metadata.laterality
-    )
+    source, resize = reduce_frame(decoded, index)
+    laterality = decoded.metadata.laterality
+    display = source.display(0 if resize is not None else index)  # (h, w) or (h, w, 3)
+    chw, geometry = preprocess(display, config, laterality=laterality)
+    if resize is not None:
+        geometry = Geometry(resize.from_hw, (resize, *geometry.ops))
     return chw, geometry, index
 
 

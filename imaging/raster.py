@@ -205,7 +205,7 @@ _PGM_HEADER = re.compile(
 )
 
 
-def _pgm_header(data: bytes) -> tuple[bool, int, int, int, int]:
+def pgm_header(data: bytes) -> tuple[bool, int, int, int, int]:
     """(plain, width, height, maxval, raster offset) of a P2 or P5 header."""
     match = _PGM_HEADER.match(data[:4096])
     if match is None:
@@ -234,7 +234,7 @@ def decode_pgm(data: bytes, max_pixels: int) -> DecodedImage:
     Values are kept as stored, except that an 8-bit maxval below 255 is rescaled to 0-255, so
     that the nominal range shown by ``display()`` is the one the file means.
     """
-    plain, width, height, maxval, offset = _pgm_header(data)
+    plain, width, height, maxval, offset = pgm_header(data)
     check_declared_size(rows=height, columns=width, max_pixels=max_pixels, what="PGM image")
     count, wide = width * height, maxval > 255
     if plain:

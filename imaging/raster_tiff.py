@@ -1,7 +1,10 @@
 """TIFF -> ``DecodedImage`` with tifffile: grey 8/16 bit, RGB, palette; pages become frames.
 
-Every page's IFD is read first: its size is added to the ``max_pixels`` budget and its strips or
-tiles must lie inside the file, before any pixel is decoded. Pages with another size, type or
+The chain of IFDs is walked by hand first (``ifd_offsets``): each IFD at most once, at most
+``MAX_TIFF_PAGES`` of them, every offset inside the file, so that a chain that points back at
+itself (a 426-byte file can loop forever) is refused before tifffile follows it. Then every
+page's IFD is read: its size is added to the ``max_pixels`` budget and its strips or tiles must
+lie inside the file, before any pixel is decoded. Pages with another size, type or
 photometric interpretation than the first (thumbnails, pyramid levels, masks) are skipped.
 MINISWHITE is inverted to MINISBLACK so that the record is always MONOCHROME2; extra samples
 (alpha) are dropped; a palette becomes RGB, or grey when every entry is grey. The resolution
@@ -13,6 +16,7 @@ from __future__ import annotations
 
 import io
 import logging
+import struct
 
 import numpy as np
 import tifffile
@@ -35,6 +39,43 @@ logger = logging.getLogger(__name__)
 _GREY = (PHOTOMETRIC.MINISBLACK, PHOTOMETRIC.MINISWHITE)
 _SUPPORTED = (*_GREY, PHOTOMETRIC.RGB, PHOTOMETRIC.PALETTE, PHOTOMETRIC.YCBCR)
 _MM_PER_UNIT = {2: 25.4, 3: 10.0}  # ResolutionUnit: 2 inch, 3 centimetre
+MAX_TIFF_PAGES = 1024  # IFDs in one file: far above any multi-page medical TIFF
+
+
+def ifd_offsets(data: bytes, max_pages: int = MAX_TIFF_PAGES) -> list[int]:
+    """The offsets of the main IFD chain (TIFF 6.0 section 2, BigTIFF), each visited once.
+
+    Raises:
+        CorruptImageError: the chain comes back to an IFD already seen, or holds more than
+            ``max_pages`` IFDs.
+        TruncatedImageError: an IFD lies (partly) outside the file.
+    """
+    order = "<" if data[:2] == b"II" else ">"
+    big = data[2:4] in (b"+\x00", b"\x00+")
+    head, count_size, entry_size = (16, 8, 20) if big else (8, 2, 12)
+    if len(data) < head:
+        raise TruncatedImageError("The TIFF file ends inside its header.")
+    word = "Q" if big else "I"
+    offset = struct.unpack_from(order + word, data, 8 if big else 4)[0]
+    seen: set[int] = set()
+    offsets: list[int] = []
+    while offset:
+        if offset in seen:
+            raise CorruptImageError(
+                f"The TIFF IFD chain loops: IFD {len(offsets)} points back to an earlier IFD."
+            )
+        if len(offsets) >= max_pages:
+            raise CorruptImageError(f"The TIFF file holds more than {max_pages} pages (IFDs).")
+        if offset + count_size > len(data):
+            raise TruncatedImageError("The TIFF file ends before one of its IFDs.")
+        entries = struct.unpack_from(order + ("Q" if big else "H"), data, offset)[0]
+        end = offset + count_size + entries * entry_size
+        if end + (8 if big else 4) > len(data):
+            raise TruncatedImageError("The TIFF file ends inside one of its IFDs.")
+        seen.add(offset)
+        offsets.append(offset)
+        offset = struct.unpack_from(order + word, data, end)[0]
+    return offsets
 
 
 def _output_samples(page: tifffile.TiffPage) -> int:
@@ -71,16 +112,18 @@ def _check_inside_file(page: tifffile.TiffPage, size: int) -> None:
             raise TruncatedImageError("The TIFF file ends before the end of its image data.")
 
 
-def _frame_pages(tif: tifffile.TiffFile, size: int, max_pixels: int) -> list[tifffile.TiffPage]:
+def _frame_pages(tif: tifffile.TiffFile, data: bytes, max_pixels: int) -> list[tifffile.TiffPage]:
+    count = len(ifd_offsets(data))  # before tifffile follows the chain: no loops, bounded
     first = tif.pages.first
     _check_first_page(first)
     key = (first.shape, first.dtype, first.photometric)
-    samples, pages = _output_samples(first), []
-    for page in tif.pages:
+    samples, pages, skipped = _output_samples(first), [], 0
+    for index in range(count):
+        page = tif.pages[index]
         if not isinstance(page, tifffile.TiffPage):
             continue
         if (page.shape, page.dtype, page.photometric) != key or page.subfiletype & 1:
-            logger.warning("skipping a TIFF page that differs from the first")
+            skipped += 1
             continue
         pages.append(page)
         check_declared_size(
@@ -91,7 +134,9 @@ def _frame_pages(tif: tifffile.TiffFile, size: int, max_pixels: int) -> list[tif
             max_pixels=max_pixels,
             what="TIFF image",
         )
-        _check_inside_file(page, size)
+        _check_inside_file(page, len(data))
+    if skipped:
+        logger.warning("skipped %d TIFF page(s) that differ from the first", skipped)
     return pages
 
 
@@ -174,7 +219,7 @@ def decode_tiff(data: bytes, max_pixels: int) -> DecodedImage:
         raise CorruptImageError("The TIFF header is not valid.") from exc
     with tif:
         try:
-            pages = _frame_pages(tif, len(data), max_pixels)
+            pages = _frame_pages(tif, data, max_pixels)
         except (ImagingError, MemoryError):
             raise
         except Exception as exc:

@@ -59,12 +59,24 @@ def apply_lut(values: np.ndarray, lut: VoiLut) -> np.ndarray:
     return np.clip(lut.table[index].astype(np.float32) / np.float32(top), 0.0, 1.0)
 
 
-def scale_range(values: np.ndarray, low: float, high: float) -> np.ndarray:
-    """Map ``[low, high]`` linearly to ``[0, 1]``; an empty range gives zeros."""
+def scale_range(
+    values: np.ndarray, low: float, high: float, *, in_place: bool = False
+) -> np.ndarray:
+    """Map ``[low, high]`` linearly to ``[0, 1]``; an empty range gives zeros.
+
+    One output array and no temporaries: a 14000 x 14000 frame costs its float32 copy once,
+    not four times. ``in_place`` reuses ``values`` itself (float32, owned by the caller).
+    """
     if not (np.isfinite(low) and np.isfinite(high)) or high <= low:
         return np.zeros(values.shape, dtype=np.float32)
-    out = (values - np.float32(low)) / np.float32(high - low)
-    return np.clip(out, 0.0, 1.0).astype(np.float32)
+    if in_place and values.dtype == np.float32:
+        out = values
+        out -= np.float32(low)
+    else:
+        out = values - np.float32(low)
+    out /= np.float32(high - low)
+    np.clip(out, 0.0, 1.0, out=out)
+    return out.astype(np.float32, copy=False)
 
 
 def nominal_range(dtype: np.dtype, bits_stored: int) -> tuple[int, int]:
@@ -76,16 +88,17 @@ def nominal_range(dtype: np.dtype, bits_stored: int) -> tuple[int, int]:
 
 
 def _grey_without_voi(image: DecodedImage, values: np.ndarray) -> np.ndarray | None:
-    """The fallback range scaling; None when the frame has no contrast."""
+    """The fallback range scaling, in place on ``values`` (the caller's own float32 copy);
+    None when the frame has no contrast."""
     if image.metadata.bits_stored <= 8:
         low, high = nominal_range(image.raw.dtype, image.metadata.bits_stored)
         ends = np.array([low, high], dtype=np.float32)
         ends = ends * np.float32(image.rescale_slope) + np.float32(image.rescale_intercept)
-        return scale_range(values, float(ends.min()), float(ends.max()))
+        return scale_range(values, float(ends.min()), float(ends.max()), in_place=True)
     minimum, maximum = float(values.min()), float(values.max())
     if not maximum > minimum:
         return None
-    return scale_range(values, minimum, maximum)
+    return scale_range(values, minimum, maximum, in_place=True)
 
 
 def apply_display_transform(image: DecodedImage, index: int = 0) -> np.ndarray:
@@ -93,8 +106,8 @@ def apply_display_transform(image: DecodedImage, index: int = 0) -> np.ndarray:
     if image.is_colour:
         frame = image.frame(index)
         low, high = nominal_range(frame.dtype, image.metadata.bits_stored)
-        return scale_range(frame.astype(np.float32), low, high)
-    values = image.modality_values(index)
+        return scale_range(frame.astype(np.float32), low, high, in_place=True)
+    values = image.modality_values(index)  # a fresh float32 copy: scaled in place below
     voi = image.voi
     if isinstance(voi, VoiLut) and voi.table.size:
         out = apply_lut(values, voi)
@@ -106,5 +119,5 @@ def apply_display_transform(image: DecodedImage, index: int = 0) -> np.ndarray:
             return np.zeros(values.shape, dtype=np.float32)
         out = fallback
     if image.invert:
-        out = np.float32(1.0) - out
+        np.subtract(np.float32(1.0), out, out=out)
     return np.ascontiguousarray(out, dtype=np.float32)

@@ -36,6 +36,10 @@ EVALUATED_NOTE = (
     "Dice and IoU average the images that hold a lesion, the false-lesion rate covers the others."
 )
 _OLD_BASELINE = "count an empty prediction on a lesion-free image as 1"
+_TORCH_FIGURES = "The held-out metrics were measured with the float32 torch model."
+_TORCH_FIGURES_NOW = (
+    "The input-size figures (resolution model_input) were measured with the float32 torch model."
+)
 
 
 def metric_names(card: ModelCard) -> dict[str, str]:
@@ -139,9 +143,10 @@ def carded_draft(card: ModelCard, report: dict[str, Any]) -> CardDraft:
     body = card.model_dump(
         exclude={"name", "version", "registered_at", "onnx", "metrics", "evaluation_sets"}
     )
-    body["limitations"] = [
-        item for item in card.limitations if _OLD_BASELINE not in item and item != EVALUATED_NOTE
-    ] + [EVALUATED_NOTE]
+    kept = [i for i in card.limitations if _OLD_BASELINE not in i and i != EVALUATED_NOTE]
+    body["limitations"] = [i.replace(_TORCH_FIGURES, _TORCH_FIGURES_NOW) for i in kept] + [
+        EVALUATED_NOTE
+    ]
     fp16 = Fp16Export(parity=card.onnx.fp16.parity) if card.onnx.fp16 else None
     return CardDraft(
         name=card.name,

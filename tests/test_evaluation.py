@@ -10,6 +10,7 @@ computation in the test).
 
 from __future__ import annotations
 
+import io
 import json
 import math
 from pathlib import Path
@@ -21,6 +22,7 @@ import pytest
 
 from breastdx.cli import main as breastdx
 from evaluation import lesions
+from evaluation.card import EVALUATED_NOTE
 from evaluation.cli import restrict
 from evaluation.formats import FORMATS, detect_format
 from models_registry.registry import Registry
@@ -368,5 +370,47 @@ def test_register_puts_the_evaluated_figures_on_a_new_card(store: Path, tmp_path
     )
     assert metrics["malignancy_auc"].n == 4 and metrics["false_lesion_rate"].n == 2
     assert card.onnx.sha256 == report["model"]["sha256"]  # the same ONNX file
+    assert EVALUATED_NOTE in card.limitations
     (check,) = registry.verify("us-tiny")
     assert check.ok
+
+
+def test_dicom_pixel_spacing_gives_hausdorff_in_mm(store: Path, tmp_path: Path) -> None:
+    from pydicom import uid
+
+    from tests.imaging import dicom_factory as dcm
+
+    root = tmp_path / "dicom"
+    pixels = _block((64, 64), SQUARE)
+    ds = dcm.base_dataset(uid.UltrasoundImageStorage, "US")
+    dcm.set_pixel_data(ds, pixels, "MONOCHROME2", 8, generate_instance_uid=False)
+    ds.PixelSpacing = [0.25, 0.25]  # mm (row, column)
+    root.mkdir()
+    (root / "a.dcm").write_bytes(dcm.to_bytes(ds))
+    _png(root / "a_mask.png", _block((64, 64), (16, 24, 16, 16, 255)))
+    (root / "cases.csv").write_text("image,mask,label\na.dcm,a_mask.png,1\n")
+    code, report = _evaluate(store, tmp_path / "out", "--stage", "ultrasound", str(root))
+    assert code == 0
+    seg = report["datasets"][0]["segmentation"]
+    assert seg["hd95_mm"]["value"] == pytest.approx(seg["hd95_px"]["value"] * 0.25, abs=1e-5)
+    assert seg["dice"]["value"] == pytest.approx(0.5)
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_draws_a_bar_with_eta_on_a_terminal_and_lines_elsewhere() -> None:
+    from evaluation.run import Progress
+
+    tty, plain = _Terminal(), io.StringIO()
+    for stream in (tty, plain):
+        bar = Progress(20, "BUSI", stream)
+        for _ in range(10):
+            bar.advance(2, 2)
+    assert "\r" in tty.getvalue() and "ETA" in tty.getvalue() and "[" in tty.getvalue()
+    assert tty.getvalue().endswith("20/20 ETA 00:00:00\n")
+    lines = plain.getvalue().splitlines()
+    assert "\r" not in plain.getvalue() and lines[-1].startswith("BUSI: 20/20 cases, ETA")
+    assert 2 <= len(lines) <= 11

@@ -57,6 +57,27 @@ def clean_code(value: object, limit: int = 16) -> str:
     return _CODE_STRING.sub("", str(value or "").upper())[:limit].strip()
 
 
+class _DropPluginTracebacks(logging.Filter):
+    """pydicom logs each failing decoding plugin as an ERROR with its traceback, even when the
+    next plugin succeeds (``pydicom.pixels.decoders.base``, ``LOGGER.exception``). The outcome
+    reaches the caller as pixels or as a typed ``CorruptImageError`` that names every plugin's
+    reason; the tracebacks never reach stderr or the logs."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.exc_info is None
+
+
+_PLUGIN_FILTER = _DropPluginTracebacks()
+logging.getLogger("pydicom.pixels.decoders.base").addFilter(_PLUGIN_FILTER)
+
+
+def _plugin_reasons(exc: BaseException) -> str:
+    """pydicom's "all plugins failed" error as ``plugin: reason; ...`` (one line each, short)."""
+    lines = [line.strip() for line in str(exc).splitlines()[1:] if line.strip()]
+    text = "; ".join(lines)
+    return "".join(ch for ch in text if 32 <= ord(ch) < 127)[:300]
+
+
 def describe_exception(exc: BaseException) -> str:
     """``Type: first line`` of an exception, printable ASCII, short (no values from the file)."""
     text = str(exc).splitlines()[0] if str(exc) else ""
@@ -232,8 +253,10 @@ def _decode(decoder: Decoder, ds: Dataset, tsuid: UID) -> tuple[np.ndarray, str]
     except (ImagingError, MemoryError, KeyboardInterrupt, SystemExit, GeneratorExit):
         raise
     except BaseException as exc:  # pylibjpeg-rle (Rust) panics on some corrupt RLE segments
+        reasons = _plugin_reasons(exc) if isinstance(exc, RuntimeError) else ""
+        why = f"every decoder failed: {reasons}" if reasons else describe_exception(exc)
         raise CorruptImageError(
-            f"The {tsuid.name} pixel data could not be decoded ({describe_exception(exc)})."
+            f"The {tsuid.name} pixel data could not be decoded ({why})."
         ) from exc
     return arr, str(info.get("photometric_interpretation", ""))
 
@@ -334,6 +357,7 @@ def _record(
         pixel_spacing_source=spacing_source,
         laterality=meta.read_laterality(ds),
         view_position=meta.read_view_position(ds),
+        body_part=meta.read_body_part(ds),
         identifiers=meta.read_identifiers(ds, str(tsuid)),
     )
     slope, intercept = meta.read_rescale(ds) if grey else (1.0, 0.0)

@@ -214,6 +214,25 @@ def read_view_position(ds: Dataset) -> ViewPosition:
     return VIEW_CODES.get(value, ViewPosition.OTHER)
 
 
+# Anatomic Region Sequence codes of the breast: SNOMED CT and the retired SNOMED RT (SRT).
+BREAST_REGION_CODES = frozenset({"76752008", "T-04000"})
+
+
+def read_body_part(ds: Dataset) -> str | None:
+    """Body Part Examined (0018,0015) upper-cased, else BREAST for a breast Anatomic Region
+    Sequence code, else that region's Code Meaning upper-cased; None when neither says."""
+    text = get(ds, "BodyPartExamined")
+    if isinstance(text, str) and text.strip():
+        return text.strip().upper()[:64]
+    regions = items(ds, "AnatomicRegionSequence")
+    if not regions:
+        return None
+    if str(get(regions[0], "CodeValue") or "").strip() in BREAST_REGION_CODES:
+        return "BREAST"
+    meaning = str(get(regions[0], "CodeMeaning") or "").strip().upper()
+    return meaning[:64] or None
+
+
 def clean_uid(value: Any) -> str | None:
     """A syntactically valid UID (digits and dots, at most 64), else None."""
     text = str(value).strip().rstrip("\x00").strip() if value is not None else ""

@@ -98,6 +98,7 @@ class ImageMetadata(BaseModel):
     pixel_spacing_source: PixelSpacingSource = PixelSpacingSource.UNKNOWN
     laterality: Laterality = Laterality.UNKNOWN
     view_position: ViewPosition = ViewPosition.UNKNOWN
+    body_part: str | None = None  # (0018,0015) or the Anatomic Region Sequence, upper case
     identifiers: DicomIdentifiers | None = None
 
 

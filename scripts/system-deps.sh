@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
-# System services the integration tests use: Redis, dcmtk, Orthanc, Chromium.
+# System services the integration tests use: Redis, dcmtk, dicom3tools, Orthanc, Chromium.
 # Installs the Debian packages where missing and starts Redis on loopback if it is not running.
 set -euo pipefail
-# command -> Debian package: Redis, dcmtk (the modality in PACS tests), Orthanc with DICOMweb
-# (the PACS), Chromium and its driver (the web page's end-to-end test).
+# command -> Debian package: Redis, dcmtk (the modality in PACS tests; dsrdump checks our SRs),
+# dicom3tools (dciodvfy, the standard's validator run over every SEG/SR/SC we write), Orthanc
+# with DICOMweb (the PACS), Chromium and its driver (the web page's end-to-end test).
 declare -A packages=(
     [redis-server]=redis-server
     [/usr/bin/storescu]=dcmtk
+    [/usr/bin/dsrdump]=dcmtk
+    [/usr/bin/dciodvfy]=dicom3tools
     [Orthanc]=orthanc
     [/usr/share/orthanc/plugins/libOrthancDicomWeb.so]=orthanc-dicomweb
     [chromium]=chromium

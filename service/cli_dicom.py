@@ -5,7 +5,7 @@
     breastdx dicom-deadletter list
     breastdx dicom-deadletter replay ID [--attempts N]
 
-Options override the ``BREASTDX_DICOM_*`` environment (``service.dicom.config``); the models,
+Options override the ``BREASTDX_DICOM_*`` environment (``service.pacs.config``); the models,
 Redis and the job limits come from the service's ``BREASTDX_*`` settings, as for the API. The
 listener runs until SIGINT or SIGTERM. ``list`` prints one JSON line per undelivered result set;
 ``replay`` sends one again and exits 0 once every pending destination acknowledged it.
@@ -24,7 +24,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from breastdx.errors import BreastdxError
-from service.dicom.config import DicomSettings
+from service.pacs.config import DicomSettings
 
 logger = logging.getLogger(__name__)
 
@@ -70,8 +70,8 @@ def listener_main(argv: list[str] | None = None) -> int:
             "allowed_aes": args.allowed_ae,
         },
     )
-    from service.dicom.listener import DicomListener
-    from service.dicom.processing import Submitter
+    from service.pacs.listener import DicomListener
+    from service.pacs.processing import Submitter
 
     try:
         listener = DicomListener(settings, Submitter(settings))
@@ -105,7 +105,7 @@ def deadletter_main(argv: list[str] | None = None) -> int:
     args = _deadletter_parser().parse_args(argv)
     logging.basicConfig(level="WARNING", format="%(levelname)s %(name)s: %(message)s")
     prog = "breastdx dicom-deadletter"
-    from service.dicom.delivery import dead_letters, replay
+    from service.pacs.delivery import dead_letters, replay
 
     if args.action == "list":
         settings = _settings(prog, {})

@@ -41,11 +41,11 @@ def _parser() -> argparse.ArgumentParser:
 def _run(args: argparse.Namespace) -> int:
     from models_registry.registry import Registry
     from service.config import get_settings
-    from service.dicom.config import DicomSettings
-    from service.dicom.dicomweb import DicomWebClient
-    from service.dicom.pacs import PacsAnalyzer
-    from service.dicom.state import is_uid, open_state
     from service.jobs.backend import service_registry
+    from service.pacs.config import DicomSettings
+    from service.pacs.dicomweb import DicomWebClient
+    from service.pacs.pull import PacsAnalyzer
+    from service.pacs.state import is_uid, open_state
 
     overrides = {
         "dicomweb_url": args.dicomweb,

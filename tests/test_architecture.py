@@ -76,6 +76,59 @@ def test_importing_every_serving_module_loads_no_torch() -> None:
     assert _loaded_after_import(TORCH_FREE, f"m.split('.')[0] in {sorted(TORCH_MODULES)!r}") == ""
 
 
+# Layers inside ``service``, lowest first: a module may import its own layer and those below it,
+# never one above (TYPE_CHECKING and function-level imports count: an upward type is a sign the
+# module sits in the wrong layer). ``service.pacs`` (networking) builds on ``service.dicom``
+# (objects), which the job layer uses to build a job's SEG and SR.
+SERVICE_LAYERS = (
+    ("service.inference",),
+    ("service.dicom",),
+    ("service.jobs",),
+    ("service.pacs",),
+    ("service.routes", "service.app", "service.web", "service.worker", "service.cli"),
+)
+
+
+def _imported_modules(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+            found.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return found
+
+
+def _in(module: str, prefixes: tuple[str, ...]) -> bool:
+    return any(
+        module == p or module.startswith(f"{p}.") or module.startswith(f"{p}_") for p in prefixes
+    )
+
+
+@pytest.mark.parametrize("layer", range(len(SERVICE_LAYERS) - 1))
+def test_service_layers_import_only_downwards(layer: int) -> None:
+    above = tuple(p for higher in SERVICE_LAYERS[layer + 1 :] for p in higher)
+    offenders = {
+        str(path.relative_to(REPO_ROOT)): sorted(
+            m for m in _imported_modules(path) if _in(m, above)
+        )
+        for prefix in SERVICE_LAYERS[layer]
+        for path in _py_files(prefix.replace(".", "/"))
+    }
+    assert {path: found for path, found in offenders.items() if found} == {}
+
+
+def test_dicom_objects_and_networking_are_apart() -> None:
+    """The split of issue 14: objects in ``service/dicom``, networking in ``service/pacs``."""
+    objects = {p.stem for p in _py_files("service/dicom")}
+    networking = {p.stem for p in _py_files("service/pacs")}
+    assert {"seg", "sr", "sc", "identity", "outputs"} <= objects
+    assert {"listener", "delivery", "processing", "state", "dicomweb"} <= networking
+    assert not (objects & networking) - {"__init__"}
+
+
 def test_evaluation_takes_only_the_data_readers_from_training() -> None:
     """``breastdx evaluate`` runs in the serving environment: importing every evaluation module
     loads no torch, no imagehash (``training.data.splits`` imports duplicates lazily) and, of

@@ -280,7 +280,7 @@ def test_breastdx_services_run_the_commands_of_the_images(
 def test_env_example_lists_every_variable(compose: dict[str, Any]) -> None:
     from models_registry.store import EXTRA_STORES_ENV
     from service.config import Settings
-    from service.dicom.config import DicomSettings
+    from service.pacs.config import DicomSettings
 
     values, commented = env_example()
     listed = set(values) | commented
@@ -300,7 +300,7 @@ def test_env_example_lists_every_variable(compose: dict[str, Any]) -> None:
 
 def test_env_example_values_validate(monkeypatch: pytest.MonkeyPatch) -> None:
     from service.config import Settings
-    from service.dicom.config import DicomSettings
+    from service.pacs.config import DicomSettings
 
     values, _ = env_example()
     for key in list(os.environ):

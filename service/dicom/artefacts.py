@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import Any
 
 from breastdx.errors import BreastdxError
 from imaging.record import ImageFormat
@@ -33,29 +33,33 @@ from service.dicom.identity import parse_header, to_bytes
 from service.dicom.outputs import build_seg_and_sr
 from service.inference.result import Analysis
 
-if TYPE_CHECKING:  # service.jobs imports this module: no import of service.jobs at run time
-    from service.jobs.store import ArtefactKind
+# The keys are the job store's artefact kinds "seg", "sr" and "dicom_error"
+# (``service.jobs.store.ArtefactKind``); the job layer sits above this one and is not imported.
+DicomArtefacts = dict[Any, bytes]
 
 logger = logging.getLogger(__name__)
 
 
-def _build(data: bytes, analysis: Analysis, registry: Registry) -> dict[ArtefactKind, bytes]:
+def _build(data: bytes, analysis: Analysis, registry: Registry) -> DicomArtefacts:
     header = parse_header(data)  # pixel data left out
     seg, sr = build_seg_and_sr(header, analysis, registry.card(analysis.result.model.ref))
+    if seg is None:  # no lesion: the SR alone; GET seg.dcm answers no_lesion_found
+        return {"sr": to_bytes(sr)}
     return {"seg": to_bytes(seg), "sr": to_bytes(sr)}
 
 
-def _unavailable(index: int, code: str, message: str) -> dict[ArtefactKind, bytes]:
+def _unavailable(index: int, code: str, message: str) -> DicomArtefacts:
     logger.warning("no DICOM outputs for input %d: %s", index, code)
     return {"dicom_error": json.dumps({"code": code, "message": message}).encode()}
 
 
 def dicom_artefacts(
     inputs: Sequence[bytes], analyses: Sequence[Analysis], registry: Registry
-) -> list[dict[ArtefactKind, bytes]]:
-    """Per input: ``seg`` and ``sr`` of a DICOM input, ``dicom_error`` when they could not be
-    built, nothing for other formats. Never raises for one input: the analysis stands."""
-    found: list[dict[ArtefactKind, bytes]] = []
+) -> list[DicomArtefacts]:
+    """Per input: ``seg`` and ``sr`` of a DICOM input (``sr`` alone when no lesion was found),
+    ``dicom_error`` when they could not be built, nothing for other formats. Never raises for
+    one input: the analysis stands."""
+    found: list[DicomArtefacts] = []
     for index, (data, analysis) in enumerate(zip(inputs, analyses, strict=True)):
         if analysis.result.input.format is not ImageFormat.DICOM:
             found.append({})

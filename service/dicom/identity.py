@@ -206,6 +206,37 @@ def source_image_item(source: Source, *, with_frame: bool | None = None) -> Data
     return item
 
 
+def source_laterality(header: Dataset) -> str | None:
+    """The source's laterality, L or R, from Image Laterality (0020,0062) or Laterality
+    (0020,0060); None where neither names one side."""
+    for keyword in ("ImageLaterality", "Laterality"):
+        value = str(header.get(keyword, "") or "").strip().upper()
+        if value in ("L", "R"):
+            return value
+    return None
+
+
+def copy_anatomy(ds: Dataset, header: Dataset, *, series_laterality: bool = True) -> None:
+    """What the source says of the anatomy, on an image derived from it (SEG, SC).
+
+    Body Part Examined (0018,0015): the source's, else BREAST (breastdx analyses nothing else;
+    the source's Anatomic Region Sequence is not copied: old files code it in the retired SRT
+    scheme). Laterality (0020,0060, General Series, Type 2C: required
+    for a paired body part) with ``series_laterality``: the source's side, else empty (unknown);
+    the SEG says the side in its segment's anatomic region instead (``seg``). Patient
+    Orientation (0020,0020, General Image, Type 2C): the source's value, else empty, unless the
+    object has Image Orientation (Patient).
+    """
+    ds.BodyPartExamined = str(header.get("BodyPartExamined", "") or "").strip() or "BREAST"
+    if series_laterality:
+        ds.Laterality = source_laterality(header)
+    elif "Laterality" in ds:
+        del ds.Laterality
+    if "ImageOrientationPatient" not in ds:
+        orientation = header.get("PatientOrientation")
+        ds.PatientOrientation = list(orientation) if orientation else None
+
+
 def mark_ai_generated(ds: Dataset, producer: Producer, what: str) -> None:
     """Series Description and, for images, Image Comments (0020,4000) say: AI, not clinical."""
     ds.SeriesDescription = producer.series_description(what)

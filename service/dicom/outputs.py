@@ -1,17 +1,20 @@
-"""One analysis -> its three DICOM results: SEG, Comprehensive SR (TID 1500) and SC overlay.
+"""One analysis -> its DICOM results: SEG, Comprehensive SR (TID 1500) and SC overlay.
 
-Each result has new Series and SOP Instance UIDs, joins the source's study (Patient and Study
-modules copied from the source), references the source instance (and frame), and names breastdx
-and the model as described in ``service.dicom.identity``. See ``seg``, ``sr`` and ``sc`` for each
-object's content.
+When nothing was found there is no SEG (an all-empty "Lesion" segment would claim a lesion): the
+SR states the absence, and the SC shows the image unmarked. Each result has new Series and SOP
+Instance UIDs, joins the source's study (Patient and Study modules copied from the source),
+references the source instance (and frame), and names breastdx and the model as described in
+``service.dicom.identity``. See ``seg``, ``sr`` and ``sc`` for each object's content.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 from pydicom.dataset import Dataset
 
+from breastdx.errors import BreastdxError
 from models_registry.card import ModelCard
 from service.dicom.identity import Producer, Source, SourceHeaderError, to_bytes
 from service.dicom.sc import build_sc
@@ -19,7 +22,26 @@ from service.dicom.seg import build_seg
 from service.dicom.sr import build_sr
 from service.inference.result import Analysis
 
-__all__ = ["ResultObjects", "build_outputs", "build_seg_and_sr"]
+__all__ = [
+    "NoLesionFoundError",
+    "ResultObjects",
+    "build_outputs",
+    "build_seg_and_sr",
+    "has_finding",
+]
+
+
+class NoLesionFoundError(BreastdxError):
+    """A SEG asked of an analysis that found no lesion: there is no segment to write."""
+
+    code = "no_lesion_found"
+    title = "No lesion found: there is no segmentation"
+    http_status = 404
+
+
+def has_finding(analysis: Analysis) -> bool:
+    """True when the analysis found a lesion (a mask pixel or a lesion)."""
+    return bool(analysis.result.lesions) or bool(np.any(analysis.mask))
 
 
 @dataclass(frozen=True)
@@ -28,13 +50,14 @@ class ResultObjects:
 
     source_sop_instance_uid: str
     model_ref: str
-    seg: Dataset
+    seg: Dataset | None  # None: no lesion found
     sr: Dataset
     sc: Dataset
 
     @property
     def datasets(self) -> list[Dataset]:
-        return [self.seg, self.sr, self.sc]
+        """SEG (when there is one), SR and SC."""
+        return [ds for ds in (self.seg, self.sr, self.sc) if ds is not None]
 
     def encoded(self) -> list[bytes]:
         """Each result in the DICOM file format."""
@@ -59,17 +82,18 @@ def _check(header: Dataset, analysis: Analysis, card: ModelCard) -> Source:
 
 def _seg_and_sr(
     header: Dataset, analysis: Analysis, card: ModelCard
-) -> tuple[Source, Producer, Dataset, Dataset]:
+) -> tuple[Source, Producer, Dataset | None, Dataset]:
     source = _check(header, analysis, card)
     producer = Producer(card)
-    seg = build_seg(source, analysis.mask, producer)
+    seg = build_seg(source, analysis.mask, producer) if has_finding(analysis) else None
     return source, producer, seg, build_sr(source, analysis.result, producer, seg)
 
 
 def build_seg_and_sr(
     header: Dataset, analysis: Analysis, card: ModelCard
-) -> tuple[Dataset, Dataset]:
+) -> tuple[Dataset | None, Dataset]:
     """SEG and the SR that references it, as in :func:`build_outputs` (no SC): what the API serves.
+    The SEG is None when no lesion was found.
 
     Raises:
         SourceHeaderError: the header does not match the analysis (geometry or model).
@@ -82,9 +106,9 @@ def build_outputs(
     header: Dataset,
     analysis: Analysis,
     card: ModelCard,
-    stored: tuple[Dataset, Dataset] | None = None,
+    stored: tuple[Dataset | None, Dataset] | None = None,
 ) -> ResultObjects:
-    """SEG, SR and SC for ``analysis`` of the instance whose header is ``header``.
+    """SEG (None when no lesion was found), SR and SC of ``analysis`` of the instance ``header``.
 
     Args:
         header: the source dataset (pixel data not needed).

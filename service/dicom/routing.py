@@ -5,18 +5,21 @@ Rules, in order (each refusal states the rule it applies):
 1. Objects without an image (SR, SEG, KO, PR, ... by SOP Class or Modality, see
    ``imaging.dicom_sop``) and objects breastdx made itself (Manufacturer ``breastdx``, or
    Content Label ``BREASTDX``: analysing our own results would loop) are refused.
-2. Body Part Examined (0018,0015), where present, must be BREAST.
+2. Body Part Examined (0018,0015) or the Anatomic Region Sequence, where present, must be the
+   breast (``imaging.dicom_meta.read_body_part``, the reader the stage checks use too).
 3. Digital Mammography X-Ray (For Presentation, For Processing) -> mammography.
 4. Digital X-Ray and Computed Radiography -> mammography only when the image says it is one:
-   Modality MG, Body Part Examined BREAST or a mammography View Position (CC, MLO, ...,
-   PS3.16 CID 4014); a chest film is refused.
+   Modality MG, Body Part Examined BREAST or a mammography view (View Position or View Code
+   Sequence, PS3.16 CID 4014); a chest film is refused.
 5. Ultrasound Image and Ultrasound Multi-frame Image -> ultrasound.
 6. VL Whole Slide Microscopy -> histopathology for VOLUME (and un-typed) images; LABEL, OVERVIEW
    and THUMBNAIL images are refused (a label photograph, not tissue at analysable resolution);
    VL Microscopic and VL Slide-Coordinates Microscopic -> histopathology. Colour required.
 7. Secondary Capture (single frame, multi-frame true colour) -> histopathology when it is a
    pathology tile: colour, and Modality SM, GM or XC or a Specimen module (Container Identifier
-   or Specimen Description Sequence). Any other secondary capture is refused.
+   or Specimen Description Sequence); -> mammography when it is a digitised film: greyscale,
+   any Modality (RG, OT, ...), with breast anatomy or a mammography view. Any other secondary
+   capture is refused.
 8. Every other SOP Class is refused.
 """
 
@@ -43,6 +46,7 @@ from pydicom.uid import (
 
 from breastdx.errors import BreastdxError
 from imaging.dicom import clean_code
+from imaging.dicom_meta import read_body_part, read_view_position
 from imaging.dicom_sop import non_image_reason, sop_class_name
 from imaging.record import ViewPosition
 from models_registry.card import Stage
@@ -148,23 +152,29 @@ def _microscopy(ds: Dataset, sop: str) -> Route:
     return Route(Stage.HISTOPATHOLOGY, f"{sop_class_name(sop)} {flavour or 'image'}".strip())
 
 
+def _breast_anatomy(ds: Dataset) -> bool:
+    return read_body_part(ds) == "BREAST" or read_view_position(ds).value in MAMMOGRAPHY_VIEWS
+
+
 def _secondary_capture(ds: Dataset) -> Route:
     modality = _text(ds, "Modality")
     specimen = "ContainerIdentifier" in ds or "SpecimenDescriptionSequence" in ds
     if (modality in PATHOLOGY_MODALITIES or specimen) and _is_colour(ds):
         why = f"modality {modality}" if modality in PATHOLOGY_MODALITIES else "specimen module"
         return Route(Stage.HISTOPATHOLOGY, f"secondary capture pathology tile ({why})")
+    if not _is_colour(ds) and _breast_anatomy(ds):
+        return Route(Stage.MAMMOGRAPHY, "secondary capture of the breast (digitised film)")
     raise _refuse(
-        "a secondary capture is analysed only as a pathology tile: a colour image with "
-        "Modality SM, GM or XC or a Specimen module",
+        "a secondary capture is analysed as a pathology tile (a colour image with Modality SM, "
+        "GM or XC or a Specimen module) or as a digitised film mammogram (greyscale, Body Part "
+        "Examined BREAST or a mammography view)",
         ds,
     )
 
 
 def _radiograph(ds: Dataset, sop: str) -> Route:
-    modality, body_part = _text(ds, "Modality"), _text(ds, "BodyPartExamined")
-    view = _text(ds, "ViewPosition")
-    if modality == "MG" or body_part == "BREAST" or view in MAMMOGRAPHY_VIEWS:
+    modality = _text(ds, "Modality")
+    if modality == "MG" or _breast_anatomy(ds):
         return Route(Stage.MAMMOGRAPHY, f"{sop_class_name(sop)} of the breast")
     raise _refuse(
         f"a {modality or 'radiography'} image is analysed only as a mammogram: Modality MG, "
@@ -187,7 +197,7 @@ def route(ds: Dataset) -> Route:
         raise _refuse(f"not an image but a {reason}", ds)
     if _made_by_breastdx(ds):
         raise _refuse("the instance is a breastdx result; analysing it again would loop", ds)
-    body_part = _text(ds, "BodyPartExamined")
+    body_part = read_body_part(ds)
     if body_part and body_part != "BREAST":
         raise _refuse(f"Body Part Examined is {body_part}; breastdx analyses the breast", ds)
     if sop in MAMMOGRAPHY_CLASSES:

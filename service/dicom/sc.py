@@ -19,6 +19,7 @@ from service.dicom.identity import (
     MODEL_NAME,
     Producer,
     Source,
+    copy_anatomy,
     mark_ai_generated,
     reference_header,
     source_image_item,
@@ -71,8 +72,8 @@ def build_sc(
         device_serial_number=producer.serial_number,
         **coordinates,
     )
-    if "patient_orientation" in coordinates:  # Type 2C: the source's value, or empty
-        sc.PatientOrientation = cast(Any, header.get("PatientOrientation") or None)
+    # Laterality belongs to patient images; a slide's SC has none (dciodvfy refuses it)
+    copy_anatomy(sc, header, series_laterality="patient_orientation" in coordinates)
     sc.SourceImageSequence = [source_image_item(source)]
     sc.DerivationDescription = f"Lesion overlay by AI model {producer.ref}"[:1024]
     mark_ai_generated(sc, producer, "overlay")

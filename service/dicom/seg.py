@@ -35,9 +35,11 @@ from service.dicom.identity import (
     Producer,
     Source,
     code_item,
+    copy_anatomy,
     mark_ai_generated,
     reference_header,
     source_image_item,
+    source_laterality,
 )
 from service.dicom.routing import CONTENT_LABEL, MANUFACTURER
 
@@ -56,6 +58,18 @@ def segment_description(producer: Producer) -> hd.seg.SegmentDescription:
         algorithm_identification=producer.segment_algorithm(),
         anatomic_regions=[codes.SCT.Breast],
     )
+
+
+def _segment_side(seg: Dataset, header: Dataset) -> None:
+    """The source's side as Anatomic Region Modifier (SCT Left / Right, CID 2) of the segment's
+    region, Breast: the SEG IOD has no place for a series Laterality (dciodvfy refuses it)."""
+    side = source_laterality(header)
+    if side is None:
+        return
+    modifier = code_item(codes.SCT.Left if side == "L" else codes.SCT.Right)
+    for segment in seg.SegmentSequence:
+        for region in segment.get("AnatomicRegionSequence", []):
+            region.AnatomicRegionModifierSequence = [modifier]
 
 
 def _is_tiled(header: Dataset) -> bool:
@@ -93,11 +107,14 @@ def _point_at_frame(node: Dataset, header: Dataset, view_class: str, frame: int)
     for element in node:
         if element.VR != "SQ":
             continue
-        for item in element.value:
+        for index, item in enumerate(element.value):
             if str(item.get("ReferencedSOPInstanceUID", "")) == source_uid:
                 if str(item.get("ReferencedSOPClassUID", "")) == view_class:
                     item.ReferencedSOPClassUID = header.SOPClassUID
                 if element.keyword == "SourceImageSequence":
+                    # highdicom shares this item with Referenced Series Sequence, where a
+                    # frame number is not part of the IOD: the frame goes on a copy
+                    item = element.value[index] = copy.deepcopy(item)
                     item.ReferencedFrameNumber = frame
             _point_at_frame(item, header, view_class, frame)
 
@@ -161,5 +178,7 @@ def build_seg(source: Source, mask: np.ndarray, producer: Producer) -> hd.seg.Se
         _derive_from_frame(seg, source)
     elif view.SOPClassUID != header.SOPClassUID:
         _point_at_frame(seg, header, str(view.SOPClassUID), source.frame_number)
+    copy_anatomy(seg, header, series_laterality=False)
+    _segment_side(seg, header)
     mark_ai_generated(seg, producer, "lesion SEG")
     return seg

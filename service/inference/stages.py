@@ -1,12 +1,20 @@
 """Per-stage input checks: refuse an image of the wrong kind before a model scores it.
 
 Rules, one function per stage registered with ``@stage_rule``; conservative by design (reject
-only clear mismatches, warn where the metadata merely fails to confirm the stage):
+only clear mismatches, warn where the metadata merely fails to confirm the stage). The anatomy
+decides before the modality: Body Part Examined (0018,0015) or the Anatomic Region Sequence
+(``imaging.dicom_meta.read_body_part``), the view (View Position or View Code Sequence, CID 4014)
+and the SOP Class.
 
-DICOM modality (0008,0060):
-    mammography accepts MG (DX and CR with a warning: general radiography objects);
-    ultrasound accepts US; histopathology accepts SM and GM (XC with a warning). OT (secondary
-    capture) or no modality falls through to the raster rules. Any other modality is refused.
+DICOM:
+    mammography refuses an image whose body part is not the breast (a chest radiograph is
+    named as such); accepts MG; DX and CR only with breast anatomy or a mammography view
+    (CC, MLO, ...); Secondary Capture of any modality (digitised film, e.g. RG or OT) with
+    breast anatomy or a mammography view. Other modalities are refused; OT or no modality
+    without anatomy falls through to the raster rules.
+    ultrasound accepts US, with a warning when the body part names another organ (a non-breast
+    preset); histopathology accepts SM and GM (XC with a warning). OT (secondary capture) or
+    no modality falls through to the raster rules. Any other modality is refused.
 Raster images (and DICOM without a telling modality), measured on the analysed frame:
     mammography refuses images under 128 px a side (a patch, not a mammogram) and colour images
     with more than 25 % coloured pixels (mammograms are greyscale);
@@ -28,7 +36,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from breastdx.errors import BreastdxError
-from imaging.record import DecodedImage, ImageFormat
+from imaging.record import DecodedImage, ImageFormat, ViewPosition
 from models_registry.card import Stage
 
 __all__ = [
@@ -47,6 +55,16 @@ CHROMA_COLOURED = 0.08  # max - min channel, display scale: a visibly coloured p
 CHROMA_GREY = 0.03  # no pixel above this: a grey image stored as RGB
 SAMPLE_SIDE = 512  # colour statistics on at most ~512 x 512 sampled pixels
 NEUTRAL_MODALITIES = frozenset({"", "OT"})
+RADIOGRAPHY_MODALITIES = frozenset({"DX", "CR"})
+SECONDARY_CAPTURE_CLASSES = frozenset(
+    {
+        "SecondaryCaptureImageStorage",
+        "MultiFrameGrayscaleWordSecondaryCaptureImageStorage",
+        "MultiFrameGrayscaleByteSecondaryCaptureImageStorage",
+        "MultiFrameTrueColorSecondaryCaptureImageStorage",
+    }
+)
+BREAST = "BREAST"
 
 
 class WrongStageError(BreastdxError):
@@ -76,6 +94,22 @@ class ImageFacts:
     colour: bool  # three samples per pixel
     coloured_fraction: float  # share of pixels with chroma > CHROMA_COLOURED
     max_chroma: float
+    body_part: str = ""  # upper case; "" where the image does not say
+    view: ViewPosition = ViewPosition.UNKNOWN
+    sop_class: str = ""  # keyword, e.g. "SecondaryCaptureImageStorage"; "" for rasters
+
+    @property
+    def mammography_view(self) -> bool:
+        return self.view not in (ViewPosition.UNKNOWN, ViewPosition.OTHER)
+
+    @property
+    def breast_anatomy(self) -> bool:
+        """The image says it is of the breast: its body part, or a mammography view."""
+        return self.body_part == BREAST or self.mammography_view
+
+    @property
+    def secondary_capture(self) -> bool:
+        return self.sop_class in SECONDARY_CAPTURE_CLASSES
 
     @property
     def min_side(self) -> int:
@@ -136,6 +170,9 @@ def image_facts(
         colour=display.ndim == 3,
         coloured_fraction=coloured,
         max_chroma=max_chroma,
+        body_part=(meta.body_part or "").upper(),
+        view=meta.view_position,
+        sop_class=meta.sop_class or "",
     )
 
 
@@ -144,6 +181,7 @@ def _refuse(stage: Stage, facts: ImageFacts, rule: str) -> WrongStageError:
         f"{facts.describe()} does not fit stage {stage.value}: {rule}",
         stage=stage.value,
         modality=facts.modality or None,
+        body_part=facts.body_part or None,
         rows=facts.rows,
         columns=facts.columns,
     )
@@ -165,9 +203,30 @@ def _modality(
     raise _refuse(stage, facts, rule)
 
 
+def _mammography_anatomy(facts: ImageFacts) -> bool:
+    """True when the DICOM anatomy decides for mammography; raises where it refuses."""
+    body_part, modality = facts.body_part, facts.modality
+    if body_part and body_part != BREAST:
+        rule = f"Body Part Examined is {body_part}: mammography analyses the breast only"
+        raise _refuse(Stage.MAMMOGRAPHY, facts, rule)
+    if modality == "MG" or (facts.secondary_capture and facts.breast_anatomy):
+        return True
+    if modality in RADIOGRAPHY_MODALITIES:
+        if facts.breast_anatomy:
+            return True
+        rule = (
+            f"a {modality} radiograph is a mammogram only with Body Part Examined BREAST or a "
+            "mammography view (CC, MLO, ...); this one names neither"
+        )
+        raise _refuse(Stage.MAMMOGRAPHY, facts, rule)
+    return False
+
+
 @stage_rule(Stage.MAMMOGRAPHY)
 def _mammography(facts: ImageFacts) -> list[str]:
-    decided, warnings = _modality(Stage.MAMMOGRAPHY, facts, {"MG"}, {"DX", "CR"})
+    if _mammography_anatomy(facts):
+        return []
+    decided, warnings = _modality(Stage.MAMMOGRAPHY, facts, {"MG"}, set())
     if decided:
         return warnings
     if facts.min_side < 128:
@@ -180,6 +239,10 @@ def _mammography(facts: ImageFacts) -> list[str]:
 @stage_rule(Stage.ULTRASOUND)
 def _ultrasound(facts: ImageFacts) -> list[str]:
     decided, warnings = _modality(Stage.ULTRASOUND, facts, {"US"}, set())
+    if facts.body_part and facts.body_part != BREAST:
+        warnings.append(
+            f"Body Part Examined is {facts.body_part}, not BREAST: analysed as breast ultrasound"
+        )
     if decided:
         return warnings
     if facts.min_side < 64:

@@ -1,5 +1,5 @@
 """Post-success hooks: functions run in the worker after a job succeeded, when its ``after``
-list names them (e.g. ``"dicom-delivery"``, registered by ``service.dicom``).
+list names them (e.g. ``"dicom-delivery"``, registered by ``service.pacs.delivery``).
 
     @register_hook("dicom-delivery")
     def deliver(record: JobRecord, analyses: list[Analysis], stored: StoredArtefact) -> None: ...

@@ -27,16 +27,16 @@ from pynetdicom.presentation import build_context
 
 from breastdx.errors import BreastdxError
 from service.config import get_settings
-from service.dicom.config import DicomSettings, get_dicom_settings
-from service.dicom.deadletter import DeadLetters
-from service.dicom.dicomweb import DicomWebClient, DicomWebError
 from service.dicom.identity import parse_header
-from service.dicom.outputs import ResultObjects, build_outputs
-from service.dicom.state import open_state
+from service.dicom.outputs import ResultObjects, build_outputs, has_finding
 from service.inference.result import Analysis
 from service.jobs.backend import service_registry
 from service.jobs.hooks import StoredArtefact, register_hook
 from service.jobs.state import JobRecord
+from service.pacs.config import DicomSettings, get_dicom_settings
+from service.pacs.deadletter import DeadLetters
+from service.pacs.dicomweb import DicomWebClient, DicomWebError
+from service.pacs.state import open_state
 
 logger = logging.getLogger(__name__)
 
@@ -271,7 +271,8 @@ def header_key(image_sha256: str, model_ref: str) -> str:
 def dicom_delivery_hook(
     record: JobRecord, analyses: list[Analysis], stored: StoredArtefact
 ) -> None:
-    """Post-success hook ``dicom-delivery``: deliver SEG, SR and SC of the job.
+    """Post-success hook ``dicom-delivery``: deliver SEG, SR and SC of the job (no SEG where
+    nothing was found: the SR states the absence).
 
     The SEG and SR are the ones the job stored (the API's ``seg.dcm`` and ``sr.dcm``: same SOP
     Instance UIDs in the PACS as through the API); the SC overlay is built here. Runs in the
@@ -295,15 +296,19 @@ def dicom_delivery_hook(
                 f"job {record.id} has no DICOM source header: not from the listener, or expired"
             )
         card = registry.card(analysis.result.model.ref)
-        seg_and_sr = _stored_seg_and_sr(stored, index)
+        seg_and_sr = _stored_seg_and_sr(stored, index, has_finding(analysis))
         deliver(build_outputs(parse_header(data), analysis, card, seg_and_sr), settings)
         state.delete(key)
 
 
-def _stored_seg_and_sr(stored: StoredArtefact, index: int) -> tuple[Dataset, Dataset] | None:
+def _stored_seg_and_sr(
+    stored: StoredArtefact, index: int, found: bool
+) -> tuple[Dataset | None, Dataset] | None:
     """The SEG and SR the job stored for input ``index`` (None: none were built, or expired;
-    the hook then builds them anew)."""
+    the hook then builds them anew). Without a finding there is no SEG: the SR goes alone."""
     seg, sr = stored("seg", index), stored("sr", index)
-    if seg is None or sr is None:
+    if sr is None or (seg is None and found):
         return None
-    return pydicom.dcmread(io.BytesIO(seg)), pydicom.dcmread(io.BytesIO(sr))
+    return (None if seg is None else pydicom.dcmread(io.BytesIO(seg))), pydicom.dcmread(
+        io.BytesIO(sr)
+    )

@@ -16,7 +16,7 @@ from typing import Any, Final
 import httpx
 
 from breastdx.errors import BreastdxError
-from service.dicom.state import is_uid
+from service.pacs.state import is_uid
 
 DICOM_JSON: Final = "application/dicom+json"
 MULTIPART_DICOM: Final = 'multipart/related; type="application/dicom"'

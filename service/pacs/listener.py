@@ -33,10 +33,10 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from breastdx.errors import BreastdxError
 from imaging.errors import ImagingError, NotAnImageError
-from service.dicom.config import DicomSettings
 from service.dicom.identity import SourceHeaderError, check_uids
-from service.dicom.processing import Submitter
 from service.dicom.routing import STORAGE_SOP_CLASSES, UnroutableError, route
+from service.pacs.config import DicomSettings
+from service.pacs.processing import Submitter
 
 logger = logging.getLogger(__name__)
 

@@ -26,15 +26,15 @@ from pydicom.uid import ExplicitVRLittleEndian
 from models_registry.card import Stage
 from models_registry.registry import Registry
 from service.config import Settings, get_settings
-from service.dicom.config import DicomSettings
-from service.dicom.delivery import HOOK_NAME, header_key
 from service.dicom.identity import to_bytes
-from service.dicom.state import StateStore, open_state, seen_key
 from service.errors import JobNotFoundError
 from service.inference.pipeline import default_model_ref
 from service.jobs.backend import service_registry
 from service.jobs.service import get_job, submit_analysis
 from service.jobs.state import JobRecord, JobState, Origin
+from service.pacs.config import DicomSettings
+from service.pacs.delivery import HOOK_NAME, header_key
+from service.pacs.state import StateStore, open_state, seen_key
 
 logger = logging.getLogger(__name__)
 

@@ -18,14 +18,14 @@ from pydicom.dataset import Dataset
 from breastdx.errors import BreastdxError
 from models_registry.card import Stage
 from models_registry.registry import Registry
-from service.dicom.config import DicomSettings
-from service.dicom.delivery import StowDestination, dead_letters, send_with_retries
-from service.dicom.dicomweb import DicomWebClient, InstanceRef
 from service.dicom.identity import parse_header
 from service.dicom.outputs import build_outputs
 from service.dicom.routing import MANUFACTURER, STORAGE_SOP_CLASSES, route
-from service.dicom.state import StateStore, seen_key
 from service.inference.pipeline import analyse_each, default_model_ref
+from service.pacs.config import DicomSettings
+from service.pacs.delivery import StowDestination, dead_letters, send_with_retries
+from service.pacs.dicomweb import DicomWebClient, InstanceRef
+from service.pacs.state import StateStore, seen_key
 
 logger = logging.getLogger(__name__)
 

@@ -16,8 +16,11 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 
+from breastdx.errors import BreastdxError
 from service.config import Settings
 from service.deps import CanRead, CanSubmit, SettingsDep
+from service.dicom.outputs import NoLesionFoundError
+from service.errors import ArtefactNotFoundError
 from service.jobs.backend import get_backend
 from service.jobs.service import (
     job_artefact,
@@ -165,8 +168,28 @@ def _dicom(
 def read_seg(
     job_id: str, settings: SettingsDep, caller: CanRead, query: Annotated[ArtefactQuery, Query()]
 ) -> Response:
-    """The DICOM Segmentation of DICOM input ``index``: the mask, referencing the source."""
-    return _dicom(job_id, "seg", query.index, settings, caller)
+    """The DICOM Segmentation of DICOM input ``index``: the mask, referencing the source.
+    404 ``no_lesion_found`` when nothing was found: the SR alone states the absence."""
+    try:
+        return _dicom(job_id, "seg", query.index, settings, caller)
+    except ArtefactNotFoundError:
+        if _found_nothing(job_id, query.index, settings, caller):
+            raise NoLesionFoundError(
+                f"input {query.index}: no lesion was found, so there is no segmentation; "
+                "sr.dcm states the absence",
+                input_index=query.index,
+            ) from None
+        raise
+
+
+def _found_nothing(job_id: str, index: int, settings: Settings, caller: Principal) -> bool:
+    """Input ``index`` has its SR and no lesion (the SEG is absent for that reason)."""
+    try:
+        _dicom(job_id, "sr", index, settings, caller)  # owner and state checked there
+    except BreastdxError:
+        return False
+    results = get_backend(settings).store.results(job_id) or []
+    return index < len(results) and results[index]["mask"]["lesion_count"] == 0
 
 
 @router.get("/analyses/{job_id}/sr.dcm", response_class=Response, responses=DICOM_FILE | PROBLEMS)

@@ -9,7 +9,7 @@ import pytest
 
 from breastdx.cli import main
 from service.config import SettingsError, get_settings
-from service.dicom.config import get_dicom_settings
+from service.pacs.config import get_dicom_settings
 
 
 @pytest.fixture(autouse=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import highdicom as hd
 import numpy as np
@@ -12,47 +13,34 @@ import pydicom
 import pytest
 from pydicom import uid
 from pydicom.dataset import Dataset
-from pydicom.pixels import set_pixel_data
 
-from imaging.geometry import Geometry
-from imaging.postprocess import postprocess_mask
+from imaging.postprocess import Lesion
 from models_registry.registry import Registry
 from service.dicom.identity import NOT_FOR_CLINICAL_USE, SourceHeaderError, parse_header
 from service.dicom.outputs import ResultObjects, build_outputs
 from service.inference import Analysis, analyse
-from service.inference.result import mask_summary
 from tests.imaging import dicom_factory as dcm
 from tests.service.dicom.conftest import mammogram, referenced_uids, ultrasound
+from tests.service.dicom.matrix import he_tile_sc, with_lesions, without_lesions
 
 PROBABILITY_OF_CANCER = "111047"
 AREA = "42798000"
+CAD_SUMMARY = "111017"
+WITH_FINDINGS, WITHOUT_FINDINGS = "111242", "111241"
+NOT_EVALUATED = "373121007"
+CANCER = hd.sr.CodedConcept(PROBABILITY_OF_CANCER, "DCM", "Probability of cancer")
 
 
-def with_two_lesions(analysis: Analysis) -> Analysis:
-    """The analysis with a made-up mask of two lesions (the tiny models often find none)."""
-    rows, columns = analysis.mask.shape
-    prob = np.zeros((rows, columns), np.float32)
-    prob[rows // 4 : rows // 2, columns // 5 : columns // 2] = 0.9
-    prob[rows * 2 // 3 : rows * 3 // 4, columns * 2 // 3 : columns * 3 // 4] = 0.8
-    spacing = analysis.result.input.pixel_spacing_mm
-    masks = postprocess_mask(
-        prob, Geometry((rows, columns)), threshold=0.5, min_area_px=1, pixel_spacing_mm=spacing
-    )
-    result = analysis.result.model_copy(
-        update={"lesions": masks.lesions, "mask": mask_summary(masks)}
-    )
-    mask = np.where(masks.mask, 255, 0).astype(np.uint8)
-    return Analysis(result=result, mask=mask, overlay=analysis.overlay)
+def evaluations(group: Any) -> dict[str, str]:
+    """The CODE items of a measurement group: concept name code -> value code."""
+    return {item.name.value: item.value.value for item in group.get_qualitative_evaluations()}
 
 
-def he_tile_sc() -> Dataset:
-    """A secondary-capture pathology tile (RGB, Modality SM)."""
-    from training.data.synthetic_draw import he_patch
-
-    tile = he_patch(np.random.default_rng(3), (64, 64), tumour=True)  # (H, W, 3) uint8
-    ds = dcm.base_dataset(uid.SecondaryCaptureImageStorage, "SM")
-    set_pixel_data(ds, tile, "RGB", 8, generate_instance_uid=False)
-    return ds
+def image_group(sr: Dataset) -> Any:
+    """The TID 1501 image-level group ("breastdx image findings")."""
+    groups = sr.content.get_image_measurement_groups()
+    assert len(groups) == 1 and groups[0].tracking_identifier == "breastdx image findings"
+    return groups[0]
 
 
 def multiframe_us() -> Dataset:
@@ -72,8 +60,7 @@ def outputs_for(
     registry: Registry, stage: str, data: bytes, lesions: bool = True
 ) -> tuple[Dataset, Analysis, ResultObjects]:
     analysis = analyse(stage, [data], registry=registry)[0]
-    if lesions:
-        analysis = with_two_lesions(analysis)
+    analysis = with_lesions(analysis) if lesions else without_lesions(analysis)
     header = parse_header(data)
     card = registry.card(analysis.result.model.ref)
     return header, analysis, build_outputs(header, analysis, card)
@@ -143,14 +130,20 @@ def test_outputs_round_trip(registry: Registry, case: str) -> None:
         expected_area = lesion.area_mm2 if spacing_known else lesion.area_px
         assert area.value == pytest.approx(expected_area, rel=1e-4)
         assert area.unit.value == ("mm2" if spacing_known else "{pixels}")
-        name = hd.sr.CodedConcept(PROBABILITY_OF_CANCER, "DCM", "Probability of cancer")
-        probability = group.get_measurements(name=name)[0].value
-        if stage == "histopathology":
-            assert probability == pytest.approx(lesion.mean_probability, abs=1e-6)
-        else:
-            assert result.malignancy is not None
-            assert probability == pytest.approx(result.malignancy.probability, abs=1e-6)
+        own = getattr(lesion, "malignancy", None)
+        probabilities = group.get_measurements(name=CANCER)
+        if stage == "histopathology" or own is not None:
+            expected = own if own is not None else lesion.mean_probability
+            assert [p.value for p in probabilities] == [pytest.approx(expected, abs=1e-6)]
+        else:  # an image-level score only: said, not repeated per lesion
+            assert probabilities == []
+            assert evaluations(group)[PROBABILITY_OF_CANCER] == NOT_EVALUATED
         assert group.roi is not None and group.roi.value_type == hd.sr.ValueTypeValues.SCOORD
+    image = image_group(sr)
+    assert evaluations(image)[CAD_SUMMARY] == WITH_FINDINGS
+    if result.malignancy is not None:
+        score = image.get_measurements(name=CANCER)[0]
+        assert score.value == pytest.approx(result.malignancy.probability, abs=1e-6)
     observer = sr.content.get_observer_contexts()[0]
     assert observer.observer_identifying_attributes.model_name == card.ref  # type: ignore[union-attr]
 
@@ -177,23 +170,62 @@ def test_multiframe_seg_references_the_analysed_frame(registry: Registry) -> Non
     )
 
 
-def test_empty_mask_still_gives_a_full_frame(registry: Registry) -> None:
-    header, analysis, outputs = outputs_for(
-        registry, "mammography", dcm.to_bytes(mammogram()), lesions=False
-    )
-    if analysis.result.lesions:
-        pytest.skip("the tiny model found a lesion on this image")
-    seg = hd.seg.segread(io.BytesIO(outputs.encoded()[0]))
-    assert seg.NumberOfFrames == 1
-    assert not seg_pixels(seg, header, 1).any()
-    assert (
-        len(
-            hd.sr.srread(
-                io.BytesIO(outputs.encoded()[1])
-            ).content.get_planar_roi_measurement_groups()
-        )
-        == 1
-    )
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_no_finding_writes_no_seg_and_says_so(registry: Registry, case: str) -> None:
+    stage, make = CASES[case]
+    _, _, outputs = outputs_for(registry, stage, dcm.to_bytes(make()), lesions=False)
+    assert outputs.seg is None and len(outputs.encoded()) == 2  # SR and SC
+    sr = hd.sr.srread(io.BytesIO(outputs.encoded()[0]))
+    assert sr.content.get_planar_roi_measurement_groups() == []
+    found = evaluations(image_group(sr))
+    assert found[CAD_SUMMARY] == WITHOUT_FINDINGS
+    assert found["52988006"] == "121054"  # Lesion: Absent
+
+
+class ScoredLesion(Lesion):
+    """A lesion as the lesion-level models write it: its own malignancy and detection score."""
+
+    malignancy: float | None = None
+    score: float | None = None
+
+
+def test_lesion_groups_carry_each_lesions_own_scores(registry: Registry) -> None:
+    data = dcm.to_bytes(mammogram())
+    analysis = with_lesions(analyse("mammography", [data], registry=registry)[0])
+    own = [(0.83, 0.97), (0.12, 0.64)]
+    lesions = [
+        ScoredLesion(**lesion.model_dump(exclude={"malignancy", "score"}), malignancy=m, score=d)
+        for lesion, (m, d) in zip(analysis.result.lesions, own, strict=True)
+    ]
+    result = analysis.result.model_copy(update={"lesions": lesions})
+    analysis = Analysis(result=result, mask=analysis.mask, overlay=analysis.overlay)
+    outputs = build_outputs(parse_header(data), analysis, registry.card(result.model.ref))
+    sr = hd.sr.srread(io.BytesIO(outputs.encoded()[1]))
+    certainty = hd.sr.CodedConcept("111012", "DCM", "Certainty of Finding")
+    groups = [
+        g
+        for g in sr.content.get_planar_roi_measurement_groups()
+        if g.tracking_identifier != ("breastdx lesion mask")
+    ]
+    assert [g.get_measurements(name=CANCER)[0].value for g in groups] == [0.83, 0.12]
+    assert [g.get_measurements(name=certainty)[0].value for g in groups] == [0.97, 0.64]
+    assert all(PROBABILITY_OF_CANCER not in evaluations(g) for g in groups)
+
+
+def test_outputs_carry_the_sources_anatomy(registry: Registry) -> None:
+    ds = mammogram()  # left MLO, Body Part Examined BREAST
+    ds.PatientOrientation = ["A", "FR"]
+    data = dcm.to_bytes(ds)
+    _, _, outputs = outputs_for(registry, "mammography", data)
+    seg, _, sc = (pydicom.dcmread(io.BytesIO(b)) for b in outputs.encoded())
+    for image in (seg, sc):
+        assert image.BodyPartExamined == "BREAST"
+        assert list(image.PatientOrientation) == ["A", "FR"]
+    assert sc.Laterality == "L" and "Laterality" not in seg  # the SEG IOD has no place for it
+    region = seg.SegmentSequence[0].AnatomicRegionSequence[0]
+    assert region.AnatomicRegionModifierSequence[0].CodeValue == "7771000"  # SCT Left
+    image = image_group(hd.sr.srread(io.BytesIO(outputs.encoded()[1])))
+    assert evaluations(image)["111031"] == "399368009"  # Image View: medio-lateral oblique
 
 
 def test_outputs_refuse_a_mask_of_another_geometry(registry: Registry) -> None:

@@ -28,32 +28,28 @@ from models_registry.registry import Registry
 from models_registry.store import DirectoryStore
 from service.cli_dicom import deadletter_main, listener_main
 from service.config import get_settings
-from service.dicom.config import DicomSettings, get_dicom_settings
-from service.dicom.listener import (
+from service.inference import analyse
+from service.jobs.backend import close_backend
+from service.jobs.service import job_dicom_output
+from service.pacs.config import DicomSettings, get_dicom_settings
+from service.pacs.listener import (
     CANNOT_UNDERSTAND,
     DOES_NOT_MATCH,
     DicomListener,
     decodable_transfer_syntaxes,
     status,
 )
-from service.dicom.processing import Submitter
-from service.dicom.state import DiskState, RedisState, safe_name, seen_key
-from service.inference import analyse
-from service.jobs.backend import close_backend
-from service.jobs.service import job_dicom_output
+from service.pacs.processing import Submitter
+from service.pacs.state import DiskState, RedisState, safe_name, seen_key
 from tests.imaging import dicom_factory as dcm
-from tests.service.dicom.conftest import (
+from tests.service.dicom.conftest import mammogram, read, real_or, referenced_uids, ultrasound
+from tests.service.pacs.conftest import (
     LISTENER_AET,
     MODALITY_AET,
     ORTHANC_AET,
     OrthancServer,
     dcmtk,
     free_port,
-    mammogram,
-    read,
-    real_or,
-    referenced_uids,
-    ultrasound,
 )
 
 MakeListener = Callable[..., DicomListener]

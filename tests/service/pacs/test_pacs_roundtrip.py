@@ -14,24 +14,17 @@ from pydicom import uid
 from models_registry.registry import Registry
 from models_registry.store import DirectoryStore
 from service.cli_pacs import main as pacs_main
-from service.dicom.dicomweb import (
+from service.inference import analyse
+from service.pacs.dicomweb import (
     DicomWebClient,
     DicomWebError,
     InstanceRef,
     encode_multipart,
     parse_multipart,
 )
-from service.inference import analyse
 from tests.imaging import dicom_factory as dcm
-from tests.service.dicom.conftest import (
-    PASSWORD,
-    USER,
-    OrthancServer,
-    mammogram,
-    read,
-    referenced_uids,
-    ultrasound,
-)
+from tests.service.dicom.conftest import mammogram, read, referenced_uids, ultrasound
+from tests.service.pacs.conftest import PASSWORD, USER, OrthancServer
 
 
 def store_of(registry: Registry) -> str:

@@ -20,6 +20,7 @@ import argparse
 import logging
 import shlex
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -62,8 +63,17 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _split_ids(split_path: Path, subset: str) -> tuple[list[str], dict[str, str]]:
-    """Sample ids of ``subset`` (as written, maybe ``dataset:id``) and class names by id."""
+@dataclass(frozen=True)
+class SplitPart:
+    """The entries of one part of a split file, and what the file says of each sample."""
+
+    ids: list[str]  # as written: ``id``, or ``dataset:id`` / ``dataset/id``
+    classes: dict[str, str]  # sample key -> class name
+    paths: dict[str, str]  # sample key -> image path as recorded
+    several: bool  # the split holds samples of several data sets
+
+
+def _split_part(split_path: Path, subset: str) -> SplitPart:
     from training.data.records import DatasetError
     from training.data.splits import Split
 
@@ -73,8 +83,12 @@ def _split_ids(split_path: Path, subset: str) -> tuple[list[str], dict[str, str]
         raise SplitUseError(exc.message) from exc
     if subset not in split.names():
         raise SplitUseError(f"{split_path} has no subset {subset!r}; it has {list(split.names())}")
-    classes = {key: record.class_name for key, record in split.samples.items()}
-    return split.ids(subset), classes
+    return SplitPart(
+        ids=split.ids(subset),
+        classes={key: record.class_name for key, record in split.samples.items()},
+        paths={key: record.image_path for key, record in split.samples.items()},
+        several=len(split.params.get("datasets", [])) > 1,
+    )
 
 
 DATASETS = ("busi", "busbra", "cbis_ddsm", "mini_mias", "idc", "csv")
@@ -90,18 +104,27 @@ def _prefix(entry: str) -> tuple[str | None, str]:
     return None, entry
 
 
-def restrict(cases: list[Case], ids: list[str], dataset: str) -> tuple[list[Case], list[str]]:
+def _under(path: str | None, root: Path) -> bool:
+    return path is not None and Path(path).resolve().is_relative_to(root.resolve())
+
+
+def restrict(
+    cases: list[Case], part: SplitPart, dataset: str, root: Path
+) -> tuple[list[Case], list[str]]:
     """The cases the split names for ``dataset`` (in split order), and the split's ids of this
-    data set that are absent from the data. Entries prefixed with another data set are left
-    to that data set."""
+    data set that are absent from the data. An entry prefixed with another data set belongs to
+    it; so does, in a split of several data sets, an unprefixed entry that is not in this data
+    and whose recorded image lies outside ``root``."""
     by_id = {c.id: c for c in cases}
     chosen, missing = [], []
-    for entry in ids:
+    for entry in part.ids:
         owner, own = _prefix(entry)
         if owner is not None and owner != dataset:
             continue
         if own in by_id:
             chosen.append(by_id[own])
+        elif owner is None and part.several and not _under(part.paths.get(entry), root):
+            continue
         else:
             missing.append(own)
     return chosen, missing
@@ -127,8 +150,8 @@ def _evaluate_one(
     split_info: dict[str, Any] | None = None
     missing: list[str] = []
     if args.split:
-        ids, classes = _split_ids(args.split, args.subset)
-        cases, missing = restrict(cases, ids, dataset)
+        part = _split_part(args.split, args.subset)
+        cases, missing = restrict(cases, part, dataset, root)
         if not cases:
             raise SplitUseError(
                 f"split {args.split} names no case of the {fmt.display} data at {root} in its "
@@ -136,7 +159,9 @@ def _evaluate_one(
             )
         if args.limit:
             cases, missing = cases[: args.limit], []
-        own = {_prefix(k)[1]: v for k, v in classes.items() if _prefix(k)[0] in (None, dataset)}
+        own = {
+            _prefix(k)[1]: v for k, v in part.classes.items() if _prefix(k)[0] in (None, dataset)
+        }
         split_info = split_facts(args.split, args.subset, [c.id for c in cases] + missing, own)
     cases = cases[: args.limit] if args.limit else cases
     records, skipped = evaluate_cases(

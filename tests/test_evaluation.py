@@ -23,7 +23,7 @@ import pytest
 from breastdx.cli import main as breastdx
 from evaluation import lesions
 from evaluation.card import EVALUATED_NOTE
-from evaluation.cli import restrict
+from evaluation.cli import SplitPart, restrict
 from evaluation.formats import FORMATS, detect_format
 from models_registry.registry import Registry
 from models_registry.store import DirectoryStore
@@ -343,8 +343,16 @@ def test_a_multi_data_set_split_is_filtered_to_the_data_set(store: Path, tmp_pat
     from evaluation.cases import Case
 
     cases = [Case(id=i, dataset="busi", image_path=Path(i)) for i in ("a", "b")]
-    chosen, missing = restrict(cases, ["busi:a", "busbra:a", "c"], "busi")
+    part = SplitPart(["busi:a", "busbra:a", "busi:c"], {}, {}, several=True)
+    chosen, missing = restrict(cases, part, "busi", tmp_path)
     assert [c.id for c in chosen] == ["a"] and missing == ["c"]
+    part = SplitPart(["b", "c"], {}, {}, several=False)  # one data set: every id is its own
+    assert restrict(cases, part, "busi", tmp_path)[1] == ["c"]
+    # unprefixed ids of several data sets: the recorded image path tells whose an absent id is
+    paths = {"d": str(tmp_path / "busi" / "d.png"), "bus_1": str(tmp_path / "busbra" / "x.png")}
+    part = SplitPart(["a", "d", "bus_1"], {}, paths, several=True)
+    chosen, missing = restrict(cases, part, "busi", tmp_path / "busi")
+    assert [c.id for c in chosen] == ["a"] and missing == ["d"]
 
 
 def test_register_puts_the_evaluated_figures_on_a_new_card(store: Path, tmp_path: Path) -> None:

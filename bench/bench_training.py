@@ -1,9 +1,12 @@
 """Training throughput (images/s) per model: forward + backward + AdamW step on random data.
 
     .venv/bin/python bench/bench_training.py [--device cpu|cuda] [--steps 5] [--models unet ...]
+        [--size 160 --batch 16 --width 16] [--variants fp32 bf16 bf16-cl] [--threads 2]
 
-Prints one row per model with the input size and batch used, the median step time and images/s.
-Sizes default to the grid's ``cpu`` scale on CPU and its ``full`` scale on CUDA.
+Prints one row per model and variant with the input size and batch used, the median step time and
+images/s. Sizes default to the grid's ``cpu`` scale on CPU and its ``full`` scale on CUDA.
+Variants: ``fp32``; ``bf16`` (autocast: bfloat16 on CPU, float16 on CUDA); ``-cl`` adds the
+channels-last memory format. Variants run interleaved, so a noisy machine hurts each alike.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ MODELS = [
     ("densenet121", 3, "cls", None),
     ("efficientnet_v2_s", 3, "cls", None),
 ]
+VARIANTS = ("fp32", "fp32-cl", "bf16", "bf16-cl")
 SIZES = {"cpu": {"seg": (64, 16), "cls": (48, 64)}, "cuda": {"seg": (256, 16), "cls": (64, 256)}}
 
 
@@ -41,16 +45,23 @@ def _step_time(
     batch: int,
     steps: int,
     device: torch.device,
+    variant: str = "fp32",
 ) -> float:
     model = build_model(name, in_channels=channels, width=width, input_size=size).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     x = torch.rand(batch, channels, size, size, device=device)  # (B, C, H, W)
+    if variant.endswith("-cl"):
+        model = model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    half = torch.float16 if device.type == "cuda" else torch.bfloat16
+    autocast = variant.startswith("bf16")
     times = []
     for i in range(steps + 1):  # the first step warms up
         if device.type == "cuda":
             torch.cuda.synchronize()
         start = time.perf_counter()
-        out = model(x)
+        with torch.autocast(device.type, dtype=half, enabled=autocast):
+            out = model(x)
         loss = sum(v.float().mean() for v in out.values())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -67,19 +78,36 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--models", nargs="*", default=[m[0] for m in MODELS])
+    parser.add_argument("--size", type=int, help="input size (default: by scale and task)")
+    parser.add_argument("--batch", type=int, help="batch size (default: by scale and task)")
+    parser.add_argument("--width", type=int, help="width of the models that have one")
+    parser.add_argument("--threads", type=int, help="torch CPU threads")
+    parser.add_argument("--variants", nargs="*", default=["fp32"], choices=VARIANTS)
     args = parser.parse_args(argv)
     device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if device.type == "cpu":
+        torch.set_flush_denormal(True)
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
         f"threads {torch.get_num_threads()}, device {device}"
     )
-    print(f"{'model':<22}{'input':>8}{'batch':>7}{'step ms':>10}{'images/s':>10}")
+    print(f"{'model':<22}{'variant':>9}{'input':>7}{'batch':>7}{'step ms':>10}{'images/s':>10}")
     for name, channels, task, width in MODELS:
         if name not in args.models:
             continue
         size, batch = SIZES["cuda" if device.type == "cuda" else "cpu"][task]
-        seconds = _step_time(name, channels, task, width, size, batch, args.steps, device)
-        print(f"{name:<22}{size:>8}{batch:>7}{seconds * 1000:>10.1f}{batch / seconds:>10.1f}")
+        size, batch = args.size or size, args.batch or batch
+        width = args.width if args.width and width is not None else width
+        for variant in args.variants:
+            seconds = _step_time(
+                name, channels, task, width, size, batch, args.steps, device, variant
+            )
+            print(
+                f"{name:<22}{variant:>9}{size:>7}{batch:>7}{seconds * 1000:>10.1f}"
+                f"{batch / seconds:>10.1f}"
+            )
     return 0
 
 

@@ -31,6 +31,14 @@ class Lesion(BaseModel):
     area_mm2: float | None = None  # row spacing * column spacing * area_px; None without spacing
     centroid: tuple[float, float] = Field(description="(x, y), pixels")
     mean_probability: float
+    score: float | None = Field(
+        default=None, description="detection score in [0, 1]: the lesion's peak probability"
+    )
+    malignancy: float | None = Field(
+        default=None,
+        description="the lesion's own malignancy probability (mean of the model's per-pixel "
+        "malignancy map over the lesion); None where the model has no such map",
+    )
 
 
 class MaskResult(BaseModel):
@@ -40,6 +48,7 @@ class MaskResult(BaseModel):
 
     image_hw: tuple[int, int] = Field(description="(height, width) of the original image")
     threshold: float
+    presence_threshold: float = 0.0
     min_area_px: int
     pixel_spacing_mm: tuple[float, float] | None = None
     lesions: list[Lesion]
@@ -105,9 +114,11 @@ def _lesion(
     stats: np.ndarray,
     centroid: np.ndarray,
     spacing: tuple[float, float] | None,
+    malignancy: np.ndarray | None = None,
 ) -> Lesion:
     x, y, w, h, area = (int(v) for v in stats)
     inside = labels[y : y + h, x : x + w] == index  # (h, w) bool
+    own = None if malignancy is None else float(malignancy[y : y + h, x : x + w][inside].mean())
     return Lesion(
         id=lesion_id,
         bbox=(x, y, w, h),
@@ -116,6 +127,8 @@ def _lesion(
         area_mm2=None if spacing is None else round(area * spacing[0] * spacing[1], 4),
         centroid=(round(float(centroid[0]), 2), round(float(centroid[1]), 2)),
         mean_probability=round(float(prob[y : y + h, x : x + w][inside].mean()), 4),
+        score=round(float(prob[y : y + h, x : x + w][inside].max()), 4),
+        malignancy=None if own is None else round(own, 4),
     )
 
 
@@ -127,6 +140,8 @@ def postprocess_mask(
     min_area_px: int = 16,
     min_area_mm2: float | None = None,
     pixel_spacing_mm: tuple[float, float] | None = None,
+    presence_threshold: float = 0.0,
+    malignancy_map: np.ndarray | None = None,
 ) -> MaskResult:
     """Model-size probability map -> lesions in the original image.
 
@@ -137,29 +152,57 @@ def postprocess_mask(
         min_area_px: smaller components (original pixels) are dropped.
         min_area_mm2: also drop components below this area; applies only with a spacing.
         pixel_spacing_mm: ``(row, column)`` spacing; enables ``area_mm2``.
+        presence_threshold: a lesion is kept only where its peak probability (its ``score``)
+            reaches this: the lesion-presence decision (0: every component above ``threshold``).
+        malignancy_map: ``(h, w)`` per-pixel malignancy probabilities at the model input size;
+            each lesion's ``malignancy`` is their mean over the lesion (original pixels).
     """
     prob = _check_inputs(prob, geometry, threshold)
     full = geometry.to_original(prob, interpolation=Interpolation.LINEAR)  # (H, W) float32
     binary = (full >= threshold).astype(np.uint8)
     count, labels, stats, centroids = cv2.connectedComponentsWithStats(binary, connectivity=8)
     smallest = _min_area(min_area_px, min_area_mm2, pixel_spacing_mm)
-    kept = [i for i in range(1, count) if stats[i, cv2.CC_STAT_AREA] >= max(1, smallest)]
+    peaks = _peaks(full, labels, stats)  # (count,)
+    kept = [
+        i
+        for i in range(1, count)
+        if stats[i, cv2.CC_STAT_AREA] >= max(1, smallest) and peaks[i] >= presence_threshold
+    ]
+    malignancy = None
+    if malignancy_map is not None and kept:
+        malignancy = geometry.to_original(
+            _check_inputs(malignancy_map, geometry, threshold),
+            interpolation=Interpolation.LINEAR,
+        )  # (H, W) float32
     kept.sort(key=lambda i: (-int(stats[i, cv2.CC_STAT_AREA]), i))
     lesions: list[Lesion] = []
     lookup = np.zeros(count, dtype=np.int32)  # component index -> lesion id (0: dropped)
     for rank, index in enumerate(kept, start=1):
         stat, centre = stats[index], centroids[index]
-        lesions.append(_lesion(rank, labels, full, index, stat, centre, pixel_spacing_mm))
+        lesions.append(
+            _lesion(rank, labels, full, index, stat, centre, pixel_spacing_mm, malignancy)
+        )
         lookup[index] = rank
     result = MaskResult(
         image_hw=geometry.original_hw,
         threshold=threshold,
+        presence_threshold=presence_threshold,
         min_area_px=smallest,
         pixel_spacing_mm=pixel_spacing_mm,
         lesions=lesions,
     )
     result._label_map = lookup[labels]  # (H, W) int32
     return result
+
+
+def _peaks(full: np.ndarray, labels: np.ndarray, stats: np.ndarray) -> np.ndarray:
+    """``(count,)`` peak probability of each connected component (index 0: background)."""
+    peaks = np.zeros(len(stats), np.float32)
+    for i in range(1, len(stats)):
+        x, y, w, h = (int(v) for v in stats[i, :4])
+        box = labels[y : y + h, x : x + w] == i
+        peaks[i] = full[y : y + h, x : x + w][box].max()
+    return peaks
 
 
 def to_uint8(image: np.ndarray) -> np.ndarray:

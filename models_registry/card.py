@@ -91,6 +91,7 @@ class OutputRole(StrEnum):
     MASK = "mask"  # per-pixel lesion logits, (N, 1, H, W)
     MALIGNANCY = "malignancy"  # per-image malignancy logit, (N, 1)
     CLASS_LOGITS = "class_logits"  # per-image logits over ``labels``, (N, len(labels))
+    LESION_MALIGNANCY = "lesion_malignancy"  # per-pixel malignancy logits, (N, 1, H, W)
 
 
 class EvaluationProtocol(StrEnum):
@@ -141,6 +142,11 @@ class Thresholds(_Frozen):
     mask: Probability = Field(default=0.5, description="pixel probability -> lesion")
     malignancy: Probability = Field(default=0.5, description="probability -> malignant call")
     min_lesion_area_px: int = Field(default=0, ge=0, description="smaller components dropped")
+    presence: Probability = Field(
+        default=0.0,
+        description="a lesion is marked only where its peak pixel probability reaches this "
+        "(the lesion-presence decision, chosen on validation data; 0: no such gate)",
+    )
 
 
 class Calibration(_Frozen):
@@ -148,6 +154,9 @@ class Calibration(_Frozen):
 
     temperature: float = Field(default=1.0, gt=0.0)
     fitted_on: str | None = Field(default=None, description="data the temperature was fit on")
+    lesion_temperature: float = Field(
+        default=1.0, gt=0.0, description="temperature of the per-pixel lesion malignancy output"
+    )
 
 
 class EvaluationSet(_Frozen):

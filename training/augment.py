@@ -64,6 +64,26 @@ def filter_() -> TransformList:
     ]
 
 
+@AUGMENTATIONS.register("filter_us")
+def filter_ultrasound() -> TransformList:
+    """Filter plus what an ultrasound probe varies: a left-right flip (never up-down: the skin
+    is at the top), small shifts, zooms and tilts, and gain (brightness/contrast)."""
+    return [
+        A.HorizontalFlip(p=0.5),
+        A.Affine(
+            scale=(0.85, 1.15),
+            translate_percent=(-0.08, 0.08),
+            rotate=(-10, 10),
+            border_mode=cv2.BORDER_CONSTANT,
+            fill=0,
+            fill_mask=0,
+            p=0.7,
+        ),
+        A.RandomBrightnessContrast(brightness_limit=0.15, contrast_limit=0.2, p=0.5),
+        *filter_(),
+    ]
+
+
 @AUGMENTATIONS.register("all")
 def all_() -> TransformList:
     """Geometric and filter together."""

@@ -46,6 +46,18 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--opset", type=int, default=17, choices=[17, 18])
     parser.add_argument("--min-lesion-area-px", type=int, default=16)
+    parser.add_argument(
+        "--operating-point-split",
+        metavar="SPLIT",
+        help="segmentation: choose the mask, lesion-presence and malignancy thresholds and the "
+        "lesion temperature with the exported file on this split of the run (e.g. val)",
+    )
+    parser.add_argument(
+        "--max-false-lesion-rate",
+        type=float,
+        default=0.10,
+        help="the largest false-lesion rate on lesion-free images the operating point may have",
+    )
     parser.add_argument("--register", action="store_true", help="register in the model registry")
     parser.add_argument("--name", help="model name to register under")
     parser.add_argument("--alias", help="alias to point at the new version, e.g. staging")
@@ -61,6 +73,8 @@ def _check_usage(parser: argparse.ArgumentParser, args: argparse.Namespace) -> N
         parser.error("--parity-n must be >= 1")
     if args.min_lesion_area_px < 0:
         parser.error("--min-lesion-area-px must be >= 0")
+    if not 0.0 <= args.max_false_lesion_rate <= 1.0:
+        parser.error("--max-false-lesion-rate must lie in [0, 1]")
     if args.register and not args.name:
         parser.error("--register needs --name")
     if not args.register and (args.name or args.alias or args.store):
@@ -108,6 +122,8 @@ def main(argv: list[str] | None = None) -> int:
             opset=args.opset,
             thresholds=Thresholds(min_lesion_area_px=args.min_lesion_area_px),
             name=args.name,
+            operating_point_split=args.operating_point_split,
+            max_false_lesion_rate=args.max_false_lesion_rate,
         )
         summary = result_summary(result)
         summary["registered"] = _register(args, result) if args.register else None

@@ -36,6 +36,8 @@ class Task(StrEnum):
 
 class DatasetName(StrEnum):
     BUSI = "busi"
+    BUSBRA = "busbra"
+    BUSI_BUSBRA = "busi+busbra"  # data.root holds busi/ and busbra/; split per data set, merged
     CBIS_DDSM = "cbis_ddsm"
     CBIS_DDSM_JPEG = "cbis_ddsm_jpeg"
     MIAS = "mias"
@@ -112,6 +114,7 @@ class LossConfig(_Section):
     name: str = ""  # empty: "dice" for segmentation, "ce" (cross-entropy) for classification
     params: dict[str, float | int | str | bool] = Field(default_factory=dict)
     malignancy_weight: float = Field(default=0.0, ge=0)  # BCE weight of the malignancy head
+    lesion_malignancy_weight: float = Field(default=0.0, ge=0)  # per-pixel map inside lesions
 
 
 class AugmentConfig(_Section):
@@ -152,7 +155,14 @@ class TrainConfig(_Section):
     monitor: str | None = None  # validation metric for early stopping; None: by task
     seed: int = 0
     device: Device = Device.AUTO
-    amp: bool = True  # mixed precision, on CUDA only
+    # Mixed precision: float16 + gradient scaling on CUDA, bfloat16 autocast on CPU. None (the
+    # default): on CUDA only; true: on CPU as well (this needs a CPU with bf16 arithmetic).
+    amp: bool | None = None
+    channels_last: bool = False  # NHWC memory format (faster convolutions on CPU with bf16)
+    threads: int | None = Field(default=None, ge=1)  # torch CPU threads; None: torch's default
+    cache: bool = True  # decode + preprocess each image once per run (augmentation stays per epoch)
+    ema_decay: float | None = Field(default=None, gt=0, lt=1)  # weights' moving average, validated
+    time_budget_min: float | None = Field(default=None, gt=0)  # stop after the epoch passing it
     output_dir: Path = Path("runs/default")
     num_workers: int = Field(default=0, ge=0)
     progress: bool = True  # tqdm bar (also off when stderr is not a terminal)

@@ -29,7 +29,7 @@ import torch
 from breastdx.errors import BreastdxError
 from models_registry.card import CardDraft, Thresholds
 from training.checkpoint import load_checkpoint
-from training.config import ConfigError, TrainConfig, config_from_dict
+from training.config import ConfigError, Task, TrainConfig, config_from_dict
 from training.export_weights import store_weights_fp16
 from training.models import BreastdxModel, OnnxExportWrapper
 from training.parity import (
@@ -253,11 +253,16 @@ def export_checkpoint(
     thresholds: Thresholds | None = None,
     opset: int = OPSET,
     name: str | None = None,
+    operating_point_split: str | None = None,
+    max_false_lesion_rate: float = 0.10,
 ) -> ExportResult:
     """Export, check parity on ``parity_images``, draft and write the card.
 
     ``weights_fp16`` writes ``out`` with float16 weight storage (the float32 export, checked
-    first, is removed); it excludes ``fp16``.
+    first, is removed); it excludes ``fp16``. ``operating_point_split`` (segmentation, e.g.
+    ``"val"``) chooses the card's mask, presence and malignancy thresholds and the lesion
+    temperature with the exported file on that split (``training.operating_point``); they replace
+    those of ``thresholds``, and the choice is written beside the card.
 
     Raises:
         ExportError: the checkpoint or its run folder lacks something the card needs.
@@ -289,14 +294,32 @@ def export_checkpoint(
     finally:
         if weights_fp16:
             fp32_out.unlink(missing_ok=True)  # the float32 file of the shipped one: not kept
+    thresholds = thresholds or Thresholds(min_lesion_area_px=MIN_LESION_AREA_PX)
+    lesion_temperature = None
+    if operating_point_split is not None and run.config.task is Task.SEGMENTATION:
+        from training.operating_point import tune
+
+        point = tune(
+            out,
+            run.run_dir,
+            split=operating_point_split,
+            min_area=thresholds.min_lesion_area_px,
+            max_false_lesion_rate=max_false_lesion_rate,
+        )
+        point.save(out.with_suffix(".operating-point.json"))
+        thresholds = thresholds.model_copy(
+            update={"mask": point.mask, "presence": point.presence, "malignancy": point.malignancy}
+        )
+        lesion_temperature = point.lesion_temperature
     draft = build_card_draft(
         run,
         parity=parity,
         fp16_parity=fp16_parity,
         fp32_parity=fp32_parity,
         opset=opset,
-        thresholds=thresholds or Thresholds(min_lesion_area_px=MIN_LESION_AREA_PX),
+        thresholds=thresholds,
         name=name,
+        lesion_temperature=lesion_temperature,
     )
     card_path = out.with_suffix(".card.json")
     card_path.write_text(draft.model_dump_json(indent=2) + "\n", encoding="utf-8")

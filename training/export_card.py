@@ -47,6 +47,7 @@ from models_registry.card import (
 from models_registry.card import Task as CardTask
 from training.config import Protocol, Task
 from training.export import BATCH_DIM, INPUT_NAME, SPLIT_FILE, TrainedRun
+from training.models.heads import LESION_MALIGNANCY
 from training.parity import ExportError, ParityReport
 
 logger = logging.getLogger(__name__)
@@ -58,6 +59,8 @@ _COMMIT = re.compile(r"(?:^|-g)([0-9a-f]{7,40})(-dirty)?$")  # "<hash>" or "<tag
 
 DATASET_NAMES = {
     "busi": "BUSI",
+    "busbra": "BUS-BRA",
+    "busi+busbra": "BUSI + BUS-BRA",
     "idc": "IDC",
     "mias": "mini-MIAS",
     "cbis_ddsm": "CBIS-DDSM",
@@ -70,6 +73,14 @@ SOURCES = {
         citation='Al-Dhabyani W., Gomaa M., Khaled H., Fahmy A. "Dataset of breast ultrasound '
         'images", Data in Brief 28 (2020) 104863',
         url="https://doi.org/10.1016/j.dib.2019.104863",
+    ),
+    "busbra": DataSource(
+        name="BUS-BRA",
+        licence="see busbra/LICENSE.txt of the release (permissive; keep the notice, cite)",
+        citation="Gomez-Flores W., Gregorio-Calas M.J., Coelho de Albuquerque Pereira W. "
+        '"BUS-BRA: A breast ultrasound dataset for assessing computer-aided diagnosis systems", '
+        "Medical Physics 51(4):3110-3123 (2024)",
+        url="https://doi.org/10.1002/mp.16812",
     ),
     "idc": DataSource(
         name="IDC (breast histopathology, IDC_regular_ps50_idx5)",
@@ -160,6 +171,7 @@ def _outputs(run: TrainedRun) -> list[OutputSpec]:
                 shape=[BATCH_DIM, 1],
                 activation=Activation.SIGMOID,
             ),
+            *_lesion_outputs(run, h, w),
         ]
     return [
         OutputSpec(
@@ -168,6 +180,22 @@ def _outputs(run: TrainedRun) -> list[OutputSpec]:
             meaning="per-image logits over labels; the last label is the malignant class",
             shape=[BATCH_DIM, run.config.num_classes],
             activation=Activation.SOFTMAX,
+        )
+    ]
+
+
+def _lesion_outputs(run: TrainedRun, h: int, w: int) -> list[OutputSpec]:
+    """The per-pixel malignancy output, where the model has one."""
+    if LESION_MALIGNANCY not in run.output_names:
+        return []
+    return [
+        OutputSpec(
+            name=LESION_MALIGNANCY,
+            role=OutputRole.LESION_MALIGNANCY,
+            meaning="per-pixel malignancy logit; a lesion's own probability is the mean of "
+            "sigmoid(logit / lesion_temperature) over its pixels",
+            shape=[BATCH_DIM, 1, h, w],
+            activation=Activation.SIGMOID,
         )
     ]
 
@@ -288,7 +316,7 @@ def _provenance(run: TrainedRun) -> list[DataSource]:
             )
         ]
     key = "cbis_ddsm" if dataset.startswith("cbis_ddsm") else dataset
-    return [SOURCES[key]]
+    return [SOURCES[part] for part in key.split("+")]
 
 
 def _empty_mask_baseline(run: TrainedRun, evaluation: EvaluationSet) -> str | None:
@@ -354,6 +382,7 @@ def build_card_draft(
     thresholds: Thresholds,
     name: str | None = None,
     fp32_parity: ParityReport | None = None,
+    lesion_temperature: float | None = None,
 ) -> CardDraft:
     """The card draft of ``run`` with the export's parity figures.
 
@@ -364,12 +393,32 @@ def build_card_draft(
         ExportError: the run folder lacks what the card needs, or the draft does not validate.
     """
     try:
-        return _draft(run, parity, fp16_parity, opset, thresholds, name, fp32_parity)
+        draft = _draft(run, parity, fp16_parity, opset, thresholds, name, fp32_parity)
+        if lesion_temperature is None:
+            return draft
+        calibration = draft.calibration.model_copy(
+            update={"lesion_temperature": lesion_temperature}
+        )
+        return CardDraft.model_validate(
+            {**draft.model_dump(), "calibration": calibration.model_dump()}
+        )
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(map(str, e['loc'])) or '(card)'}: {e['msg']}" for e in exc.errors()[:5]
         )
         raise ExportError(f"the model card draft does not validate: {problems}") from exc
+
+
+def _chosen_threshold(
+    run: TrainedRun, report: dict[str, Any], thresholds: Thresholds
+) -> Thresholds:
+    """A classifier's malignancy threshold as chosen on validation for balanced accuracy
+    (``metrics.json`` ``decision_threshold``, ``training.calibration.decision_threshold``)."""
+    chosen = report.get("decision_threshold")
+    value = _number(chosen.get("threshold")) if isinstance(chosen, dict) else None
+    if run.config.task is not Task.CLASSIFICATION or value is None or not 0 < value < 1:
+        return thresholds
+    return thresholds.model_copy(update={"malignancy": value})
 
 
 def _draft(
@@ -392,6 +441,7 @@ def _draft(
         limitations.append(_weights_fp16_note(parity, fp32_parity))
     temperature = _number(report.get("temperature"))
     fitted = temperature is not None and temperature > 0
+    thresholds = _chosen_threshold(run, report, thresholds)
     fp16 = Fp16Export(parity=fp16_parity.to_card()) if fp16_parity is not None else None
     return CardDraft(
         name=name,

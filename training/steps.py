@@ -20,6 +20,7 @@ from torch import nn
 from training import metrics
 from training.config import Task, TrainConfig
 from training.losses import JointLoss, build_loss
+from training.models.heads import LESION_MALIGNANCY
 
 Batch = dict[str, torch.Tensor]
 Outputs = dict[str, torch.Tensor]
@@ -31,13 +32,34 @@ class Criterion(Protocol):
 
 @dataclass(frozen=True)
 class SegmentationCriterion:
-    """``JointLoss``: mask loss + ``malignancy_weight`` x BCE of the malignancy head."""
+    """``JointLoss``: mask loss + ``malignancy_weight`` x BCE of the malignancy head, plus
+    ``lesion_weight`` x BCE of the per-pixel malignancy map inside the true lesions (where the
+    model has that output)."""
 
     joint: JointLoss
+    lesion_weight: float = 0.0
 
     def __call__(self, outputs: Outputs, batch: Batch) -> torch.Tensor:
         logits = {k: v.float() for k, v in outputs.items()}  # losses in float32 under autocast
-        return self.joint(logits, batch["mask"], batch["label"])
+        loss = self.joint(logits, batch["mask"], batch["label"])
+        if LESION_MALIGNANCY in logits and self.lesion_weight > 0:
+            loss = loss + self.lesion_weight * lesion_malignancy_loss(
+                logits[LESION_MALIGNANCY], batch["mask"], batch["label"]
+            )
+        return loss
+
+
+def lesion_malignancy_loss(
+    logits: torch.Tensor, mask: torch.Tensor, label: torch.Tensor
+) -> torch.Tensor:
+    """BCE of per-pixel malignancy logits ``(B, 1, H, W)`` against the image's label, averaged
+    over the pixels of true lesions only (images without a lesion or label add nothing)."""
+    inside = (mask > 0.5) & (label >= 0).view(-1, 1, 1, 1)  # (B, 1, H, W)
+    if not bool(inside.any()):
+        return logits.sum() * 0.0  # keeps the graph; no lesion pixel in the batch
+    target = label.clamp(min=0).float().view(-1, 1, 1, 1).expand_as(logits)
+    bce = nn.functional.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    return bce[inside].mean()
 
 
 @dataclass(frozen=True)
@@ -57,7 +79,8 @@ def build_criterion(config: TrainConfig) -> Criterion:
     loss = build_loss(config.loss.name, **config.loss.params)
     if config.task is Task.CLASSIFICATION:
         return ClassificationCriterion(loss)
-    return SegmentationCriterion(JointLoss(loss, cls_weight=config.loss.malignancy_weight))
+    joint = JointLoss(loss, cls_weight=config.loss.malignancy_weight)
+    return SegmentationCriterion(joint, config.loss.lesion_malignancy_weight)
 
 
 @dataclass
@@ -85,9 +108,10 @@ def evaluate(
     labels: list[np.ndarray] = []
     logits: list[np.ndarray] = []
     out = EvalOutput(0.0, np.zeros(0, np.int64), np.zeros(0, np.float32))
+    dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
     for batch in batches:
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-        with torch.autocast(device.type, enabled=amp):
+        with torch.autocast(device.type, dtype=dtype, enabled=amp):
             outputs = model(batch["image"])
             loss = criterion(outputs, batch)
         size = int(batch["image"].shape[0])

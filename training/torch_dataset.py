@@ -80,8 +80,12 @@ class SampleDataset(Dataset[Batch]):
         augmenter: Augmenter | None = None,
         copy_augmenter: Augmenter | None = None,
         load: LoadFn | None = None,
+        cache: bool = False,
     ) -> None:
         self.items = [it if isinstance(it, Item) else Item(it) for it in items]
+        # Decoded + preprocessed pixels per item (decode once per run; augmentation stays per
+        # epoch). Filled lazily in this process; with num_workers > 0 each worker has its own.
+        self._cache: dict[int, tuple[np.ndarray, np.ndarray]] | None = {} if cache else None
         self.preprocess = preprocess
         self.task = task
         self.augmenter = augmenter if augmenter is not None and not augmenter.is_identity else None
@@ -98,12 +102,7 @@ class SampleDataset(Dataset[Batch]):
 
     def __getitem__(self, index: int) -> Batch:
         item = self.items[index]
-        image, mask = self.load(item.sample)  # (H, W, C) float32, (H, W) uint8
-        laterality = getattr(item.sample, "laterality", Laterality.UNKNOWN)
-        prepared = prepare(
-            image[..., 0] if image.shape[-1] == 1 else image, self.preprocess, laterality=laterality
-        )
-        pixels, mask = prepared.image, prepared.geometry.apply_mask(mask)  # (h, w, C), (h, w)
+        pixels, mask = self._prepared(index)  # (h, w, C) float32, (h, w) uint8
         pixels, mask = self._augment(item, pixels, mask, index)
         out: Batch = {
             "image": torch.from_numpy(normalise(pixels, self.preprocess)),  # (C, h, w)
@@ -112,6 +111,21 @@ class SampleDataset(Dataset[Batch]):
         if self.task is Task.SEGMENTATION:
             out["mask"] = torch.from_numpy((mask > 0).astype(np.float32))[None]  # (1, h, w)
         return out
+
+    def _prepared(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """The item's preprocessed pixels ``(h, w, C)`` and mask ``(h, w)`` (cached if enabled)."""
+        if self._cache is not None and index in self._cache:
+            return self._cache[index]
+        sample = self.items[index].sample
+        image, mask = self.load(sample)  # (H, W, C) float32, (H, W) uint8
+        laterality = getattr(sample, "laterality", Laterality.UNKNOWN)
+        prepared = prepare(
+            image[..., 0] if image.shape[-1] == 1 else image, self.preprocess, laterality=laterality
+        )
+        result = (prepared.image, prepared.geometry.apply_mask(mask))
+        if self._cache is not None:
+            self._cache[index] = result
+        return result
 
     def _augment(
         self, item: Item, pixels: np.ndarray, mask: np.ndarray, index: int
@@ -135,10 +149,14 @@ class SampleDataset(Dataset[Batch]):
 
 def read_samples(dataset: str, root: Path) -> list[Any]:
     """The samples of a data set by ``DataConfig.dataset`` name."""
-    from training.data import busi, cbis_ddsm, idc, mias
+    from training.data import busbra, busi, cbis_ddsm, idc, mias
 
     if dataset == "busi":
         return busi.read_busi(root)
+    if dataset == "busbra":
+        return busbra.read_busbra(root)
+    if dataset == "busi+busbra":
+        return busi.read_busi(Path(root) / "busi") + busbra.read_busbra(Path(root) / "busbra")
     if dataset in ("cbis_ddsm", "cbis_ddsm_jpeg"):
         layout = "jpeg" if dataset == "cbis_ddsm_jpeg" else "dicom"
         return cbis_ddsm.read_cbis_ddsm(root, layout=layout)
@@ -167,6 +185,8 @@ def make_split(config: TrainConfig, samples: list[Any]) -> Any:
         split = splits.paper_protocol_split(
             samples, factor=factor, fractions=fractions, seed=data.seed
         )
+    elif data.dataset.value == "busi+busbra":
+        split = splits.split_per_dataset(samples, fractions=fractions, seed=data.seed)
     else:
         split = splits.leakage_safe_split(samples, fractions=fractions, seed=data.seed)
     if path is not None:
@@ -208,6 +228,7 @@ def build_splits(config: TrainConfig, load: LoadFn | None = None) -> DataSplits:
             augmenter=aug,
             copy_augmenter=augmenter,
             load=load,
+            cache=config.cache,
         )
 
     return DataSplits(side("train", on_the_fly), side("val", None), side("test", None))

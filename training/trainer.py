@@ -79,6 +79,23 @@ class _Run:
     shuffle: torch.Generator
     stopper: ckpt.EarlyStopping
     out: Path
+    ema: torch.optim.swa_utils.AveragedModel | None = None
+
+    @property
+    def eval_model(self) -> nn.Module:
+        """The weights that are validated, checkpointed as ``model`` and exported."""
+        return self.ema.module if self.ema is not None else self.model
+
+    def autocast(self) -> Any:
+        """Mixed precision: float16 on CUDA, bfloat16 on CPU (AVX512-BF16 / AMX)."""
+        dtype = torch.float16 if self.device.type == "cuda" else torch.bfloat16
+        return torch.autocast(self.device.type, dtype=dtype, enabled=self.amp)
+
+    def to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+        if self.config.channels_last and batch["image"].dim() == 4:
+            batch["image"] = batch["image"].contiguous(memory_format=torch.channels_last)
+        return batch
 
 
 def seed_everything(seed: int, deterministic: bool = True) -> None:
@@ -128,8 +145,14 @@ def _scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer) -> Any:
 
 def _setup(config: TrainConfig, data: DataSplits, model: nn.Module) -> _Run:
     device = resolve_device(config.device)
-    amp = config.amp and device.type == "cuda"
+    amp = config.amp if config.amp is not None else device.type == "cuda"
     model = model.to(device)
+    if config.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    ema = None
+    if config.ema_decay is not None:
+        avg = torch.optim.swa_utils.get_ema_multi_avg_fn(config.ema_decay)
+        ema = torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=avg, use_buffers=True)
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=config.optim.lr, weight_decay=config.optim.weight_decay
     )
@@ -143,7 +166,7 @@ def _setup(config: TrainConfig, data: DataSplits, model: nn.Module) -> _Run:
         model=model,
         optimizer=optimizer,
         scheduler=_scheduler(config, optimizer),
-        scaler=torch.amp.GradScaler("cuda", enabled=amp),
+        scaler=torch.amp.GradScaler("cuda", enabled=amp and device.type == "cuda"),
         device=device,
         amp=amp,
         criterion=build_criterion(config),
@@ -153,6 +176,7 @@ def _setup(config: TrainConfig, data: DataSplits, model: nn.Module) -> _Run:
         shuffle=shuffle,
         stopper=ckpt.EarlyStopping(config.optim.patience),
         out=Path(config.output_dir),
+        ema=ema,
     )
 
 
@@ -178,11 +202,11 @@ def train_epoch(run: _Run, epoch: int) -> float:
         desc=f"epoch {epoch}",
     )
     for batch in batches:
-        batch = {k: v.to(run.device, non_blocking=True) for k, v in batch.items()}
+        batch = run.to_device(batch)
         if run.mixer is not None:
             mixed = run.mixer(batch["image"], batch["label"], rng)
             batch["image"], batch["soft_label"] = mixed.inputs, mixed.targets
-        with torch.autocast(run.device.type, enabled=run.amp):
+        with run.autocast():
             outputs = run.model(batch["image"])
             loss = run.criterion(outputs, batch)
         if not torch.isfinite(loss):
@@ -191,14 +215,19 @@ def train_epoch(run: _Run, epoch: int) -> float:
         run.scaler.scale(loss).backward()
         run.scaler.step(run.optimizer)
         run.scaler.update()
+        if run.ema is not None:
+            run.ema.update_parameters(run.model)
         size = int(batch["image"].shape[0])
         total, count = total + float(loss.detach()) * size, count + size
     return total / max(count, 1)
 
 
 def _checkpoint_state(run: _Run, epoch: int, metric: float, commit: str | None) -> dict[str, Any]:
-    return {
-        "model": run.model.state_dict(),
+    raw = {}
+    if run.ema is not None:  # "model" holds the averaged weights (exported); these resume
+        raw = {"raw_model": run.model.state_dict(), "ema": run.ema.state_dict()}
+    return raw | {
+        "model": run.eval_model.state_dict(),
         "optimizer": run.optimizer.state_dict(),
         "scheduler": run.scheduler.state_dict() if run.scheduler is not None else None,
         "scaler": run.scaler.state_dict(),
@@ -213,7 +242,9 @@ def _checkpoint_state(run: _Run, epoch: int, metric: float, commit: str | None) 
 
 def _resume(run: _Run, path: Path) -> int:
     state = ckpt.load_checkpoint(path, map_location=run.device)
-    run.model.load_state_dict(state["model"])
+    run.model.load_state_dict(state.get("raw_model", state["model"]))
+    if run.ema is not None and "ema" in state:
+        run.ema.load_state_dict(state["ema"])  # with its update count
     run.optimizer.load_state_dict(state["optimizer"])
     if run.scheduler is not None and state.get("scheduler") is not None:
         run.scheduler.load_state_dict(state["scheduler"])
@@ -252,7 +283,7 @@ def _one_epoch(run: _Run, epoch: int, commit: str | None) -> dict[str, float]:
     began = time.monotonic()
     lr = float(run.optimizer.param_groups[0]["lr"])
     train_loss = train_epoch(run, epoch)
-    val = evaluate(run.model, run.val_loader, run.criterion, run.device, run.amp)
+    val = evaluate(run.eval_model, run.val_loader, run.criterion, run.device, run.amp)
     metrics = summarise(run.config.task, val)
     improved = run.stopper.update(metrics[monitor], epoch)
     _step_scheduler(run, metrics[monitor])
@@ -262,7 +293,9 @@ def _one_epoch(run: _Run, epoch: int, commit: str | None) -> dict[str, float]:
         ckpt.save_checkpoint(run.out / ckpt.BEST, state)
     row = {"epoch": epoch, "train_loss": train_loss, "val_loss": val.loss, "lr": lr}
     row |= {f"val_{k}": v for k, v in metrics.items()}
-    return row | {"seconds": time.monotonic() - began}
+    seconds = time.monotonic() - began
+    images = len(run.train_loader) * run.config.optim.batch_size
+    return row | {"seconds": seconds, "train_img_per_s": images / max(seconds, 1e-9)}
 
 
 def _fit(run: _Run, start: int, commit: str | None) -> tuple[int, bool]:
@@ -273,21 +306,34 @@ def _fit(run: _Run, start: int, commit: str | None) -> tuple[int, bool]:
     )
     log: EpochLog | None = None
     epoch = start
+    began, budget = time.monotonic(), run.config.time_budget_min
     for epoch in epochs:
         row = _one_epoch(run, epoch, commit)
         names = [k[4:] for k in row if k.startswith("val_") and k != "val_loss"]
         log = log or EpochLog(run.out / HISTORY, names)
         log.append(row)
         plot_curves(log.read(), monitor, run.out / CURVES)
+        elapsed = time.monotonic() - began
+        per_epoch = elapsed / (epoch - start)
         logger.info(
-            "epoch %d/%d: train loss %.4f, val loss %.4f, val %s %.4f (best %.4f at %d)",
+            "epoch %d/%d: train loss %.4f, val loss %.4f, val %s %.4f (best %.4f at %d); "
+            "%.0f s, %.1f img/s, elapsed %s, ETA %s",
             epoch, total, row["train_loss"], row["val_loss"], monitor, row[f"val_{monitor}"],
-            run.stopper.best, run.stopper.best_epoch,
+            run.stopper.best, run.stopper.best_epoch, row["seconds"], row["train_img_per_s"],
+            _clock(elapsed), _clock(per_epoch * (total - epoch)),
         )  # fmt: skip
+        if budget is not None and elapsed + per_epoch > budget * 60:
+            logger.info("time budget of %.0f min reached after epoch %d", budget, epoch)
+            return epoch, True
         if run.stopper.should_stop:
             logger.info("early stop: no better %s for %d epochs", monitor, run.stopper.patience)
             return epoch, True
     return epoch, run.stopper.should_stop
+
+
+def _clock(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    return f"{minutes // 60}:{minutes % 60:02d}:{secs:02d}"
 
 
 def build_model(config: TrainConfig) -> nn.Module:
@@ -318,8 +364,8 @@ def _final_evaluation(run: _Run, test: Dataset[dict[str, Any]] | None, out: Path
     """Best weights on validation (temperature, metrics) and on the test split -> metrics.json."""
     best_path = out / ckpt.BEST if (out / ckpt.BEST).is_file() else out / ckpt.LAST  # NaN metric
     best = ckpt.load_checkpoint(best_path, map_location=run.device)
-    run.model.load_state_dict(best["model"])
-    val = evaluate(run.model, run.val_loader, run.criterion, run.device, run.amp)
+    run.eval_model.load_state_dict(best["model"])
+    val = evaluate(run.eval_model, run.val_loader, run.criterion, run.device, run.amp)
     temperature = _temperature(val)
     report: dict[str, Any] = {
         "monitor": run.config.monitor_metric,
@@ -332,7 +378,7 @@ def _final_evaluation(run: _Run, test: Dataset[dict[str, Any]] | None, out: Path
     }
     if test is not None and len(test) > 0:  # type: ignore[arg-type]
         test_out = evaluate(
-            run.model, _loader(test, run.config, None), run.criterion, run.device, run.amp
+            run.eval_model, _loader(test, run.config, None), run.criterion, run.device, run.amp
         )
         report["test"] = report_metrics(run.config.task, test_out, temperature or 1.0)
         report["test_loss"] = test_out.loss
@@ -356,6 +402,10 @@ def train(
         resume: continue a run whose ``last.pt`` exists (epochs up to ``optim.epochs``).
     """
     seed_everything(config.seed)
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
+    if resolve_device(config.device).type == "cpu":
+        torch.set_flush_denormal(True)  # denormal floats are slow on x86 CPUs
     if data is None:
         from training.torch_dataset import build_splits
 

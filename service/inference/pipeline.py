@@ -136,6 +136,7 @@ def _prepare(request: _Request, source: Source | Predecoded) -> _Item:
         item.batch = chw[None]  # (1, C, h, w)
     else:
         item.plan = histo.plan_tiles(item.display, request.window, request.tiles)
+        item.warnings += histo.check_tissue(item.display, item.plan)  # the stage's pixel rule
         item.batch = histo.window_batch(item.display, item.plan, request.config)  # (K, C, h, w)
     item.ms["preprocess"] = _ms(start)
     return item
@@ -180,8 +181,10 @@ def _segmentation(
     mask_prob: np.ndarray | None,
     probability: float | None,
     batch_size: int,
+    lesion_map: np.ndarray | None = None,
 ) -> Analysis:
-    """Mask probabilities ``(h, w)`` -> lesions and overlay at the original geometry."""
+    """Mask probabilities ``(h, w)`` -> lesions and overlay at the original geometry; each
+    lesion's own malignancy from the per-pixel map ``(h, w)`` where the model has one."""
     start = time.perf_counter()
     card, geometry = request.runner.card, item.geometry
     if geometry is None:  # pragma: no cover - _prepare sets it for every segmentation item
@@ -192,6 +195,8 @@ def _segmentation(
         threshold=_threshold(card.thresholds.mask),
         min_area_px=card.thresholds.min_lesion_area_px,
         pixel_spacing_mm=item.decoded.metadata.pixel_spacing_mm,
+        presence_threshold=card.thresholds.presence,
+        malignancy_map=lesion_map,
     )
     item.ms["postprocess"] = _ms(start)  # the overlay is drawn when first asked for
     return _finish(request, item, masks, None, probability, batch_size=batch_size)
@@ -240,8 +245,11 @@ def _infer(request: _Request, items: list[_Item], max_batch: int) -> list[Analys
     inference_ms = _ms(start)
     malignancy = _split(runner.malignancy(outputs) if outputs else None, sizes)
     masks = _split(runner.mask(outputs) if outputs else None, sizes)
+    lesion_maps = _split(runner.lesion_malignancy(outputs) if outputs else None, sizes)
     results = []
-    for item, probs, mask_prob in zip(items, malignancy, masks, strict=True):
+    for item, probs, mask_prob, lesion_map in zip(
+        items, malignancy, masks, lesion_maps, strict=True
+    ):
         item.ms["inference"] = inference_ms
         if request.stage is Stage.HISTOPATHOLOGY:
             window_probs = probs if probs is not None else np.zeros(0)
@@ -249,7 +257,8 @@ def _infer(request: _Request, items: list[_Item], max_batch: int) -> list[Analys
         else:
             probability = float(probs[0]) if probs is not None and len(probs) else None
             prob_map = mask_prob[0] if mask_prob is not None else None
-            results.append(_segmentation(request, item, prob_map, probability, len(items)))
+            own = lesion_map[0] if lesion_map is not None else None
+            results.append(_segmentation(request, item, prob_map, probability, len(items), own))
     return results
 
 

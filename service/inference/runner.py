@@ -93,6 +93,16 @@ class ModelRunner:
                 return activate(outputs[spec.name], spec.activation, temperature)[:, -1]
         return None
 
+    def lesion_malignancy(self, outputs: dict[str, np.ndarray]) -> np.ndarray | None:
+        """``(N, h, w)`` float32 per-pixel malignancy probabilities (calibrated with the card's
+        ``lesion_temperature``) at the model input size, or None without that output."""
+        temperature = self.card.calibration.lesion_temperature
+        for spec in self.card.outputs:
+            if spec.role is OutputRole.LESION_MALIGNANCY and spec.name in outputs:
+                probs = activate(outputs[spec.name], spec.activation, temperature)
+                return probs[:, 0].astype(np.float32)  # (N, h, w)
+        return None
+
     def mask(self, outputs: dict[str, np.ndarray]) -> np.ndarray | None:
         """``(N, h, w)`` float32 lesion probabilities at the model input size, or None."""
         for spec in self.card.outputs:

@@ -92,7 +92,14 @@ def test_linear_upsampling_gives_smooth_edges() -> None:
 def test_result_json_has_no_arrays() -> None:
     result = postprocess_mask(_two_blobs(), Geometry((40, 50)), pixel_spacing_mm=(0.1, 0.1))
     data = json.loads(result.model_dump_json())
-    assert set(data) == {"image_hw", "threshold", "min_area_px", "pixel_spacing_mm", "lesions"}
+    assert set(data) == {
+        "image_hw",
+        "threshold",
+        "presence_threshold",
+        "min_area_px",
+        "pixel_spacing_mm",
+        "lesions",
+    }
     assert data["lesions"][0]["contour"][0] == list(result.lesions[0].contour[0])
     assert "lesions" in MaskResult.model_json_schema()["properties"]
 
@@ -145,3 +152,37 @@ def test_overlay_png_encodes() -> None:
     picture = overlay(np.zeros((40, 50), np.float32), result.mask, result.lesions)
     ok, data = cv2.imencode(".png", cv2.cvtColor(picture, cv2.COLOR_RGB2BGR))
     assert ok and data.size > 100
+
+
+def test_presence_gate_keeps_only_lesions_whose_peak_reaches_it() -> None:
+    prob = np.zeros((20, 20), np.float32)
+    prob[2:8, 2:8] = 0.6  # a faint component: peak 0.6
+    prob[12:18, 12:18] = 0.7
+    prob[14, 14] = 0.95  # a confident one: peak 0.95
+    geometry = Geometry((20, 20))
+    both = postprocess_mask(prob, geometry, threshold=0.5, min_area_px=1)
+    assert sorted(lesion.score for lesion in both.lesions) == [0.6, 0.95]
+    gated = postprocess_mask(prob, geometry, threshold=0.5, min_area_px=1, presence_threshold=0.9)
+    assert [lesion.score for lesion in gated.lesions] == [0.95]
+    assert gated.presence_threshold == 0.9
+    assert int(gated.mask.sum()) == 36 and gated.mask[14, 14] and not gated.mask[4, 4]
+    none = postprocess_mask(prob, geometry, threshold=0.5, min_area_px=1, presence_threshold=0.99)
+    assert none.lesions == [] and not none.mask.any()
+
+
+def test_each_lesion_gets_its_own_malignancy_from_the_map() -> None:
+    prob = np.zeros((10, 10), np.float32)
+    prob[1:4, 1:4] = 0.9
+    prob[6:9, 6:9] = 0.8
+    malignancy = np.full((10, 10), 0.5, np.float32)
+    malignancy[1:4, 1:4] = 0.9
+    malignancy[6:9, 6:9] = 0.1
+    # the model ran at 10x10 on a 20x20 image: the map goes through the same geometry
+    geometry = Geometry((20, 20)).then(Resize((20, 20), (10, 10)))
+    result = postprocess_mask(
+        prob, geometry, threshold=0.5, min_area_px=1, malignancy_map=malignancy
+    )
+    by_score = {round(lesion.score or 0, 1): lesion for lesion in result.lesions}
+    assert by_score[0.9].malignancy == pytest.approx(0.85, abs=0.06)  # edges blend with 0.5
+    assert by_score[0.8].malignancy == pytest.approx(0.15, abs=0.06)
+    assert postprocess_mask(prob, geometry, threshold=0.5).lesions[0].malignancy is None

@@ -192,3 +192,66 @@ def test_config_round_trip_of_the_checkpoint(checkpoint: Path) -> None:
     run = load_trained(checkpoint)
     assert config_from_dict(run.config.model_dump(mode="json")) == run.config
     assert run.output_names == ("mask_logits", "malignancy_logit")
+
+
+def test_operating_point_on_validation_goes_into_the_card(checkpoint: Path, tmp_path: Path) -> None:
+    """``--operating-point-split val``: the thresholds chosen with the exported file on the run's
+    validation images are the card's, and the choice is written beside it."""
+    out = tmp_path / "model.onnx"
+    images = split_images(checkpoint.parent, "test", 4)
+    result = export_checkpoint(
+        checkpoint,
+        out,
+        parity_images=images,
+        weights_fp16=True,
+        operating_point_split="val",
+        max_false_lesion_rate=0.0,
+    )
+    point = json.loads(out.with_suffix(".operating-point.json").read_text())
+    thresholds = result.draft.thresholds
+    assert (thresholds.mask, thresholds.presence, thresholds.malignancy) == (
+        point["mask"],
+        point["presence"],
+        point["malignancy"],
+    )
+    assert point["val"]["n_images"] == len(split_images(checkpoint.parent, "val", 1000))
+    assert point["val"]["false_lesion_rate"] == 0.0 or point["presence"] == pytest.approx(0.99)
+    assert thresholds.min_lesion_area_px == point["min_lesion_area_px"]
+
+
+def test_lesion_malignancy_output_reaches_each_lesion_through_the_service(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """A U-Net with the per-pixel malignancy map: exported with its third output in the card,
+    registered, and analysed by the service pipeline, whose lesions carry their own malignancy
+    and detection score."""
+    from models_registry.card import OutputRole
+    from models_registry.store import DirectoryStore
+    from service.inference.pipeline import analyse
+    from training.data.synthetic import make_busi
+    from training.trainer import train
+
+    folder = tmp_path_factory.mktemp("lesion-map")
+    config = tiny_runs._config("ultrasound", make_busi(folder / "data", n=12), folder / "run")
+    config["model"]["options"] = {"depth": 2, "lesion_malignancy": True}
+    config["loss"] |= {"lesion_malignancy_weight": 1.0}
+    config["optim"] |= {"epochs": 2, "lr": 0.01}
+    result = train(config_from_dict(config))
+    out = folder / "export" / "model.onnx"
+    exported = export_checkpoint(
+        result.best_checkpoint,
+        out,
+        parity_images=split_images(result.output_dir, "test", 4),
+        thresholds=export_module.Thresholds(mask=0.05, min_lesion_area_px=1),
+    )
+    roles = {o.name: o.role for o in exported.draft.outputs}
+    assert roles["lesion_malignancy_logits"] is OutputRole.LESION_MALIGNANCY
+    registry = Registry([DirectoryStore(folder / "store")])
+    registry.register("us-map", out, exported.draft, alias="production")
+    image = split_images(result.output_dir, "test", 1)[0]
+    analysis = analyse("ultrasound", [image], registry=registry, model_ref="us-map")[0]
+    lesions = analysis.result.lesions
+    assert lesions, "a 0.05 mask threshold marks something on a synthetic lesion image"
+    for lesion in lesions:
+        assert lesion.malignancy is not None and 0.0 <= lesion.malignancy <= 1.0
+        assert lesion.score is not None and lesion.score >= 0.05

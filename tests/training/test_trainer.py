@@ -303,3 +303,80 @@ def test_cli_bad_config_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[st
     err = capsys.readouterr().err
     assert "unknown key 'optim.learning_rate'" in err and "lr" in err
     assert train_main(["--config", str(tmp_path / "absent.yaml")]) == 2
+
+
+def test_cpu_bf16_channels_last_ema_resume_matches_a_straight_run(tmp_path: Path) -> None:
+    """The CPU speed options train, checkpoint the averaged weights as ``model`` (the raw ones
+    as ``raw_model``) and resume to exactly what an uninterrupted run gives."""
+    options = {"amp": True, "channels_last": True, "ema_decay": 0.9, "threads": 1}
+    first = updated(make_config(tmp_path / "a"), **options)
+    train(first, data=make_data(first), model=unet(first))
+    state = load_checkpoint(tmp_path / "a" / "last.pt")
+    assert set(state) >= {"model", "raw_model"}
+    assert any(not torch.equal(state["model"][k], state["raw_model"][k]) for k in state["model"])
+    resumed_config = updated(make_config(tmp_path / "a", epochs=3), **options)
+    train(resumed_config, data=make_data(resumed_config), model=unet(resumed_config), resume=True)
+    straight = updated(make_config(tmp_path / "b", epochs=3), **options)
+    train(straight, data=make_data(straight), model=unet(straight))
+    a = load_checkpoint(tmp_path / "a" / "last.pt")
+    b = load_checkpoint(tmp_path / "b" / "last.pt")
+    for key in ("model", "raw_model"):
+        for name, value in b[key].items():
+            assert torch.allclose(value.float(), a[key][name].float(), atol=1e-5), (key, name)
+    assert [r["epoch"] for r in read_history(tmp_path / "a")] == ["1", "2", "3"]
+
+
+def test_time_budget_stops_after_the_epoch_that_passes_it(tmp_path: Path) -> None:
+    config = updated(make_config(tmp_path, epochs=50), time_budget_min=1e-4)
+    result = train(config, data=make_data(config), model=unet(config))
+    assert result.last_epoch == 1 and result.stopped_early
+
+
+def test_cached_dataset_decodes_each_item_once() -> None:
+    calls: list[str] = []
+
+    def counting_load(sample: Blob) -> tuple[np.ndarray, np.ndarray]:
+        calls.append(sample.id)
+        return load_blob(sample)
+
+    config = make_config(Path("unused"))
+    from training.augment import Augmenter
+
+    data = SampleDataset(
+        blobs("c", 4, 0),
+        config.preprocess,
+        task=config.task,
+        augmenter=Augmenter("geometric", seed=0),
+        load=counting_load,
+        cache=True,
+    )
+    first = [data[i]["image"].clone() for i in range(4)]
+    data.set_epoch(1)
+    second = [data[i]["image"] for i in range(4)]
+    assert sorted(calls) == ["c0", "c1", "c2", "c3"]  # decoded once each
+    assert any(not torch.equal(a, b) for a, b in zip(first, second, strict=True))  # re-augmented
+
+
+def test_lesion_malignancy_map_is_trained_inside_lesions_only(tmp_path: Path) -> None:
+    from training.models import build_model
+    from training.steps import lesion_malignancy_loss
+
+    config = updated(
+        make_config(tmp_path), loss={"malignancy_weight": 0.1, "lesion_malignancy_weight": 1.0}
+    )
+    torch.manual_seed(0)
+    model = build_model(
+        "unet", in_channels=1, width=4, input_size=SIZE, depth=2, lesion_malignancy=True
+    )
+    assert model.output_names == ("mask_logits", "malignancy_logit", "lesion_malignancy_logits")
+    train(config, data=make_data(config), model=model)
+    # the loss: pixels outside the lesion and images without a lesion add nothing
+    logits = torch.zeros(2, 1, 4, 4)
+    logits[0, 0, 0, 0] = 10.0  # inside image 0's lesion, predicted malignant
+    logits[1] = -50.0  # image 1 has no lesion: ignored
+    mask = torch.zeros(2, 1, 4, 4)
+    mask[0, 0, 0, :2] = 1.0
+    label = torch.tensor([1, 0])
+    expected = (np.log1p(np.exp(-10.0)) + np.log(2.0)) / 2  # BCE at logit 10 and at 0, target 1
+    assert lesion_malignancy_loss(logits, mask, label).item() == pytest.approx(expected, rel=1e-5)
+    assert lesion_malignancy_loss(logits, torch.zeros_like(mask), label).item() == 0.0

@@ -385,3 +385,45 @@ def subset_by_group(samples: list[Sample], max_samples: int, *, seed: int = 0) -
             break
         chosen.update(members[group])
     return [s for s in samples if s.id in chosen]
+
+
+def split_per_dataset(
+    samples: list[Sample], *, fractions: tuple[float, ...] = (0.7, 0.15, 0.15), seed: int
+) -> Split:
+    """A leakage-safe split made for each data set on its own, then merged.
+
+    Each data set keeps the split it would get alone (e.g. BUSI's committed one), and every data
+    set has its own test part: figures are reported per data set. Sample ids must be unique
+    across the data sets.
+    """
+    by_dataset: dict[str, list[Sample]] = defaultdict(list)
+    for sample in samples:
+        by_dataset[sample.dataset].append(sample)
+    parts = {
+        name: leakage_safe_split(members, fractions=fractions, seed=seed)
+        for name, members in sorted(by_dataset.items())
+    }
+    return merge_splits(parts)
+
+
+def merge_splits(parts: dict[str, Split]) -> Split:
+    """One split holding every part's samples and entries; ``params["parts"]`` keeps each part's
+    own parameters under its data set's name."""
+    if not parts or any(not p.leakage_safe for p in parts.values()):
+        raise SplitError("merge_splits takes one or more leakage-safe splits")
+    samples: dict[str, SampleRecord] = {}
+    entries: list[SplitEntry] = []
+    for name, part in parts.items():
+        clash = sorted(set(samples) & set(part.samples))
+        if clash:
+            raise SplitError(f"sample id {clash[0]!r} of {name} is in two data sets' splits")
+        samples.update(part.samples)
+        entries.extend(part.entries)
+    first = next(iter(parts.values()))
+    params = {
+        "names": list(first.names()),
+        "datasets": sorted({d for p in parts.values() for d in p.params.get("datasets", [])}),
+        "n_samples": len(samples),
+        "parts": {name: part.params for name, part in parts.items()},
+    }
+    return Split(LEAKAGE_SAFE, _json_ready(params), samples, tuple(entries))

@@ -28,7 +28,14 @@ from training.data.synthetic_draw import (
     ultrasound_lesion,
 )
 
-__all__ = ["make_busi", "make_cbis_ddsm_dicom", "make_cbis_ddsm_jpeg", "make_idc", "make_mias"]
+__all__ = [
+    "make_busbra",
+    "make_busi",
+    "make_cbis_ddsm_dicom",
+    "make_cbis_ddsm_jpeg",
+    "make_idc",
+    "make_mias",
+]
 
 TRUTH_FILE = "SYNTHETIC.json"
 
@@ -73,6 +80,36 @@ def make_busi(root: Path, n: int = 24, seed: int = 0, duplicates: int = 3) -> Pa
         pairs.append([source_stem, stem])
     truth = {"dataset": "busi", "seed": seed, "n": n, "duplicates": pairs}
     (Path(root) / TRUTH_FILE).write_text(json.dumps(truth, indent=2) + "\n")
+    return base
+
+
+def make_busbra(root: Path, n_cases: int = 12, seed: int = 0) -> Path:
+    """BUS-BRA layout: ``Images/bus_NNNN-{l,r,s}.png``, ``Masks/mask_NNNN-{l,r,s}.png`` and
+    ``bus_data.csv``. Every case (patient) has one lesion: every third case one view (``-s``),
+    the others two (``-l``, ``-r``); every second case is malignant. Returns the folder."""
+    rng = np.random.default_rng(seed)
+    base = Path(root)
+    (base / "Images").mkdir(parents=True, exist_ok=True)
+    (base / "Masks").mkdir(parents=True, exist_ok=True)
+    rows = ["ID,Case,Histology,Pathology,BIRADS,Device,Width,Height,Side,BBOX"]
+    for case in range(1, n_cases + 1):
+        malignant = case % 2 == 0
+        pathology = "malignant" if malignant else "benign"
+        sides = ("s",) if case % 3 == 0 else ("l", "r")
+        for side in sides:
+            shape = (int(rng.integers(120, 170)), int(rng.integers(150, 210)))
+            image, masks = _busi_frame(rng, shape, pathology, two=False)
+            image_id = f"bus_{case:04d}-{side}"
+            grey = (image * 255).round().astype(np.uint8)
+            cv2.imwrite(str(base / "Images" / f"{image_id}.png"), grey)
+            cv2.imwrite(str(base / "Masks" / f"mask_{case:04d}-{side}.png"), masks[0])
+            x, y, w, h = cv2.boundingRect(masks[0])
+            name = {"l": "left", "r": "right", "s": "single"}[side]
+            rows.append(
+                f"{image_id},{case},synthetic,{pathology},{5 if malignant else 3},"
+                f'synthetic probe,{shape[1]},{shape[0]},{name},"[{x},{y},{w},{h}]"'
+            )
+    (base / "bus_data.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
     return base
 
 

@@ -5,6 +5,7 @@ Output contract (also the ONNX output names, in this order):
 - segmentation models return ``{"mask_logits": (B, 1, H, W), "malignancy_logit": (B, 1)}``; the
   mask is one foreground class (the paper: benign and malignant lesions never share an image) and
   the malignancy logit comes from ``MalignancyHead`` on the encoder's deepest features;
+  a segmenter may add ``"lesion_malignancy_logits": (B, 1, H, W)`` (``LESION_MALIGNANCY``);
 - classification models return ``{"class_logits": (B, num_classes)}``.
 
 ``OnnxExportWrapper`` turns the dict into a tuple in ``model.output_names`` order for export.
@@ -28,6 +29,9 @@ from training.registry import Registry
 logger = logging.getLogger(__name__)
 
 SEGMENTATION_OUTPUTS: tuple[str, ...] = ("mask_logits", "malignancy_logit")
+# Optional third segmentation output: per-pixel malignancy logits (B, 1, H, W), trained inside
+# true lesions only; a lesion's own malignancy probability is its mean over the lesion's pixels.
+LESION_MALIGNANCY = "lesion_malignancy_logits"
 CLASSIFICATION_OUTPUTS: tuple[str, ...] = ("class_logits",)
 
 

@@ -16,7 +16,9 @@ import torch
 from torch import nn
 
 from training.models.heads import (
+    LESION_MALIGNANCY,
     MODELS,
+    SEGMENTATION_OUTPUTS,
     BreastdxModel,
     MalignancyHead,
     ModelConfigError,
@@ -62,7 +64,11 @@ class UNet(BreastdxModel):
     task = ModelTask.SEGMENTATION
     default_width = 64
     default_num_classes = 1
-    option_defaults: ClassVar[Mapping[str, Any]] = {"depth": 4, "head_dropout": 0.2}
+    option_defaults: ClassVar[Mapping[str, Any]] = {
+        "depth": 4,
+        "head_dropout": 0.2,
+        "lesion_malignancy": False,  # a per-pixel malignancy map: each lesion's own probability
+    }
 
     @classmethod
     def check_options(cls, name: str, options: Mapping[str, Any]) -> None:
@@ -87,6 +93,9 @@ class UNet(BreastdxModel):
         self.up = nn.ModuleList(Up(channels[i + 1], channels[i]) for i in reversed(range(depth)))
         self.mask_head = nn.Conv2d(channels[0], 1, 1)
         self.malignancy_head = MalignancyHead(channels[-1], self.config.options["head_dropout"])
+        self.lesion_malignancy_head = (
+            nn.Conv2d(channels[0], 1, 1) if self.config.options["lesion_malignancy"] else None
+        )
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         x = self.stem(x)  # (B, w, H, W)
@@ -98,7 +107,15 @@ class UNet(BreastdxModel):
         x = bottleneck
         for up in self.up:
             x = up(x, skips.pop())
-        return {
+        outputs = {
             "mask_logits": self.mask_head(x),  # (B, 1, H, W)
             "malignancy_logit": self.malignancy_head(bottleneck),  # (B, 1)
         }
+        if self.lesion_malignancy_head is not None:
+            outputs[LESION_MALIGNANCY] = self.lesion_malignancy_head(x)  # (B, 1, H, W)
+        return outputs
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        extra = (LESION_MALIGNANCY,) if self.lesion_malignancy_head is not None else ()
+        return (*SEGMENTATION_OUTPUTS, *extra)

@@ -1,0 +1,238 @@
+"""A segmentation model's operating point, chosen on the validation split at the ORIGINAL size.
+
+The exported ONNX file runs over the run's validation images through the shared preprocessing
+(``imaging.preprocess``), and its probability maps are mapped back through each image's geometry,
+as the service does (``imaging.postprocess``). There, on validation data only:
+
+- the pixel threshold ``mask`` and the lesion-presence threshold ``presence`` (a lesion is marked
+  only where its peak probability reaches it) are chosen together: the pair with the best mean
+  lesion Dice on images that hold a lesion among those whose false-lesion rate on images without
+  one stays within ``max_false_lesion_rate``;
+- the malignancy threshold maximises balanced accuracy of the calibrated image probability;
+- ``lesion_temperature`` calibrates the per-pixel malignancy output (where the model has one):
+  each true lesion's mean logit against its image's label.
+
+Figures on the test split are never looked at here; ``breastdx evaluate`` reports them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from imaging.geometry import Interpolation
+from imaging.preprocess import preprocess
+from imaging.record import Laterality
+from training.calibration import fit_temperature
+from training.metrics import balanced_accuracy
+from training.steps import sigmoid
+
+logger = logging.getLogger(__name__)
+
+MASK_THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7)
+PRESENCE_THRESHOLDS = tuple(round(float(t), 3) for t in np.linspace(0.5, 0.99, 50))
+MALIGNANCY_THRESHOLDS = tuple(round(float(t), 3) for t in np.linspace(0.05, 0.95, 91))
+
+
+@dataclass
+class _Case:
+    """One validation image: per mask threshold, its components' (area, overlap, peak)."""
+
+    label: int
+    truth_area: int
+    components: dict[float, np.ndarray]  # threshold -> (K, 3) area, overlap with truth, peak
+    malignancy_logit: float
+    lesion_logit: float | None  # mean per-pixel malignancy logit over the true lesion
+
+
+@dataclass(frozen=True)
+class OperatingPoint:
+    """The chosen thresholds and what they gave on validation (JSON-ready)."""
+
+    mask: float
+    presence: float
+    malignancy: float
+    lesion_temperature: float | None
+    min_lesion_area_px: int
+    val: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def save(self, path: Path) -> Path:
+        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
+        return path
+
+
+def _components(full: np.ndarray, truth: np.ndarray, threshold: float, min_area: int) -> np.ndarray:
+    """``(K, 3)`` area, overlap with ``truth`` and peak probability of each component."""
+    binary = (full >= threshold).astype(np.uint8)
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(binary, connectivity=8)
+    rows = []
+    for i in range(1, count):
+        area = int(stats[i, cv2.CC_STAT_AREA])
+        if area < max(1, min_area):
+            continue
+        x, y, w, h = (int(v) for v in stats[i, :4])
+        inside = labels[y : y + h, x : x + w] == i
+        overlap = int(truth[y : y + h, x : x + w][inside].sum())
+        rows.append((area, overlap, float(full[y : y + h, x : x + w][inside].max())))
+    return np.asarray(rows, np.float64).reshape(-1, 3)
+
+
+def collect(
+    session: Any,
+    samples: list[Any],
+    preprocess_config: Any,
+    *,
+    min_area: int,
+    batch_size: int = 8,
+) -> list[_Case]:
+    """Run the ONNX ``session`` over ``samples`` and gather what the threshold search needs."""
+    from training.data.dataset import load_sample
+
+    names = [o.name for o in session.get_outputs()]
+    input_name = session.get_inputs()[0].name
+    cases: list[_Case] = []
+    for start in range(0, len(samples), batch_size):
+        chunk = samples[start : start + batch_size]
+        inputs, geometries, truths = [], [], []
+        for sample in chunk:
+            image, mask = load_sample(sample)  # (H, W, C) float32, (H, W) uint8
+            laterality = getattr(sample, "laterality", Laterality.UNKNOWN)
+            pixels, geometry = preprocess(
+                image[..., 0] if image.shape[-1] == 1 else image,
+                preprocess_config,
+                laterality=laterality,
+            )
+            inputs.append(pixels)
+            geometries.append(geometry)
+            truths.append(mask > 0)
+        outputs = dict(zip(names, session.run(names, {input_name: np.stack(inputs)}), strict=True))
+        for k, sample in enumerate(chunk):
+            prob = sigmoid(outputs["mask_logits"][k, 0].astype(np.float64)).astype(np.float32)
+            full = geometries[k].to_original(prob, interpolation=Interpolation.LINEAR)
+            truth = truths[k]
+            lesion_logit = None
+            if "lesion_malignancy_logits" in outputs and truth.any():
+                small = geometries[k].apply_mask(truth.astype(np.uint8)) > 0  # model size
+                if small.any():
+                    lesion_logit = float(outputs["lesion_malignancy_logits"][k, 0][small].mean())
+            cases.append(
+                _Case(
+                    label=int(sample.label),
+                    truth_area=int(truth.sum()),
+                    components={t: _components(full, truth, t, min_area) for t in MASK_THRESHOLDS},
+                    malignancy_logit=float(outputs["malignancy_logit"][k].reshape(-1)[0]),
+                    lesion_logit=lesion_logit,
+                )
+            )
+    return cases
+
+
+def _scores(cases: list[_Case], mask: float, presence: float) -> tuple[float, float]:
+    """(mean Dice on lesion images, false-lesion rate on lesion-free images)."""
+    dices, false = [], []
+    for case in cases:
+        comps = case.components[mask]
+        kept = comps[comps[:, 2] >= presence] if len(comps) else comps
+        if case.truth_area == 0:
+            false.append(float(len(kept) > 0))
+            continue
+        area, overlap = float(kept[:, 0].sum()), float(kept[:, 1].sum())
+        dices.append(2.0 * overlap / (area + case.truth_area))
+    dice = float(np.mean(dices)) if dices else float("nan")
+    return dice, (float(np.mean(false)) if false else 0.0)
+
+
+def choose(
+    cases: list[_Case],
+    *,
+    temperature: float,
+    min_area: int,
+    max_false_lesion_rate: float = 0.10,
+) -> OperatingPoint:
+    """The operating point of the module docstring, from collected validation cases."""
+    best: tuple[float, float, float, float] | None = None  # dice, -presence, mask, false rate
+    for mask in MASK_THRESHOLDS:
+        for presence in (0.0, *PRESENCE_THRESHOLDS):
+            if presence and presence < mask:
+                continue  # a kept component's peak is already >= mask
+            dice, false = _scores(cases, mask, presence)
+            if false > max_false_lesion_rate:
+                continue
+            key = (dice, -presence, mask, false)
+            if best is None or key[:2] > best[:2]:
+                best = key
+    if best is None:  # no pair meets the rate: the strictest gate
+        mask, presence = 0.5, PRESENCE_THRESHOLDS[-1]
+        dice, false = _scores(cases, mask, presence)
+    else:
+        dice, presence, mask, false = best[0], -best[1], best[2], best[3]
+    labels = np.asarray([c.label for c in cases])
+    probs = sigmoid(np.asarray([c.malignancy_logit for c in cases]) / temperature)
+    bal = {t: balanced_accuracy(probs, labels, threshold=t) for t in MALIGNANCY_THRESHOLDS}
+    malignancy = max(bal, key=lambda t: (bal[t], -abs(t - 0.5)))
+    lesions = [(c.lesion_logit, c.label) for c in cases if c.lesion_logit is not None]
+    lesion_temperature = None
+    if len({y for _, y in lesions}) == 2:
+        logits, ys = zip(*lesions, strict=True)
+        lesion_temperature = float(fit_temperature(np.asarray(logits), np.asarray(ys)))
+    val = {
+        "n_images": len(cases),
+        "n_lesion_images": sum(c.truth_area > 0 for c in cases),
+        "n_lesion_free_images": sum(c.truth_area == 0 for c in cases),
+        "lesion_dice": dice,
+        "false_lesion_rate": false,
+        "max_false_lesion_rate": max_false_lesion_rate,
+        "malignancy_balanced_accuracy": bal[malignancy],
+    }
+    return OperatingPoint(
+        mask=float(mask),
+        presence=float(presence),
+        malignancy=float(malignancy),
+        lesion_temperature=lesion_temperature,
+        min_lesion_area_px=min_area,
+        val=val,
+    )
+
+
+def tune(
+    onnx_path: Path,
+    run_dir: Path,
+    *,
+    split: str = "val",
+    min_area: int,
+    max_false_lesion_rate: float = 0.10,
+) -> OperatingPoint:
+    """Choose the operating point of the exported ``onnx_path`` on the run's ``split``."""
+    import onnxruntime as ort
+
+    from training.checkpoint import CONFIG
+    from training.config import load_config
+    from training.data.splits import Split
+    from training.export import SPLIT_FILE
+    from training.torch_dataset import read_samples
+
+    config = load_config(run_dir / CONFIG)
+    ids = set(Split.load(run_dir / SPLIT_FILE).ids(split))
+    samples = [s for s in read_samples(config.data.dataset.value, config.data.root) if s.id in ids]
+    metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
+    temperature = float(metrics.get("temperature") or 1.0)
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    logger.info("operating point: %d %s images", len(samples), split)
+    cases = collect(session, samples, config.preprocess, min_area=min_area)
+    point = choose(
+        cases,
+        temperature=temperature,
+        min_area=min_area,
+        max_false_lesion_rate=max_false_lesion_rate,
+    )
+    logger.info("operating point on %s: %s", split, point.to_dict())
+    return point

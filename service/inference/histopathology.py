@@ -8,6 +8,15 @@ of windows are moved back to end at the image edge, so every pixel is covered. A
 background and skipped when at least 80 % of its pixels are white (luma >= 0.85 and chroma
 < 0.1). Each tissue window is preprocessed with the card's config and classified.
 
+Input rule of the stage (registered here with ``stages.stage_rule``, replacing the earlier one
+that refused every RGB image without colour): one sample per pixel is refused with
+``wrong_stage`` (H&E-stained tissue is colour), as are DICOM modalities other than SM, GM (and XC,
+with a warning). On the pixels (``check_tissue``): an RGB image with no colour (no pixel more
+coloured than ``CHROMA_GREY``) that is neither mostly white nor uniform is a grey image stored as
+RGB (a radiograph, say) and is refused too; a single patch that is mostly white (the background
+rule below) or uniform (luma standard deviation under ``UNIFORM_LUMA_STD``) is analysed, with a
+``low_tissue`` warning, since its score rests on little tissue.
+
 Image score (``Aggregate``): ``top_k_mean`` (default, k = 3) is the mean of the k highest window
 probabilities, less swayed by one noisy window than ``max``; with k = 1 the two agree. The
 heatmap paints each window's probability over its pixels (overlapping windows averaged), and
@@ -23,12 +32,23 @@ import cv2
 import numpy as np
 
 from imaging.preprocess import PreprocessConfig, preprocess, to_uint8
-from models_registry.card import ModelCard
+from models_registry.card import ModelCard, Stage
+from service.inference.stages import (
+    CHROMA_GREY,
+    SAMPLE_SIDE,
+    ImageFacts,
+    WrongStageError,
+    _modality,
+    _refuse,
+    stage_rule,
+)
 
 TILE_FACTOR = 1.5
 WHITE_LUMA = 0.85
 WHITE_CHROMA = 0.1
 BACKGROUND_FRACTION = 0.8
+UNIFORM_LUMA_STD = 0.02  # a patch whose luma varies less than this shows no structure
+LOW_TISSUE = "low_tissue"  # warning code: the start of the warning's text
 SOURCE_PATCH_HW: dict[str, tuple[int, int]] = {"idc": (50, 50)}  # training data set -> patch
 _LUMA = np.array([0.299, 0.587, 0.114], np.float32)  # ITU-R BT.601
 
@@ -102,14 +122,71 @@ def _starts(length: int, window: int, stride: int) -> list[int]:
     return starts
 
 
+@dataclass(frozen=True)
+class TissueFacts:
+    """Pixel statistics of an RGB image (or patch) that the tissue rules look at."""
+
+    white_fraction: float  # share of white-glass pixels (luma >= 0.85 and chroma < 0.1)
+    luma_std: float
+    max_chroma: float
+
+    @property
+    def low_tissue(self) -> bool:
+        """Mostly white glass, or uniform: too little tissue for a score to rest on."""
+        return self.white_fraction >= BACKGROUND_FRACTION or self.luma_std < UNIFORM_LUMA_STD
+
+
+def tissue_facts(rgb: np.ndarray) -> TissueFacts:
+    """``TissueFacts`` of an RGB ``(h, w, 3)`` [0, 1] image (large ones on ~512 x 512 samples)."""
+    step = max(1, max(rgb.shape[:2]) // SAMPLE_SIDE)
+    sample = rgb[::step, ::step]  # (h', w', 3)
+    luma = sample @ _LUMA  # (h', w')
+    chroma = sample.max(axis=2) - sample.min(axis=2)  # (h', w')
+    white = (luma >= WHITE_LUMA) & (chroma < WHITE_CHROMA)
+    return TissueFacts(float(white.mean()), float(luma.std()), float(chroma.max()))
+
+
 def is_background(patch: np.ndarray) -> bool:
     """True when at least 80 % of the pixels of an RGB ``(h, w, 3)`` [0, 1] patch are white."""
     if patch.ndim != 3:
         return False
-    luma = patch @ _LUMA  # (h, w)
-    chroma = patch.max(axis=2) - patch.min(axis=2)  # (h, w)
-    white = (luma >= WHITE_LUMA) & (chroma < WHITE_CHROMA)
-    return float(white.mean()) >= BACKGROUND_FRACTION
+    return tissue_facts(patch).white_fraction >= BACKGROUND_FRACTION
+
+
+@stage_rule(Stage.HISTOPATHOLOGY)
+def histopathology_rule(facts: ImageFacts) -> list[str]:
+    """The stage's metadata rule (see the module docstring); RGB goes on to ``check_tissue``."""
+    _, warnings = _modality(Stage.HISTOPATHOLOGY, facts, {"SM", "GM"}, {"XC"})
+    if not facts.colour:
+        rule = "H&E-stained tissue is a colour image, not one sample per pixel"
+        raise _refuse(Stage.HISTOPATHOLOGY, facts, rule)
+    return warnings
+
+
+def check_tissue(display: np.ndarray, plan: TilePlan) -> list[str]:
+    """The stage's pixel rule: warnings for an image ``(H, W, 3)`` in [0, 1] and its plan.
+
+    Raises:
+        WrongStageError: an RGB image without colour that shows structure (a grey image).
+    """
+    if display.ndim != 3:
+        return []  # one sample per pixel: refused by ``histopathology_rule``
+    facts = tissue_facts(display)
+    rows, columns = plan.image_hw
+    if facts.max_chroma <= CHROMA_GREY and not facts.low_tissue:
+        raise WrongStageError(
+            f"a {rows}x{columns} RGB image without colour does not fit stage histopathology: "
+            "H&E-stained tissue is a colour image",
+            stage=Stage.HISTOPATHOLOGY.value,
+            rows=rows,
+            columns=columns,
+        )
+    if plan.tiled or not facts.low_tissue:
+        return []  # a tile's background windows are skipped, and said so, window by window
+    return [
+        f"{LOW_TISSUE}: the patch shows little tissue ({facts.white_fraction:.0%} white glass, "
+        f"luma standard deviation {facts.luma_std:.3f}); its score rests on what there is"
+    ]
 
 
 def plan_tiles(display: np.ndarray, window: tuple[int, int], options: TileOptions) -> TilePlan:

@@ -69,13 +69,17 @@ def test_the_inverse_maps_a_model_mask_back_onto_the_original_pixels(hw: tuple[i
     np.testing.assert_array_equal(back.astype(bool), original)
 
 
+# The histopathology recipe: native 50 px, white glass around edge patches, ImageNet statistics.
+PAD_IMAGENET = PreprocessConfig(
+    input_size=(50, 50),
+    resize_mode=ResizeMode.PAD,
+    pad_value=1.0,
+    normalisation=Normalisation.IMAGENET,
+)
+
+
 def test_the_pad_value_is_normalised_like_any_pixel() -> None:
-    config = PreprocessConfig(
-        input_size=(50, 50),
-        resize_mode=ResizeMode.PAD,
-        pad_value=1.0,
-        normalisation=Normalisation.IMAGENET,
-    )
+    config = PAD_IMAGENET
     chw, geometry = preprocess(_patch(13, 50), config)  # (3, 50, 50)
     assert isinstance(geometry, Geometry) and chw.shape == (3, 50, 50)
     mean, std = config.statistics()

@@ -37,10 +37,11 @@ CLASSIFICATION_KEYS = (
     "ece",
     "brier",
 )
-MARK_SCORE = (
-    "lesions are ranked by their mean pixel probability (the pipeline's Lesion.mean_probability); "
-    "the current models give lesions no malignancy score of their own"
-)
+MARK_SCORE = {
+    "score": "lesions are ranked by their own detection score (the pipeline's Lesion.score)",
+    "mean_probability": "lesions are ranked by their mean pixel probability (the pipeline's "
+    "Lesion.mean_probability): this model's lesions carry no detection score of their own",
+}
 
 Record = dict[str, Any]
 
@@ -129,7 +130,9 @@ def detection(records: Sequence[Record], n_boot: int = N_BOOT) -> dict[str, Any]
     )
     return {
         "hit_rule": HIT_RULE,
-        "mark_score": MARK_SCORE,
+        "mark_score": MARK_SCORE[
+            "score" if all(r.get("mark_score") == "score" for r in scored) else "mean_probability"
+        ],
         "n_images": len(scored),
         "n_lesions": int(froc.lesions.sum()),
         "froc": points[:-1],

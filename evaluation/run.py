@@ -75,12 +75,13 @@ class Progress:
         self.tty = self.stream.isatty()
         self.start = time.monotonic()
         self._next_line = 0
+        self._fresh = 0  # cases computed in this run (cached ones take no time)
 
     def advance(self, count: int, fresh: int) -> None:
         """``count`` cases done, ``fresh`` of them computed now (cached ones cost nothing)."""
         self.done += count
         elapsed = time.monotonic() - self.start
-        self._fresh = getattr(self, "_fresh", 0) + fresh
+        self._fresh += fresh
         rate = elapsed / self._fresh if self._fresh else 0.0
         left = self.total - self.done
         eta = time.strftime("%H:%M:%S", time.gmtime(rate * left)) if rate else "--:--:--"

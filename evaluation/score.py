@@ -20,6 +20,7 @@ from evaluation.cases import Case
 from evaluation.lesions import Box, hd95, mask_boxes, match_marks
 from evaluation.metrics import dice_score, iou_score
 from imaging.errors import ImagingError
+from imaging.postprocess import Lesion
 from service.inference import Analysis
 from training.data.dataset import _read_mask_file, draw_circle
 
@@ -68,6 +69,13 @@ def truth_boxes(case: Case, mask: np.ndarray | None, shape: tuple[int, int]) -> 
     return mask_boxes(mask) if mask is not None else []
 
 
+def mark_score(lesion: Lesion) -> float:
+    """A lesion's rank in the FROC: its own detection ``score`` where the pipeline gives one,
+    else its mean pixel probability."""
+    own = getattr(lesion, "score", None)
+    return round(float(own if own is not None else lesion.mean_probability), 6)
+
+
 def _finite(value: float) -> float | None:
     return None if not np.isfinite(value) else round(float(value), 6)
 
@@ -89,7 +97,10 @@ def score_case(case: Case, analysis: Analysis) -> dict[str, Any]:
         "probability": result.malignancy.probability if result.malignancy else None,
         "image_sha256": file_sha256(case.image_path),
         "truth_sha256": [file_sha256(p) for p in case.mask_paths],
-        "marks": [[*lesion.bbox, round(lesion.mean_probability, 6)] for lesion in result.lesions],
+        "marks": [[*lesion.bbox, mark_score(lesion)] for lesion in result.lesions],
+        "mark_score": "score"
+        if all(getattr(lesion, "score", None) is not None for lesion in result.lesions)
+        else "mean_probability",
         "contours": [lesion.contour for lesion in result.lesions],
     }
     mask = truth_mask(case, shape) if case.truth == "mask" else None

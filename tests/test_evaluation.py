@@ -199,6 +199,7 @@ def test_cbis_coco_froc_matches_a_hand_computation(store: Path, tmp_path: Path) 
     assert {p["fp_per_image"]: p["value"] for p in det["froc"]} == pytest.approx(expected, abs=1e-5)
     assert det["mean_sensitivity"]["value"] == pytest.approx(5 / 9, abs=1e-5)
     assert "centre of its bounding box" in det["hit_rule"] and "0.2" in det["hit_rule"]
+    assert det["mark_score"].startswith("lesions are ranked by")
     assert ds["segmentation"] is None and ds["bootstrap_unit"] == "patients"
     assert ds["classification"]["class_counts"] == {"malignant": 2, "benign": 1}
 

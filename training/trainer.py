@@ -376,6 +376,13 @@ def _final_evaluation(run: _Run, test: Dataset[dict[str, Any]] | None, out: Path
         "val": summarise(run.config.task, val, temperature or 1.0),
         "test": None,
     }
+    if run.config.task is Task.CLASSIFICATION and temperature is not None:
+        from dataclasses import asdict
+
+        from training.calibration import decision_threshold
+
+        choice = decision_threshold(val.logits, val.labels, temperature)
+        report["decision_threshold"] = asdict(choice)  # balanced accuracy on validation
     if test is not None and len(test) > 0:  # type: ignore[arg-type]
         test_out = evaluate(
             run.eval_model, _loader(test, run.config, None), run.criterion, run.device, run.amp

@@ -203,6 +203,10 @@ def test_classification_with_mixing(tmp_path: Path) -> None:
     report = json.loads((tmp_path / "metrics.json").read_text())
     assert report["monitor"] == "balanced_accuracy"
     assert {"accuracy", "balanced_accuracy", "auc"} <= set(report["test"])
+    # the decision threshold is chosen on validation for balanced accuracy (the card's)
+    choice = report["decision_threshold"]
+    assert 0.0 < choice["threshold"] < 1.0 and choice["n"] == 8
+    assert choice["temperature"] == pytest.approx(report["temperature"])
 
 
 def test_dataset_augments_training_items_deterministically() -> None:

@@ -11,7 +11,8 @@
 # Every run registers NEW versions; a stored version is never overwritten.
 #
 # Environment (all optional):
-#   BREASTDX_DATA_ROOT  data folder holding busi/, mammography/mini-mias/, idc/ (../shared/data)
+#   BREASTDX_DATA_ROOT  data folder holding busi/, busbra/, mammography/mini-mias/, idc/
+#                       (../shared/data)
 #   SHIP_STORE          shipped store (models_registry/store)
 #   FULL_STORE          store of the float32 variants, a path or URI (runs/model-store-full)
 #   SHIP_RUNS           training output folder (runs/ship)
@@ -21,7 +22,7 @@
 #   PARITY_N            test images in each parity check (64)
 #   VENV                virtual environment, created if needed (.venv)
 #   EVAL_ULTRASOUND ... data folders the card's test figures are measured on, per stage
-#                       (EVAL_ULTRASOUND="busi busbra"; defaults: busi, mammography/mini-mias, idc)
+#                       (EVAL_ULTRASOUND="busi"; defaults: "busi busbra", mammography/mini-mias, idc)
 #   OMP_NUM_THREADS     torch threads (1: the thread count the shipped cards were measured with;
 #                       another count changes float sums, so the figures drift by ~0.03)
 set -euo pipefail
@@ -42,15 +43,15 @@ declare -A model_name=(
     [mammography]=mammography-unet
     [histopathology]=histopathology-resnet50
 )
-declare -A data_dir=(
-    [ultrasound]=busi
+declare -A data_dir=(  # data.root of each training run, under the data root
+    [ultrasound]=.
     [mammography]=mammography/mini-mias
     [histopathology]=idc
 )
 # Data sets each card's test figures are measured on (space-separated folders under the data
 # root), each restricted to its entries of the stage's committed split file's test part.
 declare -A eval_dirs=(
-    [ultrasound]=${EVAL_ULTRASOUND:-busi}
+    [ultrasound]=${EVAL_ULTRASOUND:-busi busbra}
     [mammography]=${EVAL_MAMMOGRAPHY:-mammography/mini-mias}
     [histopathology]=${EVAL_HISTOPATHOLOGY:-idc}
 )
@@ -62,10 +63,12 @@ for stage in $stages; do
         echo "build-models: unknown stage '$stage'; stages: ${!model_name[*]}" >&2
         exit 2
     fi
-    if [[ ! -d "$data_root/${data_dir[$stage]}" ]]; then
-        echo "build-models: $data_root/${data_dir[$stage]} is absent (set BREASTDX_DATA_ROOT)" >&2
-        exit 2
-    fi
+    for dir in ${data_dir[$stage]} ${eval_dirs[$stage]}; do
+        if [[ ! -d "$data_root/$dir" ]]; then
+            echo "build-models: $data_root/$dir is absent (set BREASTDX_DATA_ROOT)" >&2
+            exit 2
+        fi
+    done
 done
 
 scripts/setup-env.sh "$venv" serve,train,dev
@@ -102,8 +105,10 @@ for stage in $stages; do
         --register --name "$name" --alias staging --store "$out/store" | tee "$out/shipped.json"
     log "$stage: evaluation at the original resolution -> $ship_store (card figures)"
     read -r -a dirs <<<"${eval_dirs[$stage]}"
+    split=$("$venv/bin/python" -c 'import sys, yaml
+print(yaml.safe_load(open(sys.argv[1]))["data"]["split_file"])' "training/configs/ship/$stage.yaml")
     "$bdx" evaluate --stage "$stage" "${dirs[@]/#/$data_root/}" --model "$name@staging" \
-        --store "$out/store" --split "$ship_store/splits/$stage.json" --subset test \
+        --store "$out/store" --split "$split" --subset test \
         --out "$out/evaluation" --register --register-store "$ship_store" --alias staging
     "$bdx" models verify --store "$ship_store" "$name@staging"
     "$bdx" models promote --store "$ship_store" "$name@staging" --alias production

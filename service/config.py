@@ -31,7 +31,20 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(default=200 * 1024 * 1024, gt=0, description="whole request")
     max_pixels: int = Field(default=DEFAULT_MAX_PIXELS, gt=0)
     max_files: int = Field(default=256, ge=1, description="images in one request")
+    max_request_decoded_bytes: int = Field(
+        default=256 * 1024 * 1024,
+        gt=0,
+        description="decoded pixels of one request as float32 (4 bytes per stored value), "
+        "summed from the image headers before decoding",
+    )
     allow_anonymous: bool = Field(default=False, description="serve requests without an API key")
+    i_know_anonymous_is_public: bool = Field(
+        default=False,
+        description="let 'breastdx serve' offer anonymous access on a non-loopback address",
+    )
+    shutdown_timeout_s: int = Field(
+        default=10, ge=1, description="after SIGTERM, how long running requests may finish"
+    )
     api_keys_file: Path = Field(
         default=Path("var/api-keys.json"), description="hashed API keys when Redis is not set"
     )
@@ -64,11 +77,14 @@ class Settings(BaseSettings):
         "on cores of their own, CPU taken from the web server and post-processing otherwise",
     )
     worker_ttl_s: int = Field(default=60, ge=20, description="RQ worker heartbeat TTL")
+    worker_heartbeat_ttl_s: int = Field(
+        default=15, ge=3, description="a worker silent this long leaves /readyz"
+    )
     maintenance_interval_s: int = Field(
         default=60, ge=1, description="RQ registry cleanup and abandoned-job checks in workers"
     )
     hook_modules: list[str] = Field(
-        default_factory=lambda: ["service.pacs.delivery"],
+        default_factory=lambda: ["service.dicom.delivery"],
         description="modules that register post-success hooks on import (JSON list in env)",
     )
     redis_retry_after_s: int = Field(default=5, ge=1, description="Retry-After when Redis is down")

@@ -159,10 +159,18 @@ def log_context(*, job_id: str | None = None, model: str | None = None) -> Itera
             var.reset(token)
 
 
+def _is_ipv4(text: str) -> bool:
+    """Four dotted numbers up to 255 (``0.0.0.0``): an address, not a DICOM UID (PS3.5 9.1
+    roots are registered and longer)."""
+    parts = text.split(".")
+    return len(parts) == 4 and all(int(part) <= 255 for part in parts)
+
+
 def scrub(text: str) -> str:
-    """Replace DICOM UIDs and image file names in ``text`` (best effort, defence in depth)."""
+    """Replace DICOM UIDs and image file names in ``text`` (best effort, defence in depth);
+    IPv4 addresses stay."""
     text = _FILE_RE.sub(lambda m: m[0] if m[0].endswith(_API_FILES) else "<file>", text)
-    return _UID_RE.sub("<uid>", text)
+    return _UID_RE.sub(lambda m: m[0] if _is_ipv4(m[0]) else "<uid>", text)
 
 
 def _exception_fields(exc_info: Any) -> dict[str, Any]:

@@ -48,7 +48,9 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     if not isinstance(exc, StarletteHTTPException):  # pragma: no cover
         raise exc
     code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-    return problem_response(exc.status_code, code, str(exc.detail), str(exc.detail))
+    return problem_response(  # keeps the exception's headers, e.g. a 405's Allow (RFC 9110)
+        exc.status_code, code, str(exc.detail), str(exc.detail), headers=dict(exc.headers or {})
+    )
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:

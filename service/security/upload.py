@@ -1,4 +1,5 @@
-"""The request-size limit: ``Content-Length`` checked up front, the body counted as it streams.
+"""The request-size limit (``Content-Length`` checked up front, the body counted as it
+streams) and the client abort.
 
 A pure ASGI middleware (it must see the body before Starlette's form parser buffers it): a
 declared length over ``max_upload_bytes`` is answered 413 before a byte is read; a body that
@@ -11,8 +12,20 @@ from __future__ import annotations
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.errors import RequestTooLargeError
+from service.errors import RequestTooLargeError, ServiceError
 from service.problems import problem_response
+
+
+class ClientClosedRequestError(ServiceError):
+    """The client closed the connection before its request was read: a client abort.
+
+    Rendered as 499 (nginx's "client closed request"), which the client never sees; it keeps
+    the abort out of the 5xx counts and the error log.
+    """
+
+    code = "client_closed_request"
+    title = "Client closed request"
+    http_status = 499
 
 
 def _too_large(limit: int) -> RequestTooLargeError:

@@ -256,15 +256,15 @@ def seg_dicom() -> bytes:
 # Redis and processes ---------------------------------------------------------------------
 
 
-def redis_or_skip() -> redis.Redis:
+def redis_or_skip(url: str = TEST_REDIS_URL) -> redis.Redis:
     """The test database (flushed by the caller), or skip where no Redis runs."""
     import pytest
 
-    client = redis.Redis.from_url(TEST_REDIS_URL)
+    client = redis.Redis.from_url(url)
     try:
         client.ping()
     except redis.RedisError:
-        pytest.skip(f"no Redis at {TEST_REDIS_URL} (make test starts one)")
+        pytest.skip(f"no Redis at {url} (make test starts one)")
     return client
 
 

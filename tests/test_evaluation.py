@@ -423,3 +423,26 @@ def test_progress_draws_a_bar_with_eta_on_a_terminal_and_lines_elsewhere() -> No
     lines = plain.getvalue().splitlines()
     assert "\r" not in plain.getvalue() and lines[-1].startswith("BUSI: 20/20 cases, ETA")
     assert 2 <= len(lines) <= 11
+
+
+def test_busbra_cases_are_grouped_by_patient(store: Path, tmp_path: Path) -> None:
+    root = tmp_path / "busbra"
+    rows = ["ID,Case,Histology,Pathology,BIRADS,Device,Side,BBOX"]
+    truths = {  # image -> (case, pathology, truth block): Dice 1, 0.5 and 0
+        "bus_0001-l": ("1", "malignant", SQUARE),
+        "bus_0001-r": ("1", "malignant", (16, 24, 16, 16, 255)),
+        "bus_0002-s": ("2", "benign", (40, 40, 8, 8, 255)),
+    }
+    for name, (case, pathology, block) in truths.items():
+        _png(root / "Images" / f"{name}.png", _block((64, 64), SQUARE))
+        _png(root / "Masks" / f"{name.replace('bus_', 'mask_')}.png", _block((64, 64), block))
+        rows.append(f"{name},{case},x,{pathology},4,GE,left,")
+    (root / "bus_data.csv").write_text("\n".join(rows) + "\n")
+    assert detect_format(root).name == "busbra"
+    code, report = _evaluate(store, tmp_path / "out", "--stage", "ultrasound", str(root))
+    assert code == 0
+    (ds,) = report["datasets"]
+    assert ds["n_patients"] == 2 and ds["bootstrap_unit"] == "patients"
+    assert ds["segmentation"]["dice"]["value"] == pytest.approx((1 + 0.5 + 0) / 3)
+    assert ds["segmentation"]["iou"]["value"] == pytest.approx((1 + 1 / 3 + 0) / 3)
+    assert ds["classification"]["class_counts"] == {"malignant": 2, "benign": 1}

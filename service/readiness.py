@@ -5,7 +5,8 @@
   a version verified once is not verified again by this process.
 - ``queue``: Redis answers (queued mode), or in-process execution.
 - ``workers``: at least one live ``breastdx worker`` listens on the queue of each stage that
-  has a model (RQ's worker registry), queued mode only.
+  has a model (its heartbeat key, renewed every few seconds: ``service.heartbeat``), queued
+  mode only.
 """
 
 from __future__ import annotations
@@ -19,10 +20,10 @@ from models_registry.card import Stage
 from models_registry.errors import RegistryError
 from models_registry.registry import Registry
 from service.config import Settings
+from service.heartbeat import live_heartbeats
 from service.inference.pipeline import NoModelForStageError
 from service.jobs.backend import service_registry
 from service.jobs.preflight import pin_model
-from service.jobs.queue import live_workers
 from service.jobs.store import redis_client
 
 _VERIFIED: set[tuple[str, str]] = set()  # (ref, sha256) verified by this process
@@ -100,7 +101,7 @@ def _check_workers(settings: Settings, stages: list[Stage]) -> Check:
         return Check(name="workers", ok=True, detail="in-process thread pool")
     client = redis_client(settings.redis_url, timeout_s=1)
     try:
-        counts = live_workers(settings, client)
+        counts = live_heartbeats(settings, client)
     finally:
         client.close()
     missing = [stage.value for stage in stages if counts[stage] == 0]

@@ -11,23 +11,34 @@ one session per model version. Job time limits still hold (RQ's SIGALRM death pe
 main thread). The price: a crash or SIGKILL takes the worker down mid-job; such a job is found
 by its expired lease and retried or failed (``service.jobs.reconcile``), which every worker
 checks at start and every ``maintenance_interval_s``. Scale with more worker processes (one per
-GPU, or per few cores). Each worker also runs RQ's scheduler (needed for retry intervals).
+GPU, or per few cores). Each worker also runs RQ's scheduler (needed for retry intervals) in a
+forked child that dies with the worker (``PR_SET_PDEATHSIG``): a worker killed with SIGKILL
+leaves no scheduler behind holding the scheduler lock. Liveness for ``/readyz`` is a
+short-lived heartbeat key (``service.heartbeat``), which also registers the worker again with
+RQ after Redis comes back empty.
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
+import os
+import signal
 import threading
 from collections.abc import Sequence
 
 import numpy as np
 import redis
+from rq import worker_registration
+from rq.defaults import DEFAULT_LOGGING_DATE_FORMAT, DEFAULT_LOGGING_FORMAT
+from rq.scheduler import RQScheduler
 from rq.worker import SimpleWorker
 
 from breastdx.errors import BreastdxError
 from models_registry.card import Stage
 from models_registry.registry import Registry
 from service.config import Settings
+from service.heartbeat import Heartbeat
 from service.inference.pipeline import NoModelForStageError
 from service.inference.runner import get_runner
 from service.jobs.backend import get_backend
@@ -40,8 +51,79 @@ from service.jobs.reconcile import reconcile_running
 logger = logging.getLogger(__name__)
 
 
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def die_with_parent(parent_pid: int, sig: int = signal.SIGTERM) -> bool:
+    """Ask Linux to send ``sig`` to this process when its parent dies; False where that is not
+    possible (not Linux) or the parent is already gone."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0) != 0:
+            return False
+    except (OSError, AttributeError):
+        return False
+    return os.getppid() == parent_pid  # the parent may have died before prctl
+
+
+class OrphanFreeScheduler(RQScheduler):
+    """RQ's scheduler, whose forked process stops (SIGTERM: releases its locks) when the worker
+    that forked it dies, however it dies."""
+
+    _parent_pid = 0
+
+    def start(self):  # type: ignore[no-untyped-def]  # RQ's signature
+        self._parent_pid = os.getpid()
+        return super().start()
+
+    def work(self) -> None:
+        alive = not self._parent_pid or die_with_parent(self._parent_pid)
+        if not alive and os.getppid() != self._parent_pid:
+            return  # the worker is already gone: nothing to schedule for
+        super().work()
+
+
 class BreastdxWorker(SimpleWorker):
     """Jobs run in this process, on the sessions it loaded once."""
+
+    def _start_scheduler(
+        self,
+        burst: bool = False,
+        logging_level: str | None = "INFO",
+        date_format: str = DEFAULT_LOGGING_DATE_FORMAT,
+        log_format: str = DEFAULT_LOGGING_FORMAT,
+    ) -> None:
+        """RQ's own, with the scheduler that dies with this worker."""
+        self.scheduler = OrphanFreeScheduler(
+            self.queues,
+            connection=self.connection,
+            logging_level=logging_level if logging_level is not None else self.log.level,
+            date_format=date_format,
+            log_format=log_format,
+            serializer=self.serializer,
+        )
+        self.scheduler.acquire_locks()
+        if not self.scheduler.acquired_locks:
+            return
+        if not burst:
+            self.scheduler.start()
+            return
+        try:
+            self.scheduler.register_birth()
+            self.scheduler.enqueue_scheduled_jobs()
+        finally:
+            self.scheduler.release_locks()
+            self.scheduler.register_death()
+
+    def register_again(self) -> None:
+        """Register with RQ again when Redis has forgotten this worker (restarted empty)."""
+        try:
+            registered = self.connection.sismember(worker_registration.REDIS_WORKER_KEYS, self.key)
+            if not registered:
+                self.connection.delete(self.key)  # a partial hash from a heartbeat since
+                self.register_birth()
+        except (redis.RedisError, ValueError):
+            logger.warning("registering the worker again failed; will retry", exc_info=True)
 
 
 def warm_up(settings: Settings, registry: Registry, stages: Sequence[Stage]) -> list[str]:
@@ -115,7 +197,10 @@ def run_worker(
     maintenance = Maintenance(settings)
     maintenance.once()
     maintenance.start()
+    heartbeat = Heartbeat(settings, connection, worker.name, stages, worker.register_again)
+    heartbeat.start()
     try:
         return worker.work(burst=burst, with_scheduler=True, logging_level=log_level)
     finally:
+        heartbeat.stop()
         maintenance.stopped.set()

@@ -5,6 +5,10 @@
 
 For each input ``<stem>.mask.png`` (original geometry, 0/255), ``<stem>.overlay.png`` and
 ``<stem>.json`` (an ``AnalysisResult``) are written to ``--out`` and one JSON line is printed.
+A DICOM input also gets ``<stem>.sr.dcm`` (TID 1500 findings) and, when a lesion was found,
+``<stem>.seg.dcm``; ``--sc`` adds ``<stem>.sc.dcm`` (the overlay as Secondary Capture). They are
+built by ``service.dicom.outputs``, as the API and the DICOM listener build them; a source whose
+outputs cannot be built keeps its analysis and is reported as failed (exit 1).
 An input that fails (undecodable, not an image, wrong stage) gets ``<stem>.error.json`` and a
 line ``breastdx predict: NAME: CODE: message`` on stderr; the others are still analysed. Exit 0
 when every input was analysed, 1 when any failed (or the model could not be used), 2 on bad usage.
@@ -18,10 +22,15 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from breastdx.errors import BreastdxError
+from imaging.record import ImageFormat
 from models_registry.card import Stage
 from models_registry.registry import Registry
+
+if TYPE_CHECKING:
+    from service.inference.result import Analysis
 
 PROG = "breastdx predict"
 ERROR_SUFFIX = ".error.json"
@@ -40,6 +49,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--overlap", type=float, default=0.0, help="histopathology tile overlap")
     parser.add_argument("--aggregate", choices=["max", "top_k_mean"], default="top_k_mean")
     parser.add_argument("--top-k", type=int, default=3, help="windows in top_k_mean")
+    parser.add_argument(
+        "--sc", action="store_true", help="DICOM inputs: also write <stem>.sc.dcm (overlay)"
+    )
     parser.add_argument("--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING"])
     return parser
 
@@ -70,10 +82,11 @@ def _run(args: argparse.Namespace) -> int:
     from service.inference import Aggregate, RunnerOptions, TileOptions, analyse_each
     from service.inference.render import write_outputs
 
+    registry = _registry(args.store)
     outcomes = analyse_each(
         args.stage,
         list(args.inputs),
-        registry=_registry(args.store),
+        registry=registry,
         model_ref=args.model,
         options=RunnerOptions(intra_op_threads=args.threads, fp16=args.fp16),
         tiles=TileOptions(
@@ -89,6 +102,12 @@ def _run(args: argparse.Namespace) -> int:
             continue
         files = write_outputs(outcome, args.out, stem)
         result = outcome.result
+        if result.input.format is ImageFormat.DICOM:
+            try:
+                files |= _write_dicom(path, outcome, registry, args.out / stem, sc=args.sc)
+            except BreastdxError as exc:
+                failed += 1
+                _report_error(args.out, path, stem, exc)
         line = {
             "input": path.name,
             "files": {kind: str(file) for kind, file in files.items()},
@@ -99,6 +118,40 @@ def _run(args: argparse.Namespace) -> int:
         }
         print(json.dumps(line))
     return 1 if failed else 0
+
+
+def _write_dicom(
+    path: Path, analysis: Analysis, registry: Registry, base: Path, *, sc: bool
+) -> dict[str, Path]:
+    """``<base>.sr.dcm``, ``<base>.seg.dcm`` (when a lesion was found), ``<base>.sc.dcm``.
+
+    Raises:
+        BreastdxError: the source header cannot be referenced (``dicom_source_unusable``).
+    """
+    from service.dicom.identity import SourceHeaderError, parse_header, to_bytes
+    from service.dicom.outputs import build_outputs, build_seg_and_sr
+
+    header = parse_header(path.read_bytes())
+    card = registry.card(analysis.result.model.ref)
+    try:
+        if sc:
+            built = build_outputs(header, analysis, card)
+            objects = {"seg": built.seg, "sr": built.sr, "sc": built.sc}
+        else:
+            seg, sr = build_seg_and_sr(header, analysis, card)
+            objects = {"seg": seg, "sr": sr}
+    except BreastdxError:
+        raise
+    except Exception as exc:  # highdicom refused the source; its message may quote it
+        raise SourceHeaderError(
+            f"an unexpected {type(exc).__name__} stopped building the DICOM outputs"
+        ) from None
+    files = {}
+    for kind, ds in objects.items():
+        if ds is not None:
+            files[kind] = base.with_name(f"{base.name}.{kind}.dcm")
+            files[kind].write_bytes(to_bytes(ds))
+    return files
 
 
 def _report_error(folder: Path, path: Path, stem: str, error: BreastdxError) -> None:

@@ -94,12 +94,13 @@ class OrthancServer:
         return results
 
     def wait_for_results(
-        self, source_uid: str, study_uid: str, timeout_s: float = 60.0
+        self, source_uid: str, study_uid: str, timeout_s: float = 60.0, count: int = 3
     ) -> dict[str, list[Dataset]]:
+        """The results once ``count`` arrived (3: SEG, SR, SC; 2 when nothing was found)."""
         deadline = time.monotonic() + timeout_s
         while True:
             results = self.results_for(source_uid, study_uid)
-            if sum(len(v) for v in results.values()) >= 3 or time.monotonic() > deadline:
+            if sum(len(v) for v in results.values()) >= count or time.monotonic() > deadline:
                 return results
             time.sleep(0.3)
 

@@ -116,9 +116,9 @@ def _tile(case: Case, record: dict[str, Any]) -> np.ndarray:
         truth += [_box_contour(b) for b in record.get("truth_boxes", [])]
     pred = [np.array(c, np.float64).reshape(-1, 1, 2) for c in record["contours"] if c]
     if record.get("dice") is not None:
-        caption = f"{case.id} Dice {record['dice']:.2f}"
+        caption = f"Dice {record['dice']:.2f} {case.id}"
     elif record["probability"] is not None:
-        caption = f"{case.id} p={record['probability']:.2f} y={record['label']}"
+        caption = f"p={record['probability']:.2f} y={record['label']} {case.id}"
     else:
         caption = case.id
     return plots.thumbnail(display, truth, pred, caption)

@@ -3,7 +3,10 @@
 One segment, "Lesion" (category SCT 49755003 "Morphologically abnormal structure", type SCT
 52988006 "Lesion", anatomic region SCT 76752008 "Breast"), AUTOMATIC, with the model card's name,
 version and family (DCM 123110 "Artificial Intelligence") as Segment Algorithm Identification.
-The frame is kept even when empty, so the SEG always holds the whole mask of the analysed frame.
+The SEG holds the whole mask of the analysed frame; it is built only when a lesion was found
+(``outputs.has_finding``: an all-empty "Lesion" segment would claim one). It carries the
+source's Body Part Examined and Patient Orientation, and the side as Anatomic Region Modifier of
+the segment's region (the SEG IOD has no series Laterality).
 
 Tiled slide microscopy keeps its Frame of Reference: the SEG frame gets the analysed tile's plane
 position. Every other source (projection radiographs, ultrasound, secondary capture) is a planar

@@ -13,6 +13,7 @@ import logging
 from dataclasses import dataclass
 
 from fastapi import Request
+from fastapi.concurrency import run_in_threadpool
 from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
@@ -112,7 +113,8 @@ async def read_images(request: Request) -> Images:
         images = await _collect(form)
     finally:
         await form.close()
-    check_decoded_budget(images.data, settings.max_request_decoded_bytes)
+    # header reads (chunk CRCs, a deflated DICOM's inflated size) stay off the event loop
+    await run_in_threadpool(check_decoded_budget, images.data, settings.max_request_decoded_bytes)
     return images
 
 

@@ -128,18 +128,11 @@ class JpegFiles(CbisFiles):
         self._read_info(info)
 
     def _read_info(self, info: Path) -> None:
-        with info.open(newline="", encoding="utf-8-sig") as handle:
-            reader = csv.DictReader(handle)
-            missing = [c for c in _INFO_COLUMNS if c not in (reader.fieldnames or [])]
-            if missing:
-                raise DatasetFormatError(
-                    f"{info} lacks the columns {missing}", dataset=DATASET, path=str(info)
-                )
-            for row in reader:
-                path = self.root / row["image_path"].strip().removeprefix("CBIS-DDSM/")
-                self._by_folder.setdefault(row["PatientID"].strip(), []).append(path)
-                description = (row.get("SeriesDescription") or "").strip().lower()
-                self._descriptions[path] = description
+        for row in read_table(info, _INFO_COLUMNS):
+            path = self.root / row["image_path"].strip().removeprefix("CBIS-DDSM/")
+            self._by_folder.setdefault(row["PatientID"].strip(), []).append(path)
+            description = (row.get("SeriesDescription") or "").strip().lower()
+            self._descriptions[path] = description
         for paths in self._by_folder.values():
             paths.sort()
 
@@ -169,6 +162,18 @@ class JpegFiles(CbisFiles):
             raise DatasetFormatError(f"{path} could not be decoded", path=str(path))
         middle = np.count_nonzero((grey > 24) & (grey < 231))
         return bool(middle <= 0.01 * grey.size)
+
+
+def read_table(path: Path, columns: tuple[str, ...]) -> list[dict[str, str]]:
+    """The rows of a CSV file that must hold ``columns`` (a missing one is a format error)."""
+    with Path(path).open(newline="", encoding="utf-8-sig") as handle:
+        reader = csv.DictReader(handle)
+        missing = [c for c in columns if c not in (reader.fieldnames or [])]
+        if missing:
+            raise DatasetFormatError(
+                f"{path} lacks the columns {missing}", dataset=DATASET, path=str(path)
+            )
+        return list(reader)
 
 
 def pick_full(files: CbisFiles, ref: str, folder: str) -> Path:

@@ -2,8 +2,9 @@
 
 Images come back as float32 ``(H, W, C)`` in [0, 1] with C = 1 (grey) or 3 (RGB); masks as
 uint8 ``(H, W)`` holding 0 and 1: the OR of every mask file (BUSI lists one file per lesion,
-CBIS-DDSM one ROI mask per abnormality) or the filled circles of mini-MIAS, scaled to the
-image's size. Histopathology patches have no mask: an all-zero one is returned.
+CBIS-DDSM one ROI mask per abnormality), the filled circles of mini-MIAS, or the ellipse
+inscribed in each box where a release gives boxes only (``extra["boxes"]``, CBIS-DDSM as COCO),
+scaled to the image's size. Histopathology patches have no mask: an all-zero one is returned.
 """
 
 from __future__ import annotations
@@ -40,7 +41,35 @@ def load_mask(sample: Sample, shape: tuple[int, int]) -> np.ndarray:
         mask |= part
     for circle in sample.circles:
         draw_circle(mask, circle.scaled(shape))
+    grid = sample.extra.get("box_grid") or shape
+    for box in sample.extra.get("boxes", ()):
+        draw_box_ellipse(mask, box, (int(grid[0]), int(grid[1])))
     return mask
+
+
+def draw_box_ellipse(
+    mask: np.ndarray, box: tuple[float, float, float, float], grid: tuple[int, int]
+) -> None:
+    """Fill the ellipse inscribed in ``box = (x, y, w, h)`` (pixels of a ``grid = (height,
+    width)`` image) with 1, in place, on the mask's own grid; clipped to the mask.
+
+    A pixel is inside when its centre is (box coordinates are continuous: pixel ``i`` spans
+    ``[i, i + 1)``), so the target never leaves its box. An axis-aligned scaling maps the
+    inscribed ellipse of a box onto that of the scaled box, so the target is exact on any grid
+    (CBIS-DDSM's squashed 800 x 800 copy included).
+    """
+    sy, sx = mask.shape[0] / grid[0], mask.shape[1] / grid[1]
+    x, y, w, h = (float(v) for v in box)
+    x, y, w, h = x * sx, y * sy, max(w * sx, 1e-6), max(h * sy, 1e-6)
+    top, left = max(0, int(np.floor(y))), max(0, int(np.floor(x)))
+    bottom = min(mask.shape[0], int(np.ceil(y + h)))
+    right = min(mask.shape[1], int(np.ceil(x + w)))
+    if bottom <= top or right <= left:
+        return
+    rows = (np.arange(top, bottom) + 0.5 - (y + h / 2)) / (h / 2)  # (n,)
+    cols = (np.arange(left, right) + 0.5 - (x + w / 2)) / (w / 2)  # (m,)
+    inside = rows[:, None] ** 2 + cols[None, :] ** 2 <= 1.0  # (n, m)
+    mask[top:bottom, left:right][inside] = 1
 
 
 def draw_circle(mask: np.ndarray, circle: Circle) -> None:

@@ -10,6 +10,7 @@ different pathology.
 from __future__ import annotations
 
 import csv
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -310,3 +311,92 @@ def _info(
         "SeriesInstanceUID": series,
         "StudyInstanceUID": uid(1),
     }
+
+
+COCO_GRID = (160, 160)  # the COCO copy's square grid (the real one: 800 x 800)
+_COCO_MASS_COLUMNS = _COLUMNS["mass"][:11]  # the per-mass CSV without its three file paths
+_COCO_LABEL_COLUMNS = [
+    "split",
+    "file",
+    "patient_id",
+    "side",
+    "view",
+    "n_boxes",
+    "pathologies",
+    "image_label",
+    "max_assessment",
+    "breast_density",
+]
+
+
+def make_cbis_ddsm_coco(root: Path, n_patients: int = 6, seed: int = 0) -> Path:
+    """The COCO copy of CBIS-DDSM masses (as ``../shared/data/cbis-ddsm-mass``).
+
+    ``train/<patient>_<side>_<view>.jpg`` drawn portrait (``SHAPE``) and squashed to the square
+    ``COCO_GRID`` without keeping the aspect ratio, ``train/_annotations.coco.json`` with each
+    mass's box on the squashed grid, ``labels_image_level.csv`` and
+    ``mass_case_description_train_set.csv``. Even patients have LEFT CC and MLO, odd ones RIGHT
+    MLO; every third film holds two masses of different pathology whose boxes are listed in the
+    reverse of the CSV's order. Returns ``root`` (the folder holding ``train/``).
+    """
+    root = Path(root)
+    folder = root / "train"
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    coco: dict[str, list[dict[str, Any]]] = {
+        "categories": [{"id": 0, "name": "Mass", "supercategory": "none"}],
+        "images": [],
+        "annotations": [],
+    }
+    labels: list[list[Any]] = []
+    masses: list[list[Any]] = []
+    sy, sx = COCO_GRID[0] / SHAPE[0], COCO_GRID[1] / SHAPE[1]
+    films = [
+        (p, side, view)
+        for p in range(1, n_patients + 1)
+        for side, views in ((("LEFT", ("CC", "MLO")),) if p % 2 == 0 else (("RIGHT", ("MLO",)),))
+        for view in views
+    ]
+    for index, (p, side, view) in enumerate(films):
+        patient, name = f"P_{p:05d}", f"{p:05d}_{side}_{view}.jpg"
+        pixels, breast = mammogram_background(rng, SHAPE, breast_on_left=side == "LEFT")
+        boxes, pathologies = [], []
+        density = 1 + index % 4
+        for number in range(1, 3 if index % 3 == 0 else 2):
+            malignant = bool((index + number) % 2)
+            polygon = lesion_polygon(rng, _spot(rng, breast, side, number), 12.0, malignant)
+            add_mass(pixels, fill_mask(SHAPE, polygon))
+            x, y, w, h = cv2.boundingRect(polygon)
+            boxes.append([x * sx, y * sy, w * sx, h * sy])
+            pathology = "MALIGNANT" if malignant else "BENIGN"
+            pathologies.append(pathology)
+            shape = "IRREGULAR" if malignant else "OVAL"
+            masses.append([patient, density, side, view, number, "mass", shape, "CIRCUMSCRIBED"])
+            masses[-1] += [4 if malignant else 3, pathology, 3]
+        squashed = cv2.resize(pixels, COCO_GRID[::-1], interpolation=cv2.INTER_AREA)
+        cv2.imwrite(str(folder / name), (squashed * 255).round().astype(np.uint8))
+        image_id = len(films) - 1 - index  # ids in another order than the files
+        coco["images"].append(
+            {"id": image_id, "file_name": name, "height": COCO_GRID[0], "width": COCO_GRID[1]}
+        )
+        for box in reversed(boxes):  # not the CSV's order
+            coco["annotations"].append(
+                {
+                    "id": len(coco["annotations"]),
+                    "image_id": image_id,
+                    "category_id": 0,
+                    "bbox": [round(v, 2) for v in box],
+                    "area": round(box[2] * box[3], 2),
+                    "segmentation": [],
+                    "iscrowd": 0,
+                }
+            )
+        malignant_film = "MALIGNANT" in pathologies
+        labels.append(
+            ["train", name, patient, side, view, len(boxes), ";".join(pathologies),
+             "malignant" if malignant_film else "benign", 4 if malignant_film else 3, density]
+        )  # fmt: skip
+    (folder / "_annotations.coco.json").write_text(json.dumps(coco))
+    _write_csv(root / "labels_image_level.csv", _COCO_LABEL_COLUMNS, labels)
+    _write_csv(root / "mass_case_description_train_set.csv", _COCO_MASS_COLUMNS, masses)
+    return root

@@ -40,6 +40,8 @@ class DatasetName(StrEnum):
     BUSI_BUSBRA = "busi+busbra"  # data.root holds busi/ and busbra/; split per data set, merged
     CBIS_DDSM = "cbis_ddsm"
     CBIS_DDSM_JPEG = "cbis_ddsm_jpeg"
+    CBIS_DDSM_COCO = "cbis_ddsm_coco"  # masses as COCO boxes on 800 x 800 JPEGs
+    CBIS_DDSM_COCO_MIAS = "cbis_ddsm_coco+mias"  # root holds cbis-ddsm-mass/ and mammography/
     MIAS = "mias"
     IDC = "idc"
 
@@ -143,6 +145,17 @@ class OptimConfig(_Section):
     scheduler: Scheduler = Scheduler.COSINE
 
 
+class CropConfig(_Section):
+    """Training on crops of the preprocessed image (``training.crops``); validation and test
+    stay on whole images, as served. ``size`` must be a multiple of the model's stride."""
+
+    size: int = Field(default=176, ge=16)  # square crop side, pixels of the model input
+    per_image: int = Field(default=4, ge=1)  # crops drawn from each training image per epoch
+    lesion_fraction: float = Field(default=0.5, ge=0, le=1)  # share centred near a lesion
+    jitter: float = Field(default=0.35, ge=0, le=0.5)  # lesion offset from centre, x crop size
+    min_tissue: float = Field(default=0.5, ge=0, le=1)  # background crops: share of non-zero px
+
+
 class TrainConfig(_Section):
     stage: Stage
     task: Task
@@ -163,6 +176,7 @@ class TrainConfig(_Section):
     cache: bool = True  # decode + preprocess each image once per run (augmentation stays per epoch)
     ema_decay: float | None = Field(default=None, gt=0, lt=1)  # weights' moving average, validated
     time_budget_min: float | None = Field(default=None, gt=0)  # stop after the epoch passing it
+    crops: CropConfig | None = None  # train on crops (training.crops); None: whole images
     output_dir: Path = Path("runs/default")
     num_workers: int = Field(default=0, ge=0)
     progress: bool = True  # tqdm bar (also off when stderr is not a terminal)

@@ -149,7 +149,7 @@ class SampleDataset(Dataset[Batch]):
 
 def read_samples(dataset: str, root: Path) -> list[Any]:
     """The samples of a data set by ``DataConfig.dataset`` name."""
-    from training.data import busbra, busi, cbis_ddsm, idc, mias
+    from training.data import busbra, busi, cbis_ddsm, cbis_ddsm_coco, idc, mias
 
     if dataset == "busi":
         return busi.read_busi(root)
@@ -160,6 +160,10 @@ def read_samples(dataset: str, root: Path) -> list[Any]:
     if dataset in ("cbis_ddsm", "cbis_ddsm_jpeg"):
         layout = "jpeg" if dataset == "cbis_ddsm_jpeg" else "dicom"
         return cbis_ddsm.read_cbis_ddsm(root, layout=layout)
+    if dataset == "cbis_ddsm_coco":
+        return cbis_ddsm_coco.read_cbis_coco(root)
+    if dataset == "cbis_ddsm_coco+mias":  # root holds cbis-ddsm-mass/ and mammography/mini-mias/
+        return cbis_ddsm_coco.read_cbis_coco(Path(root) / "cbis-ddsm-mass") + mias.read_mias(root)
     if dataset == "mias":
         return mias.read_mias(root)
     return idc.read_idc(root)
@@ -185,7 +189,7 @@ def make_split(config: TrainConfig, samples: list[Any]) -> Any:
         split = splits.paper_protocol_split(
             samples, factor=factor, fractions=fractions, seed=data.seed
         )
-    elif data.dataset.value == "busi+busbra":
+    elif "+" in data.dataset.value:  # busi+busbra, cbis_ddsm_coco+mias: each set on its own
         split = splits.split_per_dataset(samples, fractions=fractions, seed=data.seed)
     else:
         split = splits.leakage_safe_split(samples, fractions=fractions, seed=data.seed)
@@ -231,4 +235,10 @@ def build_splits(config: TrainConfig, load: LoadFn | None = None) -> DataSplits:
             cache=config.cache,
         )
 
-    return DataSplits(side("train", on_the_fly), side("val", None), side("test", None))
+    films = side("train", on_the_fly)
+    train: Dataset[Batch] = films
+    if config.crops is not None:  # crops of the training films; validation stays on whole films
+        from training.crops import CropDataset
+
+        train = CropDataset(films, config.crops, seed=config.seed)
+    return DataSplits(train, side("val", None), side("test", None))

@@ -1,0 +1,170 @@
+"""Crop-based training (``training.crops``): where crops fall, what they hold, and a tiny run.
+
+Films are synthetic CBIS-DDSM (COCO boxes) and mini-MIAS copies read by the real readers and
+prepared by the shared preprocessing, so crops are cut from what serving would feed the model.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from imaging.preprocess import PreprocessConfig
+from training.config import ConfigError, CropConfig, Task, config_from_dict
+from training.crops import CropDataset
+from training.data.cbis_ddsm_coco import read_cbis_coco
+from training.data.synthetic import make_mias
+from training.data.synthetic_cbis import make_cbis_ddsm_coco
+from training.torch_dataset import SampleDataset, build_splits
+
+SIZE = 96
+PREPROCESS = PreprocessConfig(
+    input_size=(SIZE, SIZE),
+    channels=1,
+    resize_mode="stretch",
+    crop_breast=True,
+    canonical_orientation=True,
+)
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``cbis-ddsm-mass/`` and ``mammography/mini-mias/``, as ../shared/data holds them."""
+    root = tmp_path_factory.mktemp("mammo")
+    make_cbis_ddsm_coco(root / "cbis-ddsm-mass", n_patients=8, seed=5)
+    make_mias(root / "mammography", n=12, seed=5, size=128)
+    return root
+
+
+@pytest.fixture(scope="module")
+def films(data_root: Path) -> SampleDataset:
+    samples = read_cbis_coco(data_root / "cbis-ddsm-mass")
+    return SampleDataset(samples, PREPROCESS, task=Task.SEGMENTATION, cache=True)
+
+
+def _crops(films: SampleDataset, seed: int = 0, **options: Any) -> CropDataset:
+    config = CropConfig(**({"size": 32, "per_image": 4} | options))
+    return CropDataset(films, config, seed=seed)
+
+
+def test_crops_are_deterministic_per_seed_and_epoch(films: SampleDataset) -> None:
+    a, b = _crops(films), _crops(films)
+    assert len(a) == 4 * len(films)
+    windows = [a.window(i) for i in range(len(a))]
+    assert windows == [b.window(i) for i in range(len(b))]
+    first, again = a[5], b[5]
+    assert torch.equal(first["image"], again["image"]) and torch.equal(first["mask"], again["mask"])
+    a.set_epoch(1)
+    moved = [a.window(i) for i in range(len(a))]
+    assert (
+        moved != windows and sum(w != m for w, m in zip(windows, moved, strict=True)) > len(a) // 2
+    )
+    b.set_epoch(1)
+    assert moved == [b.window(i) for i in range(len(b))]  # a resumed run draws the same
+    assert [_crops(films, seed=1).window(i) for i in range(len(a))] != windows
+
+
+def test_lesion_centred_share_and_content(films: SampleDataset) -> None:
+    crops = _crops(films, per_image=8, lesion_fraction=0.5, jitter=0.35)
+    centred = holds_lesion = 0
+    for epoch in range(3):
+        crops.set_epoch(epoch)
+        for index in range(len(crops)):
+            window = crops.window(index)
+            _, mask = films._prepared(window.film)
+            view = mask[window.top : window.top + 32, window.left : window.left + 32]
+            assert view.shape == (32, 32)  # always inside the film
+            if window.lesion_centred:
+                centred += 1
+                holds_lesion += bool(view.any())
+    total = 3 * len(crops)
+    assert 0.4 < centred / total < 0.6  # every synthetic film holds a lesion
+    assert holds_lesion == centred  # a lesion-centred crop always shows its lesion
+    none = _crops(films, lesion_fraction=0.0)
+    assert not any(none.window(i).lesion_centred for i in range(len(none)))
+    every = _crops(films, lesion_fraction=1.0)
+    assert all(every.window(i).lesion_centred for i in range(len(every)))
+
+
+def test_background_crops_prefer_breast_tissue(films: SampleDataset) -> None:
+    crops = _crops(films, lesion_fraction=0.0, min_tissue=0.6)
+    shares = []
+    for index in range(len(crops)):
+        window = crops.window(index)
+        pixels, _ = films._prepared(window.film)
+        view = pixels[window.top : window.top + 32, window.left : window.left + 32, 0]
+        shares.append(float((view > 1 / 255).mean()))
+    assert np.mean(np.array(shares) >= 0.6) > 0.9
+
+
+def test_crop_items_and_labels(films: SampleDataset) -> None:
+    crops = _crops(films, lesion_fraction=0.5)
+    seen = set()
+    for index in range(len(crops)):
+        item = crops[index]
+        assert item["image"].shape == (1, 32, 32) and item["image"].dtype == torch.float32
+        assert item["mask"].shape == (1, 32, 32)
+        film = films.items[crops.window(index).film].sample
+        has_lesion = bool(item["mask"].any())
+        assert int(item["label"]) == (film.label if has_lesion else 0)
+        seen.add((has_lesion, int(item["label"])))
+    assert {(True, 1), (False, 0)} <= seen
+
+
+def test_crop_configuration_errors(films: SampleDataset) -> None:
+    with pytest.raises(ConfigError, match="exceeds the input size"):
+        _crops(films, size=128)
+    histo = SampleDataset(films.items, PREPROCESS, task=Task.CLASSIFICATION)
+    with pytest.raises(ConfigError, match="segmentation models only"):
+        CropDataset(histo, CropConfig(size=32))
+
+
+@pytest.mark.slow
+def test_tiny_crop_run_on_both_data_sets(data_root: Path, tmp_path: Path) -> None:
+    """Combined data set, split per data set, crops for training, whole films for validation."""
+    from training.trainer import train
+
+    config = config_from_dict(
+        {
+            "stage": "mammography",
+            "task": "segmentation",
+            "device": "cpu",
+            "progress": False,
+            "output_dir": str(tmp_path / "run"),
+            "data": {"dataset": "cbis_ddsm_coco+mias", "root": str(data_root)},
+            "model": {
+                "name": "unet",
+                "width": 4,
+                "in_channels": 1,
+                "input_size": 64,
+                "options": {"depth": 2, "lesion_malignancy": True},
+            },
+            "preprocess": {"resize_mode": "stretch", "crop_breast": True,
+                           "canonical_orientation": True},
+            "crops": {"size": 32, "per_image": 2},
+            "loss": {"name": "dice_bce", "malignancy_weight": 0.2,
+                     "lesion_malignancy_weight": 0.3},
+            "augment": {"policy": "filter_us"},
+            "optim": {"epochs": 2, "batch_size": 8, "scheduler": "none"},
+        }
+    )  # fmt: skip
+    data = build_splits(config)
+    assert isinstance(data.train, CropDataset)
+    assert data.train[0]["image"].shape == (1, 32, 32)
+    assert data.val[0]["image"].shape == (1, 64, 64)  # validation on whole films
+    split = json.loads((tmp_path / "run" / "split.json").read_text())
+    assert set(split["params"]["parts"]) == {"cbis_ddsm", "mini_mias"}
+    tests = {split["samples"][e["sample_id"]]["image_path"].split("/")[-2]
+             for e in split["entries"] if e["split"] == "test"}  # fmt: skip
+    assert tests == {"train", "mini-mias"}  # each data set has its own test part
+    result = train(config, data=data)
+    assert result.last_epoch == 2 and result.best_checkpoint.is_file()
+    history = (tmp_path / "run" / "history.csv").read_text().splitlines()
+    assert len(history) == 3 and history[0].startswith("epoch,train_loss")
+    metrics = json.loads(result.metrics_file.read_text()) if result.metrics_file else {}
+    assert metrics["test"] is not None and "dice" in metrics["val"]

@@ -28,7 +28,8 @@ class Case:
         patient: the patient where the data names one (bootstrap intervals resample patients).
         mask_paths: lesion mask files, merged by OR; empty with ``has_lesion`` False: no lesion.
         circles: lesion circles (mini-MIAS).
-        boxes: lesion boxes ``(x, y, w, h)`` in the image's pixels.
+        boxes: lesion boxes ``(x, y, w, h)`` in pixels of ``box_grid`` (``(height, width)``;
+            None: the image's own grid).
         has_lesion: True/False where the truth says; None where it says nothing (IDC patches).
         truth: ``mask`` (a full lesion mask: files or circles; none of them = no lesion),
             ``boxes`` (lesion boxes only) or ``none`` (no location: classification only, e.g. a
@@ -43,6 +44,7 @@ class Case:
     mask_paths: tuple[Path, ...] = ()
     circles: tuple[Circle, ...] = ()
     boxes: tuple[tuple[float, float, float, float], ...] = ()
+    box_grid: tuple[int, int] | None = None
     has_lesion: bool | None = None
     truth: Literal["mask", "boxes", "none"] = "none"
     extra: dict[str, str] = field(default_factory=dict, hash=False)
@@ -55,6 +57,23 @@ class Case:
 
 def case_from_sample(sample: Sample) -> Case:
     """A training-data ``Sample`` as a case (segmentable samples carry lesion truth)."""
+    if "boxes" in sample.extra:  # boxes only (CBIS-DDSM as COCO boxes)
+        boxes = tuple(
+            (float(x), float(y), float(w), float(h)) for x, y, w, h in sample.extra["boxes"]
+        )
+        grid = sample.extra.get("box_grid")
+        return Case(
+            id=sample.id,
+            dataset=sample.dataset,
+            image_path=sample.image_path,
+            label=sample.label,
+            patient=sample.patient_id,
+            boxes=boxes,
+            box_grid=(int(grid[0]), int(grid[1])) if grid else None,
+            has_lesion=bool(boxes),
+            truth="boxes",
+            extra={"class_name": sample.class_name},
+        )
     incomplete = bool(sample.extra.get("mask_incomplete"))
     has_lesion = None
     if sample.segmentable or incomplete:

@@ -16,18 +16,14 @@ readers (``training.data``); CBIS-DDSM as COCO boxes (``cbis_coco``) and the hos
 
 from __future__ import annotations
 
-import csv
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from breastdx.errors import BreastdxError
 from evaluation.cases import Case, case_from_sample
 
 COCO_FILE = "_annotations.coco.json"
-LABELS_FILE = "labels_image_level.csv"
 
 
 class UnknownLayoutError(BreastdxError):
@@ -121,63 +117,15 @@ def read_busbra_cases(root: Path) -> list[Case]:
     return [case_from_sample(s) for s in read_busbra(root)]
 
 
-def _coco_folder(root: Path) -> Path | None:
-    for folder in (root, root / "train", root / "test", root / "valid"):
-        if (folder / COCO_FILE).is_file():
-            return folder
-    return None
+def _coco_root(root: Path) -> bool:
+    return any((folder / COCO_FILE).is_file() for folder in (root, root / "train", root / "test"))
 
 
-@data_format("cbis_coco", "CBIS-DDSM", lambda root: _coco_folder(root) is not None)
-def read_cbis_coco(root: Path) -> list[Case]:
-    """Images of the COCO file with their boxes; label and patient from ``labels_image_level``."""
-    folder = _coco_folder(root)
-    if folder is None:
-        raise UnknownLayoutError(f"no {COCO_FILE} in {root} or its train/ folder")
-    coco = _read_json(folder / COCO_FILE)
-    labels = _image_labels(folder)
-    boxes: dict[int, list[tuple[float, float, float, float]]] = {}
-    for ann in coco.get("annotations", []):
-        x, y, w, h = (float(v) for v in ann["bbox"])
-        boxes.setdefault(int(ann["image_id"]), []).append((x, y, w, h))
-    cases = []
-    for image in sorted(coco.get("images", []), key=lambda i: str(i["file_name"])):
-        name = str(image["file_name"])
-        row = labels.get(name, {})
-        label = {"malignant": 1, "benign": 0}.get(row.get("image_label", "").strip().lower())
-        found = tuple(boxes.get(int(image["id"]), []))
-        cases.append(
-            Case(
-                id=Path(name).stem,
-                dataset="cbis_ddsm",
-                image_path=folder / name,
-                label=label,
-                patient=row.get("patient_id") or None,
-                boxes=found,
-                has_lesion=bool(found),
-                truth="boxes",
-            )
-        )
-    return cases
+@data_format("cbis_coco", "CBIS-DDSM", _coco_root)
+def read_cbis_coco_cases(root: Path) -> list[Case]:
+    from training.data.cbis_ddsm_coco import read_cbis_coco
 
-
-def _image_labels(folder: Path) -> dict[str, dict[str, str]]:
-    """``labels_image_level.csv`` rows by file name, from ``folder`` or its parent."""
-    for path in (folder / LABELS_FILE, folder.parent / LABELS_FILE):
-        if path.is_file():
-            with path.open(newline="", encoding="utf-8-sig") as handle:
-                return {row["file"]: row for row in csv.DictReader(handle) if row.get("file")}
-    return {}
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        document = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise UnknownLayoutError(f"{path} is not readable JSON: {exc}") from exc
-    if not isinstance(document, dict):
-        raise UnknownLayoutError(f"{path} is not a COCO annotation object")
-    return document
+    return [case_from_sample(s) for s in read_cbis_coco(root)]
 
 
 def _mias_root(root: Path) -> bool:

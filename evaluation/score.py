@@ -62,7 +62,9 @@ def truth_mask(case: Case, shape: tuple[int, int]) -> np.ndarray:
 def truth_boxes(case: Case, mask: np.ndarray | None, shape: tuple[int, int]) -> list[Box]:
     """True lesion boxes: given, a circle's bounding box, or the mask's components."""
     if case.boxes:
-        return list(case.boxes)
+        grid = case.box_grid or shape
+        sy, sx = shape[0] / grid[0], shape[1] / grid[1]
+        return [(x * sx, y * sy, w * sx, h * sy) for x, y, w, h in case.boxes]
     if case.circles:
         scaled = [c.scaled(shape) for c in case.circles]
         return [(c.x - c.radius, c.y - c.radius, 2 * c.radius, 2 * c.radius) for c in scaled]

@@ -180,8 +180,11 @@ def make_cbis(root: Path) -> Path:
         for box in truths[name]:
             coco["annotations"].append({"id": len(coco["annotations"]), "image_id": k, "bbox": box})
     (train / "_annotations.coco.json").write_text(json.dumps(coco))
-    rows = ["split,file,patient_id,image_label"]
-    rows += [f"train,{n}.jpg,P_{n[:5]},{'malignant' if n < '00003' else 'benign'}" for n in images]
+    rows = ["split,file,patient_id,side,view,image_label"]
+    rows += [
+        f"train,{n}.jpg,P_{n[:5]},LEFT,CC,{'malignant' if n < '00003' else 'benign'}"
+        for n in images
+    ]
     (root / "labels_image_level.csv").write_text("\n".join(rows) + "\n")
     return root
 

@@ -8,7 +8,7 @@ the image's pixels (CBIS-DDSM's COCO file, a hospital CSV).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -56,37 +56,32 @@ class Case:
 
 
 def case_from_sample(sample: Sample) -> Case:
-    """A training-data ``Sample`` as a case (segmentable samples carry lesion truth)."""
-    if "boxes" in sample.extra:  # boxes only (CBIS-DDSM as COCO boxes)
-        boxes = tuple(
-            (float(x), float(y), float(w), float(h)) for x, y, w, h in sample.extra["boxes"]
-        )
-        grid = sample.extra.get("box_grid")
-        return Case(
-            id=sample.id,
-            dataset=sample.dataset,
-            image_path=sample.image_path,
-            label=sample.label,
-            patient=sample.patient_id,
-            boxes=boxes,
-            box_grid=(int(grid[0]), int(grid[1])) if grid else None,
-            has_lesion=bool(boxes),
-            truth="boxes",
-            extra={"class_name": sample.class_name},
-        )
-    incomplete = bool(sample.extra.get("mask_incomplete"))
-    has_lesion = None
-    if sample.segmentable or incomplete:
-        has_lesion = incomplete or bool(sample.circles) or sample.class_name != "normal"
-    return Case(
+    """A training-data ``Sample`` as a case: boxes (``extra["boxes"]``, CBIS-DDSM COCO), or a
+    lesion mask (mask files, circles; none of them = no lesion) for segmentable samples."""
+    base = Case(
         id=sample.id,
         dataset=sample.dataset,
         image_path=sample.image_path,
         label=sample.label,
         patient=sample.patient_id,
+        extra={"class_name": sample.class_name},
+    )
+    if "boxes" in sample.extra:
+        boxes = tuple(
+            (float(x), float(y), float(w), float(h)) for x, y, w, h in sample.extra["boxes"]
+        )
+        grid = sample.extra.get("box_grid")
+        size = (int(grid[0]), int(grid[1])) if grid else None
+        return replace(base, boxes=boxes, box_grid=size, has_lesion=bool(boxes), truth="boxes")
+    incomplete = bool(sample.extra.get("mask_incomplete"))
+    has_lesion = None
+    if sample.segmentable or incomplete:
+        has_lesion = incomplete or bool(sample.circles) or sample.class_name != "normal"
+    truth: Literal["mask", "none"] = "mask" if sample.segmentable else "none"
+    return replace(
+        base,
         mask_paths=sample.mask_paths,
         circles=sample.circles,
         has_lesion=has_lesion,
-        truth="mask" if sample.segmentable else "none",
-        extra={"class_name": sample.class_name},
+        truth=truth,
     )

@@ -95,13 +95,15 @@ for stage in $stages; do
     out="$run/export"
     rm -rf "$out"  # exports of an earlier build (runs/ only; the stores keep every version)
     mkdir -p "$out"
+    operating_point=()  # segmentation: thresholds chosen with the exported file on validation
+    if [[ $stage != histopathology ]]; then operating_point=(--operating-point-split val); fi
     log "$stage: float32 export -> $full_store"
     "$bdx" export --checkpoint "$run/best.pt" --out "$out/full/model.onnx" \
-        --parity-split test --parity-n "$parity_n" \
+        --parity-split test --parity-n "$parity_n" "${operating_point[@]}" \
         --register --name "$name" --alias production --store "$full_store" | tee "$out/full.json"
     log "$stage: fp16 weight storage export -> $out/store (scratch)"
     "$bdx" export --checkpoint "$run/best.pt" --out "$out/shipped/model.onnx" --weights-fp16 \
-        --parity-split test --parity-n "$parity_n" \
+        --parity-split test --parity-n "$parity_n" "${operating_point[@]}" \
         --register --name "$name" --alias staging --store "$out/store" | tee "$out/shipped.json"
     log "$stage: evaluation at the original resolution -> $ship_store (card figures)"
     read -r -a dirs <<<"${eval_dirs[$stage]}"

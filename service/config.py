@@ -84,7 +84,7 @@ class Settings(BaseSettings):
         default=60, ge=1, description="RQ registry cleanup and abandoned-job checks in workers"
     )
     hook_modules: list[str] = Field(
-        default_factory=lambda: ["service.dicom.delivery"],
+        default_factory=lambda: ["service.pacs.delivery"],
         description="modules that register post-success hooks on import (JSON list in env)",
     )
     redis_retry_after_s: int = Field(default=5, ge=1, description="Retry-After when Redis is down")

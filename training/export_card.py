@@ -421,18 +421,6 @@ def _chosen_threshold(
     return thresholds.model_copy(update={"malignancy": value})
 
 
-def _chosen_threshold(
-    run: TrainedRun, report: dict[str, Any], thresholds: Thresholds
-) -> Thresholds:
-    """A classifier's malignancy threshold as chosen on validation for balanced accuracy
-    (``metrics.json`` ``decision_threshold``, ``training.calibration.decision_threshold``)."""
-    chosen = report.get("decision_threshold")
-    value = _number(chosen.get("threshold")) if isinstance(chosen, dict) else None
-    if run.config.task is not Task.CLASSIFICATION or value is None or not 0 < value < 1:
-        return thresholds
-    return thresholds.model_copy(update={"malignancy": value})
-
-
 def _draft(
     run: TrainedRun,
     parity: ParityReport,
@@ -453,7 +441,6 @@ def _draft(
         limitations.append(_weights_fp16_note(parity, fp32_parity))
     temperature = _number(report.get("temperature"))
     fitted = temperature is not None and temperature > 0
-    thresholds = _chosen_threshold(run, report, thresholds)
     thresholds = _chosen_threshold(run, report, thresholds)
     fp16 = Fp16Export(parity=fp16_parity.to_card()) if fp16_parity is not None else None
     return CardDraft(

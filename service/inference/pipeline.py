@@ -137,7 +137,6 @@ def _prepare(request: _Request, source: Source | Predecoded) -> _Item:
     else:
         item.plan = histo.plan_tiles(item.display, request.window, request.tiles)
         item.warnings += histo.check_tissue(item.display, item.plan)  # the stage's pixel rule
-        item.warnings += histo.check_tissue(item.display, item.plan)  # the stage's pixel rule
         item.batch = histo.window_batch(item.display, item.plan, request.config)  # (K, C, h, w)
     item.ms["preprocess"] = _ms(start)
     return item

@@ -76,8 +76,9 @@ class CropDataset(Dataset[Batch]):
         return len(self.base) * self.config.per_image
 
     def __getitem__(self, index: int) -> Batch:
-        pixels, mask = self.base._prepared(index // self.config.per_image)  # (H, W, C), (H, W)
-        window = self.window(index)
+        film, k = divmod(index, self.config.per_image)
+        pixels, mask = self.base._prepared(film)  # (H, W, C), (H, W); decoded once if cached
+        window = self._window(film, k, pixels, mask)
         size = self.config.size
         rows = slice(window.top, window.top + size)
         cols = slice(window.left, window.left + size)
@@ -101,7 +102,9 @@ class CropDataset(Dataset[Batch]):
         """Where crop ``index`` (film ``index // per_image``, crop ``index % per_image``) lies
         in this epoch; a pure function of ``(seed, epoch, index)`` and the film."""
         film, k = divmod(index, self.config.per_image)
-        pixels, mask = self.base._prepared(film)
+        return self._window(film, k, *self.base._prepared(film))
+
+    def _window(self, film: int, k: int, pixels: np.ndarray, mask: np.ndarray) -> Window:
         rng = np.random.default_rng([self.seed, self.epoch, film, k])
         lesions = self._lesion_pixels(film, mask)
         height, width = mask.shape

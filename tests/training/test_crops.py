@@ -127,6 +127,7 @@ def test_crop_configuration_errors(films: SampleDataset) -> None:
 @pytest.mark.slow
 def test_tiny_crop_run_on_both_data_sets(data_root: Path, tmp_path: Path) -> None:
     """Combined data set, split per data set, crops for training, whole films for validation."""
+    from training.export import export_checkpoint, split_images
     from training.trainer import train
 
     config = config_from_dict(
@@ -168,3 +169,18 @@ def test_tiny_crop_run_on_both_data_sets(data_root: Path, tmp_path: Path) -> Non
     assert len(history) == 3 and history[0].startswith("epoch,train_loss")
     metrics = json.loads(result.metrics_file.read_text()) if result.metrics_file else {}
     assert metrics["test"] is not None and "dice" in metrics["val"]
+    # trained on 32 px crops, exported (and checked against torch) on whole 64 px films
+    films = split_images(tmp_path / "run", "test", 4)  # both data sets' test films
+    exported = export_checkpoint(
+        result.best_checkpoint,
+        tmp_path / "export" / "model.onnx",
+        parity_images=films,
+        operating_point_split="val",
+    )
+    card = json.loads(exported.card_path.read_text())
+    assert {o["name"]: o["shape"][2:] for o in card["outputs"] if len(o["shape"]) == 4} == {
+        "mask_logits": [64, 64],
+        "lesion_malignancy_logits": [64, 64],
+    }
+    assert exported.parity.n_images == len(films) >= 2
+    assert exported.parity.max_abs_prob_diff < 1e-3

@@ -104,7 +104,23 @@ SOURCES = {
         url="https://doi.org/10.1038/sdata.2017.177",
     ),
 }
+ULTRASOUND_LIMITATIONS = (
+    "BUSI and BUS-BRA images carry burned-in calipers, markers and scanner text; the model saw "
+    "them in training and may react to them; they were not removed.",
+    "BUSI holds a few colour Doppler frames (analysed as grey); Doppler, elastography and "
+    "3D/ABUS images were not part of training.",
+    "Scanners seen: BUSI's (LOGIQ E9 family, Cairo, 2018) and BUS-BRA's GE Logiq 7, GE Logiq 5, "
+    "Toshiba Aplio 300 and U-Systems (Brazil); other scanners, presets and populations need a "
+    "local evaluation (breastdx evaluate).",
+    "Lesion presence is a threshold on the mask's peak probability chosen on the validation "
+    "split, which holds only 14 images without a lesion (BUS-BRA has none).",
+)
+
+
 DATASET_LIMITATIONS = {
+    "busi": ULTRASOUND_LIMITATIONS,
+    "busbra": ULTRASOUND_LIMITATIONS,
+    "busi+busbra": ULTRASOUND_LIMITATIONS,
     "mias": (
         "Lesion masks are a circle-mask approximation: mini-MIAS gives each abnormality as a "
         "centre and a radius only, so the model learned circles, and Dice/IoU were measured "

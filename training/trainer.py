@@ -237,6 +237,7 @@ def _checkpoint_state(run: _Run, epoch: int, metric: float, commit: str | None) 
         "early_stopping": run.stopper.state_dict(),
         "config": config_to_dict(run.config),
         "git_commit": commit,
+        "hardware": _hardware(run),
     }
 
 
@@ -329,6 +330,23 @@ def _fit(run: _Run, start: int, commit: str | None) -> tuple[int, bool]:
             logger.info("early stop: no better %s for %d epochs", monitor, run.stopper.patience)
             return epoch, True
     return epoch, run.stopper.should_stop
+
+
+def _hardware(run: _Run) -> str:
+    """Where the run trains, for the card: device, CPU model and torch threads."""
+    import platform
+
+    if run.device.type == "cuda":
+        return f"cuda: {torch.cuda.get_device_name(run.device)}"
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"cpu: {cpu}, {torch.get_num_threads()} torch thread(s), amp={run.amp}"
 
 
 def _clock(seconds: float) -> str:

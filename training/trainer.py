@@ -429,8 +429,22 @@ def train(
     seed_everything(config.seed)
     if config.threads is not None:
         torch.set_num_threads(config.threads)
-    if resolve_device(config.device).type == "cpu":
-        torch.set_flush_denormal(True)  # denormal floats are slow on x86 CPUs
+    # Denormal floats are slow on x86 CPUs: flushed to zero while this run trains, and the
+    # process-wide setting restored afterwards (other code in the process may rely on them).
+    flush = resolve_device(config.device).type == "cpu" and torch.set_flush_denormal(True)
+    try:
+        return _train(config, data, model, resume)
+    finally:
+        if flush:
+            torch.set_flush_denormal(False)
+
+
+def _train(
+    config: TrainConfig,
+    data: DataSplits | None,
+    model: nn.Module | None,
+    resume: bool,
+) -> TrainResult:
     if data is None:
         from training.torch_dataset import build_splits
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -62,17 +63,34 @@ def submit(client: TestClient, stage: str, *images: bytes, query: str = "", **he
     return client.post(f"/v1/{stage}/analyses{query}", files=parts, headers=headers)
 
 
+POLL_S = 0.55  # the API allows 120 requests a minute per client: polls stay below that
+
+
+def look(client: TestClient, job_id: str) -> dict[str, Any] | None:
+    """The job's record, or None while the API rate-limits this client's polling (429).
+
+    Paced to one request per ``POLL_S``: a job that runs long on a loaded machine must not
+    exhaust the client's rate limit (its 429s would hide the job's state)."""
+    time.sleep(POLL_S)
+    response = client.get(f"/v1/analyses/{job_id}")
+    if response.status_code == 429:  # a slow job on a loaded machine: poll again later
+        return None
+    body: dict[str, Any] = response.json()
+    return body
+
+
 def state(client: TestClient, job_id: str) -> str:
-    value: str = client.get(f"/v1/analyses/{job_id}").json()["state"]
+    body: dict[str, Any] = js.wait_until(lambda: look(client, job_id), 30, every_s=0.0)
+    value: str = body["state"]
     return value
 
 
 def final(client: TestClient, job_id: str, timeout_s: float = 60) -> dict[str, Any]:
     def check() -> dict[str, Any] | None:
-        body: dict[str, Any] = client.get(f"/v1/analyses/{job_id}").json()
-        return body if body["state"] in {"succeeded", "failed"} else None
+        body = look(client, job_id)
+        return body if body is not None and body["state"] in {"succeeded", "failed"} else None
 
-    found: dict[str, Any] = js.wait_until(check, timeout_s, every_s=0.1)
+    found: dict[str, Any] = js.wait_until(check, timeout_s, every_s=0.0)
     return found
 
 

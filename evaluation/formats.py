@@ -103,7 +103,7 @@ def _busi_root(root: Path) -> bool:
 def read_busi_cases(root: Path) -> list[Case]:
     from training.data.busi import read_busi
 
-    return [case_from_sample(s) for s in read_busi(root)]
+    return [case_from_sample(s) for s in read_busi(root, strict=False)]  # missing: skipped
 
 
 def _busbra_root(root: Path) -> bool:
@@ -114,7 +114,7 @@ def _busbra_root(root: Path) -> bool:
 def read_busbra_cases(root: Path) -> list[Case]:
     from training.data.busbra import read_busbra
 
-    return [case_from_sample(s) for s in read_busbra(root)]
+    return [case_from_sample(s) for s in read_busbra(root, strict=False)]  # missing: skipped
 
 
 def _coco_root(root: Path) -> bool:

@@ -449,3 +449,28 @@ def test_busbra_cases_are_grouped_by_patient(store: Path, tmp_path: Path) -> Non
     assert ds["segmentation"]["dice"]["value"] == pytest.approx((1 + 0.5 + 0) / 3)
     assert ds["segmentation"]["iou"]["value"] == pytest.approx((1 + 1 / 3 + 0) / 3)
     assert ds["classification"]["class_counts"] == {"malignant": 2, "benign": 1}
+
+
+@pytest.mark.parametrize("release", ["busi", "busbra"])
+def test_release_sets_skip_a_case_whose_mask_is_missing(
+    store: Path, tmp_path: Path, release: str
+) -> None:
+    """BUSI and BUS-BRA: a missing mask skips that case (named, counted, exit 1), the rest
+    of the set is still evaluated."""
+    from training.data.synthetic import make_busbra
+    from training.data.synthetic import make_busi as make_busi_release
+
+    if release == "busi":
+        root = make_busi_release(tmp_path / "busi", n=6, seed=0, duplicates=0)
+        gone = root / "benign" / "benign (1)_mask.png"
+    else:
+        root = make_busbra(tmp_path / "busbra", n_cases=3, seed=0)
+        gone = root / "Masks" / "mask_0001-l.png"
+    total = len(FORMATS[release].read(root))
+    gone.unlink()
+    code, report = _evaluate(store, tmp_path / "out", "--stage", "ultrasound", str(root))
+    assert code == 1  # a case was skipped
+    (ds,) = report["datasets"]
+    assert (ds["n_scored"], ds["n_skipped"]) == (total - 1, 1)
+    (skipped,) = ds["skipped"]
+    assert gone.name in skipped["message"]

@@ -41,8 +41,11 @@ def find_root(root: Path) -> Path:
     )
 
 
-def read_busbra(root: Path) -> list[Sample]:
+def read_busbra(root: Path, *, strict: bool = True) -> list[Sample]:
     """Every image of ``bus_data.csv`` with its mask, in the table's (ID) order.
+
+    ``strict=False`` (evaluation) keeps a row whose image or mask file is missing, naming the
+    expected files, so that the caller can skip and count that case instead of failing the set.
 
     Raises:
         DatasetLayoutError: the table, an image or its mask is missing.
@@ -57,10 +60,10 @@ def read_busbra(root: Path) -> list[Sample]:
                 f"{base / TABLE} lacks column(s) {missing}", dataset=DATASET, path=str(base / TABLE)
             )
         rows = list(reader)
-    return sorted((_sample(base, row) for row in rows), key=lambda s: s.id)
+    return sorted((_sample(base, row, strict) for row in rows), key=lambda s: s.id)
 
 
-def _sample(base: Path, row: dict[str, str]) -> Sample:
+def _sample(base: Path, row: dict[str, str], strict: bool = True) -> Sample:
     image_id = row["ID"].strip()
     pathology = row["Pathology"].strip().lower()
     if pathology not in PATHOLOGY:
@@ -73,7 +76,7 @@ def _sample(base: Path, row: dict[str, str]) -> Sample:
     image = base / "Images" / f"{image_id}.png"
     mask = base / "Masks" / f"{image_id.replace('bus_', 'mask_', 1)}.png"
     for path in (image, mask):
-        if not path.is_file():
+        if strict and not path.is_file():
             raise DatasetLayoutError(
                 f"missing file {path} listed in {TABLE}", dataset=DATASET, path=str(path)
             )

@@ -45,8 +45,11 @@ def find_root(root: Path) -> Path:
     )
 
 
-def read_busi(root: Path) -> list[Sample]:
+def read_busi(root: Path, *, strict: bool = True) -> list[Sample]:
     """All BUSI images with their masks, sorted by class then image number.
+
+    ``strict=False`` (evaluation) keeps an image whose ``_mask.png`` is missing, naming the
+    expected file, so that the caller can skip and count that case instead of failing the set.
 
     Args:
         root: the ``Dataset_BUSI_with_GT`` folder or the folder that holds it.
@@ -59,11 +62,11 @@ def read_busi(root: Path) -> list[Sample]:
     base = find_root(root)
     samples: list[Sample] = []
     for class_name, label in CLASSES.items():
-        samples.extend(_read_class(base / class_name, class_name, label))
+        samples.extend(_read_class(base / class_name, class_name, label, strict))
     return samples
 
 
-def _read_class(folder: Path, class_name: str, label: int) -> list[Sample]:
+def _read_class(folder: Path, class_name: str, label: int, strict: bool = True) -> list[Sample]:
     images: dict[str, int] = {}
     masks: dict[str, list[tuple[int, Path]]] = {}
     for path in sorted(folder.iterdir()):
@@ -90,15 +93,23 @@ def _read_class(folder: Path, class_name: str, label: int) -> list[Sample]:
             path=str(folder / f"{orphans[0]}.png"),
         )
     return [
-        _sample(folder, stem, n, class_name, label, masks.get(stem, []))
+        _sample(folder, stem, n, class_name, label, masks.get(stem, []), strict)
         for stem, n in sorted(images.items(), key=lambda item: item[1])
     ]
 
 
 def _sample(
-    folder: Path, stem: str, n: int, class_name: str, label: int, masks: list[tuple[int, Path]]
+    folder: Path,
+    stem: str,
+    n: int,
+    class_name: str,
+    label: int,
+    masks: list[tuple[int, Path]],
+    strict: bool = True,
 ) -> Sample:
     ordered = sorted(masks)
+    if not strict and (not ordered or ordered[0][0] != 0):
+        ordered = [(0, folder / f"{stem}_mask.png"), *ordered]  # missing: the caller skips it
     if not ordered or ordered[0][0] != 0:
         raise DatasetLayoutError(
             f"missing mask {folder / (stem + '_mask.png')}: every BUSI image has one "

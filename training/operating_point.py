@@ -223,6 +223,13 @@ def tune(
     config = load_config(run_dir / CONFIG)
     ids = set(Split.load(run_dir / SPLIT_FILE).ids(split))
     samples = [s for s in read_samples(config.data.dataset.value, config.data.root) if s.id in ids]
+    if not samples:
+        from training.parity import ExportError
+
+        raise ExportError(
+            f"split {split!r} of the run's {SPLIT_FILE} holds no image of its data: the "
+            "operating point needs labelled validation images (e.g. --operating-point-split val)"
+        )
     metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
     temperature = float(metrics.get("temperature") or 1.0)
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])

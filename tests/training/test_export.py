@@ -255,3 +255,12 @@ def test_lesion_malignancy_output_reaches_each_lesion_through_the_service(
     for lesion in lesions:
         assert lesion.malignancy is not None and 0.0 <= lesion.malignancy <= 1.0
         assert lesion.score is not None and lesion.score >= 0.05
+
+
+def test_operating_point_on_an_unknown_split_is_a_typed_error(
+    checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "model.onnx"
+    args = ["--checkpoint", str(checkpoint), "--out", str(out), "--parity-n", "2"]
+    assert main([*args, "--operating-point-split", "nowhere"]) == 1
+    assert "split 'nowhere'" in capsys.readouterr().err

@@ -11,8 +11,8 @@
 # Every run registers NEW versions; a stored version is never overwritten.
 #
 # Environment (all optional):
-#   BREASTDX_DATA_ROOT  data folder holding busi/, busbra/, mammography/mini-mias/, idc/
-#                       (../shared/data)
+#   BREASTDX_DATA_ROOT  data folder holding busi/, busbra/, cbis-ddsm-mass/,
+#                       mammography/mini-mias/, idc/ (../shared/data)
 #   SHIP_STORE          shipped store (models_registry/store)
 #   FULL_STORE          store of the float32 variants, a path or URI (runs/model-store-full)
 #   SHIP_RUNS           training output folder (runs/ship)
@@ -22,7 +22,8 @@
 #   PARITY_N            test images in each parity check (64)
 #   VENV                virtual environment, created if needed (.venv)
 #   EVAL_ULTRASOUND ... data folders the card's test figures are measured on, per stage
-#                       (EVAL_ULTRASOUND="busi"; defaults: "busi busbra", mammography/mini-mias, idc)
+#                       (EVAL_ULTRASOUND="busi"; defaults: "busi busbra", "cbis-ddsm-mass
+#                       mammography/mini-mias", idc)
 #   OMP_NUM_THREADS     torch threads (1: the thread count the shipped cards were measured with;
 #                       another count changes float sums, so the figures drift by ~0.03)
 set -euo pipefail
@@ -45,14 +46,14 @@ declare -A model_name=(
 )
 declare -A data_dir=(  # data.root of each training run, under the data root
     [ultrasound]=.
-    [mammography]=mammography/mini-mias
+    [mammography]=.  # cbis-ddsm-mass/ and mammography/mini-mias/ (dataset cbis_ddsm_coco+mias)
     [histopathology]=idc
 )
 # Data sets each card's test figures are measured on (space-separated folders under the data
 # root), each restricted to its entries of the stage's committed split file's test part.
 declare -A eval_dirs=(
     [ultrasound]=${EVAL_ULTRASOUND:-busi busbra}
-    [mammography]=${EVAL_MAMMOGRAPHY:-mammography/mini-mias}
+    [mammography]=${EVAL_MAMMOGRAPHY:-cbis-ddsm-mass mammography/mini-mias}
     [histopathology]=${EVAL_HISTOPATHOLOGY:-idc}
 )
 

@@ -65,6 +65,8 @@ DATASET_NAMES = {
     "mias": "mini-MIAS",
     "cbis_ddsm": "CBIS-DDSM",
     "cbis_ddsm_jpeg": "CBIS-DDSM",
+    "cbis_ddsm_coco": "CBIS-DDSM",
+    "cbis_ddsm_coco+mias": "CBIS-DDSM + mini-MIAS",
 }
 SOURCES = {
     "busi": DataSource(
@@ -117,14 +119,48 @@ ULTRASOUND_LIMITATIONS = (
 )
 
 
+MIAS_CIRCLES = (
+    "Lesion masks are a circle-mask approximation: mini-MIAS gives each abnormality as a "
+    "centre and a radius only, so the model learned circles, and Dice/IoU were measured "
+    "against circles, not lesion outlines."
+)
+CBIS_BOX_TARGETS = (
+    "Box-derived training targets: CBIS-DDSM masses are given here as bounding boxes, so the "
+    "model learned the ellipse inscribed in each box (and mini-MIAS circles); its contours, "
+    "Dice and IoU are against those ellipses and circles, not radiologists' outlines. Read "
+    "the lesion count, location and FROC; treat the outline as approximate."
+)
+FILM_ONLY = (
+    "Film-only data: CBIS-DDSM (DDSM, 1990s, US) and mini-MIAS (1990s, UK) are digitised "
+    "screen-film mammograms; full-field digital mammograms (FFDM), tomosynthesis and current "
+    "vendors' processing lie outside the training data and need a local evaluation "
+    "(breastdx evaluate) before use."
+)
+MAMMOGRAPHY_LIMITATIONS = (
+    CBIS_BOX_TARGETS,
+    FILM_ONLY,
+    "Masses only: calcifications, architectural distortion and asymmetries were not targets; "
+    "CBIS-DDSM holds no normal film, so the false-positive rate on normal films rests on "
+    "mini-MIAS's normal films alone.",
+    "CBIS-DDSM was read from the shared 800 x 800 JPEG copy (each film squashed to a square); "
+    "the breast box is stretched to the model's square input, which removes that squash, but "
+    "the copy's lost resolution limits small masses.",
+)
+
+
+def _dataset_parts(dataset: str) -> list[str]:
+    """The source keys of a dataset name (``cbis_ddsm_coco+mias`` -> cbis_ddsm, mias)."""
+    return ["cbis_ddsm" if part.startswith("cbis_ddsm") else part for part in dataset.split("+")]
+
+
 DATASET_LIMITATIONS = {
+    "cbis_ddsm_coco": MAMMOGRAPHY_LIMITATIONS,
+    "cbis_ddsm_coco+mias": MAMMOGRAPHY_LIMITATIONS,
     "busi": ULTRASOUND_LIMITATIONS,
     "busbra": ULTRASOUND_LIMITATIONS,
     "busi+busbra": ULTRASOUND_LIMITATIONS,
     "mias": (
-        "Lesion masks are a circle-mask approximation: mini-MIAS gives each abnormality as a "
-        "centre and a radius only, so the model learned circles, and Dice/IoU were measured "
-        "against circles, not lesion outlines.",
+        MIAS_CIRCLES,
         "mini-MIAS is digitised MLO screen film (1990s), scaled here from 1024x1024 to 512x512 "
         "pixels; full-field digital mammograms, CC views and other scanners lie outside its data.",
     ),
@@ -331,8 +367,7 @@ def _provenance(run: TrainedRun) -> list[DataSource]:
                 citation=f"breastdx training.data.synthetic, {dataset} layout",
             )
         ]
-    key = "cbis_ddsm" if dataset.startswith("cbis_ddsm") else dataset
-    return [SOURCES[part] for part in key.split("+")]
+    return [SOURCES[part] for part in _dataset_parts(dataset)]
 
 
 def _empty_mask_baseline(run: TrainedRun, evaluation: EvaluationSet) -> str | None:

@@ -13,9 +13,16 @@ from onnx import numpy_helper
 
 from models_registry.registry import Registry
 from training import export as export_module
+from training import export_card
 from training.cli_export import main
 from training.config import config_from_dict
-from training.export import ExportResult, export_checkpoint, load_trained, split_images
+from training.export import (
+    ExportResult,
+    TrainedRun,
+    export_checkpoint,
+    load_trained,
+    split_images,
+)
 from training.parity import (
     FP32_TOLERANCE,
     ExportError,
@@ -264,3 +271,22 @@ def test_operating_point_on_an_unknown_split_is_a_typed_error(
     args = ["--checkpoint", str(checkpoint), "--out", str(out), "--parity-n", "2"]
     assert main([*args, "--operating-point-split", "nowhere"]) == 1
     assert "split 'nowhere'" in capsys.readouterr().err
+
+
+def test_combined_mammography_card_names_both_sources_and_box_targets(tmp_path: Path) -> None:
+    """A ``cbis_ddsm_coco+mias`` run is carded with both data sets' provenance and the
+    mammography limitations (box-derived targets, film-only data), not CBIS-DDSM alone."""
+    config = config_from_dict(
+        {
+            "stage": "mammography",
+            "task": "segmentation",
+            "data": {"dataset": "cbis_ddsm_coco+mias", "root": str(tmp_path)},
+            "model": {"name": "unet", "width": 4, "in_channels": 1, "input_size": 64},
+        }
+    )
+    run = TrainedRun(checkpoint=tmp_path / "best.pt", config=config, model=None, state={})  # type: ignore[arg-type]
+    assert [source.name for source in export_card._provenance(run)] == ["CBIS-DDSM", "mini-MIAS"]
+    assert export_card._dataset_name(run) == "CBIS-DDSM + mini-MIAS"
+    limitations = " ".join(export_card._limitations(run))
+    assert "Box-derived training targets" in limitations
+    assert "Film-only data" in limitations

@@ -58,6 +58,13 @@ def _parser() -> argparse.ArgumentParser:
         default=0.10,
         help="the largest false-lesion rate on lesion-free images the operating point may have",
     )
+    parser.add_argument(
+        "--max-fp-per-image",
+        type=float,
+        metavar="RATE",
+        help="detection operating point (mammography): the mask and presence thresholds that hit "
+        "the most true lesions with at most RATE false marks per image (e.g. 1)",
+    )
     parser.add_argument("--register", action="store_true", help="register in the model registry")
     parser.add_argument("--name", help="model name to register under")
     parser.add_argument("--alias", help="alias to point at the new version, e.g. staging")
@@ -75,6 +82,8 @@ def _check_usage(parser: argparse.ArgumentParser, args: argparse.Namespace) -> N
         parser.error("--min-lesion-area-px must be >= 0")
     if not 0.0 <= args.max_false_lesion_rate <= 1.0:
         parser.error("--max-false-lesion-rate must lie in [0, 1]")
+    if args.max_fp_per_image is not None and not args.max_fp_per_image >= 0.0:
+        parser.error("--max-fp-per-image must be >= 0")
     if args.register and not args.name:
         parser.error("--register needs --name")
     if not args.register and (args.name or args.alias or args.store):
@@ -124,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
             name=args.name,
             operating_point_split=args.operating_point_split,
             max_false_lesion_rate=args.max_false_lesion_rate,
+            max_fp_per_image=args.max_fp_per_image,
         )
         summary = result_summary(result)
         summary["registered"] = _register(args, result) if args.register else None

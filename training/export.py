@@ -6,10 +6,12 @@ stated opset, with one input ``image`` ``(N, C, H, W)`` whose batch axis ``N`` i
 model's named outputs (``mask_logits``, ``malignancy_logit`` or ``class_logits``). It then runs
 the parity check of ``training.parity`` on real images (torch eager vs ONNX Runtime; for fp16,
 the fp32 ONNX file vs the fp16 one) and fails with ``ParityError`` when a figure misses its
-tolerance. With ``weights_fp16`` the file written stores its weights as float16 with float32
-compute (``training.export_weights``): the float32 export is checked first, then the smaller file
-against torch under ``WEIGHTS_FP16_TOLERANCE``, and the card describes the smaller file. Last,
-it drafts the model card (``training.export_card``) and writes it beside the ONNX file as
+tolerance; every other installed runtime (OpenVINO) is checked against torch on the same images
+with the carded file's tolerance, and the card's ``runtimes`` lists those that pass. With
+``weights_fp16`` the file written stores its weights as float16 with float32 compute
+(``training.export_weights``): the float32 export is checked first, then the smaller file against
+torch under ``WEIGHTS_FP16_TOLERANCE``, and the card describes the smaller file. Last, it drafts
+the model card (``training.export_card``) and writes it beside the ONNX file as
 ``<stem>.card.json``.
 """
 
@@ -40,6 +42,7 @@ from training.parity import (
     ParityReport,
     Tolerance,
     check_onnx,
+    check_runtimes,
     load_images,
     onnx_outputs,
     torch_outputs,
@@ -255,6 +258,7 @@ def export_checkpoint(
     name: str | None = None,
     operating_point_split: str | None = None,
     max_false_lesion_rate: float = 0.10,
+    max_fp_per_image: float | None = None,
 ) -> ExportResult:
     """Export, check parity on ``parity_images``, draft and write the card.
 
@@ -262,7 +266,8 @@ def export_checkpoint(
     first, is removed); it excludes ``fp16``. ``operating_point_split`` (segmentation, e.g.
     ``"val"``) chooses the card's mask, presence and malignancy thresholds and the lesion
     temperature with the exported file on that split (``training.operating_point``); they replace
-    those of ``thresholds``, and the choice is written beside the card.
+    those of ``thresholds``, and the choice is written beside the card; ``max_fp_per_image``
+    makes it a detection operating point (most lesions hit at that many false marks per image).
 
     Raises:
         ExportError: the checkpoint or its run folder lacks something the card needs.
@@ -287,6 +292,7 @@ def export_checkpoint(
         if weights_fp16:
             fp32_parity = parity
             parity = _weights_fp16(reference, fp32_out, out, batch, weights_fp16_tolerance)
+        runtimes = check_runtimes(reference, out, batch, parity, tolerance=parity.tolerance)
     except ExportError:  # a file that failed its check must not be mistaken for a good one
         for path in (out, fp16_out, fp32_out):
             path.unlink(missing_ok=True)
@@ -305,6 +311,7 @@ def export_checkpoint(
             split=operating_point_split,
             min_area=thresholds.min_lesion_area_px,
             max_false_lesion_rate=max_false_lesion_rate,
+            max_fp_per_image=max_fp_per_image,
         )
         point.save(out.with_suffix(".operating-point.json"))
         thresholds = thresholds.model_copy(
@@ -320,6 +327,7 @@ def export_checkpoint(
         thresholds=thresholds,
         name=name,
         lesion_temperature=lesion_temperature,
+        runtimes=runtimes,
     )
     card_path = out.with_suffix(".card.json")
     card_path.write_text(draft.model_dump_json(indent=2) + "\n", encoding="utf-8")
@@ -359,4 +367,5 @@ def result_summary(result: ExportResult) -> dict[str, Any]:
         "parity": figures(result.parity),
         "fp16_parity": figures(result.fp16_parity),
         "fp32_parity": figures(result.fp32_parity),
+        "runtimes": [r.model_dump(mode="json") for r in result.draft.runtimes or []],
     }

@@ -5,9 +5,14 @@ The exported ONNX file runs over the run's validation images through the shared 
 as the service does (``imaging.postprocess``). There, on validation data only:
 
 - the pixel threshold ``mask`` and the lesion-presence threshold ``presence`` (a lesion is marked
-  only where its peak probability reaches it) are chosen together: the pair with the best mean
-  lesion Dice on images that hold a lesion among those whose false-lesion rate on images without
-  one stays within ``max_false_lesion_rate``;
+  only where its peak probability reaches it) are chosen together, by one of two objectives:
+  - segmentation (ultrasound; the default): the pair with the best mean lesion Dice on images
+    that hold a lesion among those whose false-lesion rate on images without one stays within
+    ``max_false_lesion_rate``;
+  - detection (mammography; ``max_fp_per_image`` given): the pair that hits the most true
+    lesions (the FROC's hit rule, ``imaging.lesion_match``) among those with at most
+    ``max_fp_per_image`` false marks per image and a false-lesion rate on lesion-free images
+    within ``max_false_lesion_rate``; ties go to fewer false marks, then the better Dice;
 - the malignancy threshold maximises balanced accuracy of the calibrated image probability;
 - ``lesion_temperature`` calibrates the per-pixel malignancy output (where the model has one):
   each true lesion's mean logit against its image's label.
@@ -27,6 +32,7 @@ import cv2
 import numpy as np
 
 from imaging.geometry import Interpolation
+from imaging.lesion_match import Box, mask_boxes, match_marks
 from imaging.preprocess import preprocess
 from imaging.record import Laterality
 from training.calibration import fit_temperature
@@ -42,13 +48,14 @@ MALIGNANCY_THRESHOLDS = tuple(round(float(t), 3) for t in np.linspace(0.05, 0.95
 
 @dataclass
 class _Case:
-    """One validation image: per mask threshold, its components' (area, overlap, peak)."""
+    """One validation image: per mask threshold, its components' (area, overlap, peak, box)."""
 
     label: int
     truth_area: int
-    components: dict[float, np.ndarray]  # threshold -> (K, 3) area, overlap with truth, peak
+    components: dict[float, np.ndarray]  # threshold -> (K, 7) area, overlap, peak, x, y, w, h
     malignancy_logit: float
     lesion_logit: float | None  # mean per-pixel malignancy logit over the true lesion
+    truth_boxes: list[Box] = field(default_factory=list)  # each true lesion's box
 
 
 @dataclass(frozen=True)
@@ -71,7 +78,7 @@ class OperatingPoint:
 
 
 def _components(full: np.ndarray, truth: np.ndarray, threshold: float, min_area: int) -> np.ndarray:
-    """``(K, 3)`` area, overlap with ``truth`` and peak probability of each component."""
+    """``(K, 7)`` area, overlap with ``truth``, peak probability and box of each component."""
     binary = (full >= threshold).astype(np.uint8)
     count, labels, stats, _ = cv2.connectedComponentsWithStats(binary, connectivity=8)
     rows = []
@@ -82,8 +89,9 @@ def _components(full: np.ndarray, truth: np.ndarray, threshold: float, min_area:
         x, y, w, h = (int(v) for v in stats[i, :4])
         inside = labels[y : y + h, x : x + w] == i
         overlap = int(truth[y : y + h, x : x + w][inside].sum())
-        rows.append((area, overlap, float(full[y : y + h, x : x + w][inside].max())))
-    return np.asarray(rows, np.float64).reshape(-1, 3)
+        peak = float(full[y : y + h, x : x + w][inside].max())
+        rows.append((area, overlap, peak, x, y, w, h))
+    return np.asarray(rows, np.float64).reshape(-1, 7)
 
 
 def collect(
@@ -131,6 +139,7 @@ def collect(
                     components={t: _components(full, truth, t, min_area) for t in MASK_THRESHOLDS},
                     malignancy_logit=float(outputs["malignancy_logit"][k].reshape(-1)[0]),
                     lesion_logit=lesion_logit,
+                    truth_boxes=mask_boxes(truth),
                 )
             )
     return cases
@@ -151,15 +160,32 @@ def _scores(cases: list[_Case], mask: float, presence: float) -> tuple[float, fl
     return dice, (float(np.mean(false)) if false else 0.0)
 
 
+def _detection(cases: list[_Case], mask: float, presence: float) -> tuple[float, float]:
+    """(share of true lesions hit, false marks per image) at one (mask, presence) pair."""
+    hit_count = false_marks = lesions = 0
+    for case in cases:
+        comps = case.components[mask]
+        kept = comps[comps[:, 2] >= presence] if len(comps) else comps
+        marks = [((r[3], r[4], r[5], r[6]), r[2]) for r in kept]
+        claimed = match_marks(marks, case.truth_boxes)
+        hit_count += sum(claimed)
+        false_marks += len(claimed) - sum(claimed)
+        lesions += len(case.truth_boxes)
+    return (hit_count / lesions if lesions else float("nan")), false_marks / max(1, len(cases))
+
+
 def choose(
     cases: list[_Case],
     *,
     temperature: float,
     min_area: int,
     max_false_lesion_rate: float = 0.10,
+    max_fp_per_image: float | None = None,
 ) -> OperatingPoint:
-    """The operating point of the module docstring, from collected validation cases."""
-    best: tuple[float, float, float, float] | None = None  # dice, -presence, mask, false rate
+    """The operating point of the module docstring, from collected validation cases
+    (the detection objective where ``max_fp_per_image`` is given)."""
+    best: tuple[float, ...] | None = None
+    chosen: tuple[float, ...] | None = None  # mask, presence, dice, false, sensitivity, fp rate
     for mask in MASK_THRESHOLDS:
         for presence in (0.0, *PRESENCE_THRESHOLDS):
             if presence and presence < mask:
@@ -167,14 +193,22 @@ def choose(
             dice, false = _scores(cases, mask, presence)
             if false > max_false_lesion_rate:
                 continue
-            key = (dice, -presence, mask, false)
-            if best is None or key[:2] > best[:2]:
-                best = key
-    if best is None:  # no pair meets the rate: the strictest gate
+            if max_fp_per_image is None:
+                key: tuple[float, ...] = (dice, -presence)
+                sensitivity, fp_rate = float("nan"), float("nan")
+            else:
+                sensitivity, fp_rate = _detection(cases, mask, presence)
+                if fp_rate > max_fp_per_image:
+                    continue
+                key = (sensitivity, -fp_rate, dice, -presence)
+            if best is None or key > best:
+                best, chosen = key, (mask, presence, dice, false, sensitivity, fp_rate)
+    if chosen is None:  # no pair meets the rates: the strictest gate
         mask, presence = 0.5, PRESENCE_THRESHOLDS[-1]
         dice, false = _scores(cases, mask, presence)
+        sensitivity, fp_rate = _detection(cases, mask, presence)
     else:
-        dice, presence, mask, false = best[0], -best[1], best[2], best[3]
+        mask, presence, dice, false, sensitivity, fp_rate = chosen
     labels = np.asarray([c.label for c in cases])
     probs = sigmoid(np.asarray([c.malignancy_logit for c in cases]) / temperature)
     bal = {t: balanced_accuracy(probs, labels, threshold=t) for t in MALIGNANCY_THRESHOLDS}
@@ -191,8 +225,15 @@ def choose(
         "lesion_dice": dice,
         "false_lesion_rate": false,
         "max_false_lesion_rate": max_false_lesion_rate,
+        "objective": "segmentation" if max_fp_per_image is None else "detection",
         "malignancy_balanced_accuracy": bal[malignancy],
     }
+    if max_fp_per_image is not None:
+        val |= {
+            "lesion_sensitivity": sensitivity,
+            "false_marks_per_image": fp_rate,
+            "max_fp_per_image": max_fp_per_image,
+        }
     return OperatingPoint(
         mask=float(mask),
         presence=float(presence),
@@ -210,6 +251,7 @@ def tune(
     split: str = "val",
     min_area: int,
     max_false_lesion_rate: float = 0.10,
+    max_fp_per_image: float | None = None,
 ) -> OperatingPoint:
     """Choose the operating point of the exported ``onnx_path`` on the run's ``split``."""
     import onnxruntime as ort
@@ -240,6 +282,7 @@ def tune(
         temperature=temperature,
         min_area=min_area,
         max_false_lesion_rate=max_false_lesion_rate,
+        max_fp_per_image=max_fp_per_image,
     )
     logger.info("operating point on %s: %s", split, point.to_dict())
     return point

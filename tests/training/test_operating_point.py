@@ -9,14 +9,22 @@ import pytest
 from training.operating_point import MASK_THRESHOLDS, _Case, choose
 
 
-def _case(label: int, truth: int, comps: list[tuple[int, int, float]], logit: float) -> _Case:
-    rows = np.asarray(comps, np.float64).reshape(-1, 3)
+def _case(
+    label: int,
+    truth: int,
+    comps: list[tuple[float, ...]],
+    logit: float,
+    truth_boxes: list[tuple[float, float, float, float]] | None = None,
+) -> _Case:
+    """Components as (area, overlap, peak) or (area, overlap, peak, x, y, w, h)."""
+    rows = np.asarray([(*c, 0, 0, 1, 1)[:7] for c in comps], np.float64).reshape(-1, 7)
     return _Case(
         label=label,
         truth_area=truth,
         components={t: rows for t in MASK_THRESHOLDS},  # the same components at every threshold
         malignancy_logit=logit,
         lesion_logit=2.0 if label else -2.0,
+        truth_boxes=truth_boxes or [],
     )
 
 
@@ -42,3 +50,55 @@ def test_presence_threshold_trades_a_faint_true_lesion_for_no_false_lesions() ->
     assert strict.val["malignancy_balanced_accuracy"] == 1.0
     assert strict.lesion_temperature is not None and strict.lesion_temperature > 0
     assert strict.to_dict()["min_lesion_area_px"] == 16
+
+
+def test_detection_objective_hits_most_lesions_within_the_false_mark_budget() -> None:
+    """Mammography: the presence threshold admits the faint true lesions as long as false marks
+    per film stay within the budget (and lesion-free films within their rate)."""
+    box_a, box_b = (10.0, 10.0, 20.0, 20.0), (100.0, 100.0, 20.0, 20.0)
+    cases = [
+        # a film with two lesions: one strong mark on A, one faint mark on B, a false mark at 0.7
+        _case(
+            1,
+            800,
+            [
+                (300, 250, 0.95, 12, 12, 16, 16),
+                (200, 150, 0.60, 102, 102, 14, 14),
+                (100, 0, 0.70, 300, 300, 10, 10),
+            ],
+            2.0,
+            [box_a, box_b],
+        ),
+        # a film with one lesion marked faintly (0.52), below a false mark at 0.55
+        _case(
+            0, 400, [(200, 150, 0.52, 12, 12, 16, 16), (50, 0, 0.55, 200, 50, 8, 8)], -1.0, [box_a]
+        ),
+        _case(0, 0, [(40, 0, 0.58, 50, 50, 8, 8)], -2.0),  # a normal film with a false mark
+        _case(0, 0, [], -2.0),  # a normal film, nothing marked
+    ]
+    # 1 false mark per film allowed, half the normal films may be marked: the gate goes down to
+    # the faintest hit (0.52) and lets the three false marks through
+    loose = choose(
+        cases, temperature=1.0, min_area=16, max_false_lesion_rate=0.5, max_fp_per_image=1.0
+    )
+    assert loose.val["objective"] == "detection"
+    assert loose.presence <= 0.52
+    assert loose.val["lesion_sensitivity"] == 1.0
+    assert loose.val["false_marks_per_image"] == pytest.approx(3 / 4)
+    # 0.5 false marks per film: the 0.52 hit costs too many false marks; of the gates that keep
+    # 2 of 3 lesions, the one above 0.58 leaves the fewest false marks (one)
+    tight = choose(
+        cases, temperature=1.0, min_area=16, max_false_lesion_rate=0.5, max_fp_per_image=0.5
+    )
+    assert 0.58 < tight.presence <= 0.60
+    assert tight.val["lesion_sensitivity"] == pytest.approx(2 / 3)
+    assert tight.val["false_marks_per_image"] == pytest.approx(1 / 4)
+    # no false mark at all: only the strong hit survives (gate above 0.70)
+    none = choose(
+        cases, temperature=1.0, min_area=16, max_false_lesion_rate=0.0, max_fp_per_image=0.0
+    )
+    assert none.presence > 0.70
+    assert none.val["lesion_sensitivity"] == pytest.approx(1 / 3)
+    assert none.val["false_marks_per_image"] == 0.0
+    # the segmentation objective (no budget) reports no detection figures
+    assert "lesion_sensitivity" not in choose(cases, temperature=1.0, min_area=16).val

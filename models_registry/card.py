@@ -94,6 +94,13 @@ class OutputRole(StrEnum):
     LESION_MALIGNANCY = "lesion_malignancy"  # per-pixel malignancy logits, (N, 1, H, W)
 
 
+class Runtime(StrEnum):
+    """An inference runtime that runs a registered ONNX file (``models_registry.runtime``)."""
+
+    ONNXRUNTIME = "onnxruntime"  # ONNX Runtime: CUDA provider where offered, else CPU
+    OPENVINO = "openvino"  # OpenVINO on CPU, float32 inference precision
+
+
 class EvaluationProtocol(StrEnum):
     """How the evaluation split was made (docs/paper.md, "What to keep in mind")."""
 
@@ -224,6 +231,17 @@ class Parity(_Frozen):
     )
     n_images: int = Field(ge=1)
     tolerance: float | None = Field(default=None, ge=0.0, description="max_abs_prob_diff bound")
+    min_mask_agreement: Probability | None = Field(
+        default=None, description="mask_agreement bound (None: not recorded)"
+    )
+
+
+class RuntimeParity(_Frozen):
+    """Torch vs one runtime running this card's ONNX file, measured at export."""
+
+    runtime: Runtime
+    device: Text = Field(description='where it ran, e.g. "CPUExecutionProvider", "CPU"')
+    parity: Parity
 
 
 class Fp16Export(_Frozen):
@@ -278,10 +296,24 @@ class _CardBody(_CardBase):
     intended_use: Text = DEFAULT_INTENDED_USE
     limitations: list[Text] = Field(default_factory=lambda: list(DEFAULT_LIMITATIONS))
     parity: Parity = Field(description="torch vs the fp32 ONNX file, measured at export")
+    runtimes: list[RuntimeParity] | None = Field(
+        default=None,
+        description="the runtimes this file may run on, each with its export parity against "
+        "torch; None (cards older than this field): ONNX Runtime, and any other installed "
+        "runtime that passes the load-time parity gate against ONNX Runtime on CPU",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
         _require_unique("output names", [o.name for o in self.outputs])
+        if self.runtimes is not None:
+            names = [r.runtime.value for r in self.runtimes]
+            _require_unique("runtimes", names)
+            if Runtime.ONNXRUNTIME.value not in names:
+                raise ValueError(
+                    "runtimes must include onnxruntime: ONNX Runtime on CPU is the reference "
+                    "every other runtime is checked against"
+                )
         _require_unique("output roles", [o.role.value for o in self.outputs])
         _require_unique("labels", self.labels)
         keys = [(e.dataset, e.split, e.protocol.value) for e in self.evaluation_sets]
@@ -296,6 +328,10 @@ class _CardBody(_CardBase):
 
     def describe(self) -> str:  # how messages name this card
         return "the card draft"
+
+    def allows(self, runtime: Runtime) -> bool:
+        """True when the card lets ``runtime`` run it (no list: every runtime, gate permitting)."""
+        return self.runtimes is None or any(r.runtime is runtime for r in self.runtimes)
 
     def preprocess_config(self) -> PreprocessConfig:
         """``input.preprocess`` validated as ``imaging.preprocess.PreprocessConfig``.

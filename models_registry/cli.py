@@ -1,6 +1,6 @@
 """``breastdx models``: list, show, register, promote and verify registered ONNX models.
 
-Every sub-command takes ``--store PATH_OR_URI`` (repeatable; default: the service's
+Every sub-command takes ``--store PATH_OR_URI`` (repeatable; default: the registry's settings,
 ``BREASTDX_MODEL_STORE``, else the shipped store, then ``$BREASTDX_EXTRA_MODEL_STORES``) and
 ``--json``. Errors go to stderr (and, with ``--json``, as ``{"error": {...}}`` to stdout) with
 exit status 1; bad usage exits with 2; ``verify`` exits with 1 if any version fails a check.
@@ -30,18 +30,8 @@ PROG = "breastdx models"
 Handler = Callable[[argparse.Namespace], int]
 
 
-def _default_primary_store() -> Path | None:
-    """``BREASTDX_MODEL_STORE`` when set; None (the shipped store) otherwise."""
-    from service.config import get_settings  # pydantic-settings only; no web stack
-
-    settings = get_settings()
-    return settings.model_store if "model_store" in settings.model_fields_set else None
-
-
 def _registry(args: argparse.Namespace) -> Registry:
-    if args.store:
-        return Registry(args.store)
-    return Registry.default(_default_primary_store())
+    return Registry(args.store) if args.store else Registry.default()
 
 
 def _emit(args: argparse.Namespace, data: Any, text: str) -> None:
@@ -238,7 +228,7 @@ def _cmd_promote(args: argparse.Namespace) -> int:
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
-    reports = _registry(args).verify(args.ref)
+    reports = _registry(args).verify(args.ref, runtimes=not args.no_runtimes)
     failed = [r for r in reports if not r.ok]
     data = {"ok": not failed, "reports": [r.to_dict() for r in reports]}
     _emit(args, data, _verify_text(reports, failed))
@@ -296,8 +286,16 @@ def build_parser() -> argparse.ArgumentParser:
     promote = add("promote", _cmd_promote, "point an alias at a version")
     promote.add_argument("ref", help="NAME@VERSION (or any reference)")
     promote.add_argument("--alias", required=True, help="e.g. production, staging")
-    verify = add("verify", _cmd_verify, "check hashes, ONNX Runtime load and the card contract")
+    verify = add(
+        "verify",
+        _cmd_verify,
+        "check hashes, ONNX Runtime load, the card contract and every other installed runtime's "
+        "parity against ONNX Runtime",
+    )
     verify.add_argument("ref", nargs="?", help="one reference; default: every version")
+    verify.add_argument(
+        "--no-runtimes", action="store_true", help="skip the other runtimes' parity gate"
+    )
     schema = add("schema", _cmd_schema, "print (or --write) the model card JSON Schema")
     schema.add_argument("--write", action="store_true", help=f"write it (default {SCHEMA_PATH})")
     schema.add_argument("--output", metavar="PATH", help="with --write: where to write")

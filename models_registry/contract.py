@@ -1,7 +1,10 @@
 """Does an ONNX file honour its card? Checked with ONNX Runtime on CPU, imported lazily.
 
 Used at registration (a file that does not match its card is never stored) and by
-``Registry.verify``. Shapes compare dim by dim: a fixed ONNX dim must equal the card's; a dynamic
+``Registry.verify``, which can also run :func:`runtime_checks`: the runtime parity gate
+(``models_registry.parity``) for every installed runtime the card allows.
+
+Shapes compare dim by dim: a fixed ONNX dim must equal the card's; a dynamic
 ONNX dim accepts either a size or a symbol on the card; a symbol on the card needs a dynamic dim.
 """
 
@@ -12,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from models_registry.card import InputSpec, OutputSpec
+from models_registry.card import InputSpec, ModelCard, OutputSpec, Runtime
 
 _ORT_DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(uint8)": "uint8"}
 
@@ -109,3 +112,32 @@ def _run_check(session: Any, spec: InputSpec, outputs: Sequence[OutputSpec]) -> 
     return Check(
         "run", not bad, "; ".join(bad) or f"a batch of {batch} ran, output shapes as carded"
     )
+
+
+def runtime_checks(card: ModelCard, path: Path) -> list[Check]:
+    """The parity gate of every runtime other than ONNX Runtime on CPU that the card allows:
+    outputs on inputs made from the card's input spec within the card's tolerance. A runtime the
+    card lists but this environment lacks is reported, not failed; one that misses the gate fails
+    (the service would never run the file on it)."""
+    from models_registry.errors import RegistryError
+    from models_registry.parity import gate, gate_inputs, reference_outputs
+    from models_registry.runtime import installed, open_session
+
+    checks: list[Check] = []
+    batch = gate_inputs(card)
+    reference = None
+    for runtime in Runtime:
+        if runtime is Runtime.ONNXRUNTIME or not card.allows(runtime):
+            continue
+        name = f"runtime {runtime.value}"
+        if not installed(runtime):
+            checks.append(Check(name, True, "not installed here; not checked"))
+            continue
+        try:
+            reference = reference if reference is not None else reference_outputs(card, path, batch)
+            report = gate(card, open_session(path, runtime), reference, batch)
+        except RegistryError as exc:
+            checks.append(Check(name, False, exc.message))
+            continue
+        checks.append(Check(name, report.ok, report.describe()))
+    return checks

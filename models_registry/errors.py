@@ -159,3 +159,64 @@ class UnknownStoreSchemeError(StoreError):
             scheme=scheme,
             known=known,
         )
+
+
+class RuntimeUnavailableError(RegistryError):
+    """A runtime was asked for whose Python package is not installed here."""
+
+    code = "runtime_unavailable"
+    title = "Inference runtime not installed"
+    http_status = 503
+
+    def __init__(self, runtime: str, reason: str) -> None:
+        super().__init__(
+            f"runtime {runtime!r} is not installed in this environment ({reason}); install the "
+            "'serve' extra (pip install -c constraints.txt -e '.[serve]') or choose another "
+            "runtime (BREASTDX_RUNTIME=auto|onnxruntime|openvino)",
+            runtime=runtime,
+        )
+
+
+class RuntimeLoadError(RegistryError):
+    """A runtime refused to load a registered ONNX file."""
+
+    code = "runtime_load_failed"
+    title = "Inference runtime could not load the model"
+    http_status = 500
+
+    def __init__(self, runtime: str, file: str, reason: str) -> None:
+        super().__init__(f"{runtime} could not load {file}: {reason}", runtime=runtime, file=file)
+
+
+class RuntimeNotAllowedError(RegistryError):
+    """A model's card lists the runtimes it may run on, and the one asked for is not among them."""
+
+    code = "runtime_not_allowed"
+    title = "Runtime not allowed by the model card"
+    http_status = 503
+
+    def __init__(self, model: str, runtime: str, allowed: Iterable[str]) -> None:
+        allowed = sorted(allowed)
+        super().__init__(
+            f"{model}: its card lets it run on {_listing(allowed)}, not {runtime!r}; choose one "
+            "of those (BREASTDX_RUNTIME) or 'auto'",
+            model=model,
+            runtime=runtime,
+            allowed=allowed,
+        )
+
+
+class RuntimeParityError(RegistryError):
+    """A runtime's outputs differ from ONNX Runtime on CPU by more than the card's tolerance."""
+
+    code = "runtime_parity_failed"
+    title = "Runtime failed the parity gate"
+    http_status = 503
+
+    def __init__(self, model: str, runtime: str, figures: str) -> None:
+        super().__init__(
+            f"{model} on {runtime} does not reproduce ONNX Runtime on CPU within the card's "
+            f"tolerance ({figures}); this runtime is not used for it",
+            model=model,
+            runtime=runtime,
+        )

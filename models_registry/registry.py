@@ -28,7 +28,7 @@ from models_registry.card import (
     OnnxArtifact,
     parse_card,
 )
-from models_registry.contract import Check, contract_checks
+from models_registry.contract import Check, contract_checks, runtime_checks
 from models_registry.errors import (
     CardMismatchError,
     InvalidAliasError,
@@ -41,9 +41,9 @@ from models_registry.errors import (
     UnknownModelError,
     UnknownVersionError,
 )
+from models_registry.settings import registry_settings
 from models_registry.store import (
     Store,
-    default_store_locations,
     open_store,
     sha256_file,
     validate_name,
@@ -140,8 +140,9 @@ class Registry:
 
     @classmethod
     def default(cls, primary: Path | str | None = None) -> Registry:
-        """The shipped store (or ``primary``) plus ``$BREASTDX_EXTRA_MODEL_STORES``."""
-        return cls(default_store_locations(primary))
+        """The stores of ``models_registry.settings``: ``primary`` (else
+        ``$BREASTDX_MODEL_STORE``, else the shipped store), then ``$BREASTDX_EXTRA_MODEL_STORES``."""
+        return cls(registry_settings().locations(primary))
 
     def names(self) -> list[str]:
         """Every model name in any store, sorted."""
@@ -260,22 +261,24 @@ class Registry:
         logger.info("alias moved", extra={"model": f"{name}@{version}", "alias": alias})
         return previous
 
-    def verify(self, ref: str | None = None) -> list[VerifyReport]:
+    def verify(self, ref: str | None = None, *, runtimes: bool = False) -> list[VerifyReport]:
         """Check card, preprocessing, hash, ONNX Runtime load and the input/output contract.
 
         Args:
             ref: one version to check; None checks every version of every model.
+            runtimes: also run the parity gate of every other installed runtime the card allows
+                (``contract.runtime_checks``) on the main ONNX file.
         """
         if ref is not None:
             found = self.resolve(ref)
-            return [self._verify_one(found.name, found.version)]
+            return [self._verify_one(found.name, found.version, runtimes)]
         return [
-            self._verify_one(name, version)
+            self._verify_one(name, version, runtimes)
             for name in self.names()
             for version in self.versions(name)
         ]
 
-    def _verify_one(self, name: str, version: int) -> VerifyReport:
+    def _verify_one(self, name: str, version: int, runtimes: bool = False) -> VerifyReport:
         store = self.store_of(name)
         checks: list[Check] = []
         try:
@@ -292,6 +295,8 @@ class Registry:
                 checks += contract_checks(
                     card.input, card.outputs, path, fp16=artifact.file == FP16_FILE
                 )
+            if runtimes and all(c.ok for c in checks):
+                checks += runtime_checks(card, store.onnx_path(name, version, ONNX_FILE))
         except RegistryError as exc:
             checks.append(Check(exc.code, False, exc.message))
         return VerifyReport(name, version, store.uri, tuple(checks))

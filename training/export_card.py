@@ -17,6 +17,7 @@ import logging
 import math
 import re
 from collections import Counter
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,7 @@ from models_registry.card import (
     OnnxExport,
     OutputRole,
     OutputSpec,
+    RuntimeParity,
     Stage,
     Thresholds,
     Training,
@@ -434,25 +436,28 @@ def build_card_draft(
     name: str | None = None,
     fp32_parity: ParityReport | None = None,
     lesion_temperature: float | None = None,
+    runtimes: Sequence[RuntimeParity] | None = None,
 ) -> CardDraft:
     """The card draft of ``run`` with the export's parity figures.
 
     ``fp32_parity`` (the float32 export's figures) says that the carded file stores float16
-    weights and ``parity`` measures it; the card's limitations then state both.
+    weights and ``parity`` measures it; the card's limitations then state both. ``runtimes``:
+    the runtimes that met the parity tolerance against torch (None: the field stays unset).
 
     Raises:
         ExportError: the run folder lacks what the card needs, or the draft does not validate.
     """
     try:
         draft = _draft(run, parity, fp16_parity, opset, thresholds, name, fp32_parity)
-        if lesion_temperature is None:
-            return draft
-        calibration = draft.calibration.model_copy(
-            update={"lesion_temperature": lesion_temperature}
-        )
-        return CardDraft.model_validate(
-            {**draft.model_dump(), "calibration": calibration.model_dump()}
-        )
+        update: dict[str, Any] = {}
+        if lesion_temperature is not None:
+            calibration = draft.calibration.model_copy(
+                update={"lesion_temperature": lesion_temperature}
+            )
+            update["calibration"] = calibration.model_dump()
+        if runtimes is not None:
+            update["runtimes"] = [r.model_dump() for r in runtimes]
+        return CardDraft.model_validate({**draft.model_dump(), **update}) if update else draft
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(map(str, e['loc'])) or '(card)'}: {e['msg']}" for e in exc.errors()[:5]

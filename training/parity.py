@@ -1,22 +1,19 @@
-"""Export parity: torch eager vs ONNX Runtime on the same preprocessed real images.
+"""Export parity: torch eager vs each runtime on the same preprocessed real images.
 
 Images are decoded with ``imaging.decode`` and preprocessed with
 ``imaging.preprocess.preprocess_decoded`` under the run's ``PreprocessConfig``: the very path the
-service takes. Raw outputs become probabilities (sigmoid for ``mask_logits`` and
-``malignancy_logit``, softmax for ``class_logits``, temperature 1) and are compared:
-
-- ``max_abs_prob_diff``: the largest absolute difference over every probability of every output;
-- ``mask_agreement``: the fraction of mask pixels on the same side of 0.5 (segmentation only).
-
-An export fails with :class:`ParityError` (figures in the message and the context) when either
-figure misses its tolerance.
+service takes. The figures (``max_abs_prob_diff``, ``mask_agreement``) and their comparison live
+in ``models_registry.parity`` (torch-free, shared with the service's runtime gate); this module
+adds the torch side. An export fails with :class:`ParityError` (figures in the message and the
+context) when ONNX Runtime misses its tolerance; every other installed runtime is checked on the
+same images with the same tolerance (:func:`check_runtimes`), and the card lists the ones that
+pass (``runtimes``).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,16 +23,53 @@ from torch import nn
 from breastdx.errors import BreastdxError
 from imaging import decode
 from imaging.preprocess import PreprocessConfig, preprocess_decoded
-from models_registry.card import Parity
+from models_registry.card import Runtime, RuntimeParity
+from models_registry.parity import (
+    FP32_TOLERANCE,
+    MASK_OUTPUT,
+    MASK_THRESHOLD,
+    SOFTMAX_OUTPUTS,
+    Outputs,
+    OutputsDifferError,
+    ParityReport,
+    Tolerance,
+    to_probabilities,
+)
+from models_registry.parity import compare as compare_outputs
+from models_registry.runtime import (
+    CPU_ONLY,
+    RuntimeOptions,
+    installed_runtimes,
+    open_session,
+    run_batched,
+)
+
+__all__ = [
+    "CHUNK",
+    "FP16_TOLERANCE",
+    "FP32_TOLERANCE",
+    "MASK_OUTPUT",
+    "MASK_THRESHOLD",
+    "SOFTMAX_OUTPUTS",
+    "WEIGHTS_FP16_TOLERANCE",
+    "ExportError",
+    "Outputs",
+    "ParityError",
+    "ParityReport",
+    "Tolerance",
+    "check_onnx",
+    "check_runtimes",
+    "compare",
+    "load_images",
+    "onnx_outputs",
+    "require",
+    "to_probabilities",
+    "torch_outputs",
+]
 
 logger = logging.getLogger(__name__)
 
-MASK_OUTPUT = "mask_logits"
-SOFTMAX_OUTPUTS = frozenset({"class_logits"})
-MASK_THRESHOLD = 0.5
 CHUNK = 16  # images per forward pass, to bound memory at large input sizes
-
-Outputs = dict[str, np.ndarray]
 
 
 class ExportError(BreastdxError):
@@ -52,55 +86,9 @@ class ParityError(ExportError):
     title = "ONNX parity check failed"
 
 
-@dataclass(frozen=True)
-class Tolerance:
-    """Bounds one parity check must meet."""
-
-    prob: float  # max absolute probability difference
-    mask_agreement: float  # min fraction of mask pixels thresholded alike (segmentation)
-
-
-FP32_TOLERANCE = Tolerance(prob=1e-4, mask_agreement=0.999)
 FP16_TOLERANCE = Tolerance(prob=1e-2, mask_agreement=0.99)
 # fp16 weight storage (training.export_weights): weights rounded to float16, compute float32
 WEIGHTS_FP16_TOLERANCE = Tolerance(prob=2e-3, mask_agreement=0.995)
-
-
-@dataclass(frozen=True)
-class ParityReport:
-    """Figures of one comparison, with the tolerance they were held to."""
-
-    label: str  # what was compared, e.g. "torch vs onnx fp32"
-    max_abs_prob_diff: float
-    mask_agreement: float | None
-    n_images: int
-    tolerance: Tolerance
-
-    @property
-    def ok(self) -> bool:
-        agree = self.mask_agreement is None or self.mask_agreement >= self.tolerance.mask_agreement
-        return self.max_abs_prob_diff <= self.tolerance.prob and agree
-
-    def describe(self) -> str:
-        """One line of figures, e.g. for a log or an error message."""
-        text = (
-            f"{self.label} on {self.n_images} image(s): max |prob diff| "
-            f"{self.max_abs_prob_diff:.3g} (tolerance {self.tolerance.prob:g})"
-        )
-        if self.mask_agreement is not None:
-            text += (
-                f", mask agreement {self.mask_agreement:.6f} "
-                f"(minimum {self.tolerance.mask_agreement:g})"
-            )
-        return text
-
-    def to_card(self) -> Parity:
-        return Parity(
-            max_abs_prob_diff=float(self.max_abs_prob_diff),
-            mask_agreement=self.mask_agreement,
-            n_images=self.n_images,
-            tolerance=self.tolerance.prob,
-        )
 
 
 def load_images(sources: Sequence[Path], config: PreprocessConfig) -> np.ndarray:
@@ -112,19 +100,6 @@ def load_images(sources: Sequence[Path], config: PreprocessConfig) -> np.ndarray
         chw, _, _ = preprocess_decoded(decode(Path(source)), config)  # (C, H, W)
         arrays.append(chw)
     return np.stack(arrays)  # (N, C, H, W)
-
-
-def to_probabilities(outputs: Outputs) -> Outputs:
-    """Sigmoid (or softmax for class logits) of every raw output, float64."""
-    probs: Outputs = {}
-    for name, values in outputs.items():
-        logits = values.astype(np.float64)
-        if name in SOFTMAX_OUTPUTS:
-            shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
-            probs[name] = shifted / shifted.sum(axis=1, keepdims=True)
-        else:
-            probs[name] = 0.5 * (1.0 + np.tanh(0.5 * logits))
-    return probs
 
 
 @torch.no_grad()
@@ -139,43 +114,27 @@ def torch_outputs(model: nn.Module, batch: np.ndarray, names: Sequence[str]) -> 
     return {name: np.concatenate(values) for name, values in parts.items()}
 
 
-def onnx_outputs(path: Path, batch: np.ndarray, names: Sequence[str]) -> Outputs:
-    """ONNX Runtime (CPU) outputs of the file at ``path`` over ``batch``, in chunks."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    input_name = session.get_inputs()[0].name
-    parts: dict[str, list[np.ndarray]] = {name: [] for name in names}
-    for start in range(0, len(batch), CHUNK):
-        values = session.run(list(names), {input_name: batch[start : start + CHUNK]})
-        for name, value in zip(names, values, strict=True):
-            parts[name].append(np.asarray(value, dtype=np.float32))
-    return {name: np.concatenate(values) for name, values in parts.items()}
+def onnx_outputs(
+    path: Path,
+    batch: np.ndarray,
+    names: Sequence[str],
+    runtime: Runtime = Runtime.ONNXRUNTIME,
+) -> Outputs:
+    """Outputs of the file at ``path`` over ``batch`` on ``runtime`` (ONNX Runtime: its CPU
+    provider), in chunks."""
+    options = CPU_ONLY if runtime is Runtime.ONNXRUNTIME else RuntimeOptions()
+    session = open_session(path, runtime, options)
+    return run_batched(session, "image", batch, names, CHUNK)
 
 
 def compare(
     reference: Outputs, candidate: Outputs, tolerance: Tolerance, label: str
 ) -> ParityReport:
-    """Parity figures of ``candidate`` against ``reference`` (both raw outputs)."""
-    ref, cand = to_probabilities(reference), to_probabilities(candidate)
-    if set(ref) != set(cand):
-        raise ExportError(f"{label}: outputs differ: {sorted(ref)} vs {sorted(cand)}")
-    diff = 0.0
-    for name in ref:
-        if ref[name].shape != cand[name].shape:
-            raise ParityError(
-                f"{label}: output {name} has shape {list(cand[name].shape)}, the reference "
-                f"{list(ref[name].shape)}"
-            )
-        diff = max(diff, float(np.max(np.abs(ref[name] - cand[name]), initial=0.0)))
-    agreement = None
-    if MASK_OUTPUT in ref:
-        same = (ref[MASK_OUTPUT] >= MASK_THRESHOLD) == (cand[MASK_OUTPUT] >= MASK_THRESHOLD)
-        agreement = float(same.mean())
-    n_images = int(next(iter(ref.values())).shape[0])
-    return ParityReport(label, diff, agreement, n_images, tolerance)
+    """Parity figures of ``candidate`` against ``reference``; other outputs: ParityError."""
+    try:
+        return compare_outputs(reference, candidate, tolerance, label)
+    except OutputsDifferError as exc:
+        raise ParityError(str(exc)) from exc
 
 
 def require(report: ParityReport) -> ParityReport:
@@ -206,3 +165,34 @@ def check_onnx(
     ref = reference() if callable(reference) else reference
     candidate = onnx_outputs(onnx_path, batch, list(ref))
     return require(compare(ref, candidate, tolerance, label))
+
+
+def check_runtimes(
+    reference: Outputs,
+    onnx_path: Path,
+    batch: np.ndarray,
+    onnxruntime: ParityReport,
+    *,
+    tolerance: Tolerance,
+) -> list[RuntimeParity]:
+    """The card's ``runtimes``: ONNX Runtime (``onnxruntime``, already checked) and every other
+    installed runtime whose outputs on ``batch`` meet ``tolerance`` against the torch
+    ``reference``. A runtime that misses it is logged and left out: the service never runs the
+    file on it."""
+    listed = [RuntimeParity(runtime=Runtime.ONNXRUNTIME, device="CPUExecutionProvider",
+                            parity=onnxruntime.to_card())]  # fmt: skip
+    for runtime in installed_runtimes():
+        if runtime is Runtime.ONNXRUNTIME:
+            continue
+        session = open_session(onnx_path, runtime)
+        label = f"torch vs {session.label}"
+        outputs = run_batched(session, "image", batch, list(reference), CHUNK)
+        report = compare(reference, outputs, tolerance, label)
+        if not report.ok:
+            logger.warning("runtime left off the card: %s", report.describe())
+            continue
+        logger.info("parity ok: %s", report.describe())
+        listed.append(
+            RuntimeParity(runtime=runtime, device=session.device, parity=report.to_card())
+        )
+    return listed

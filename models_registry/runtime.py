@@ -1,0 +1,208 @@
+"""Inference runtimes behind one interface: an ONNX file, named inputs in, named outputs out.
+
+- ``onnxruntime``: ONNX Runtime with ``CUDAExecutionProvider`` where the installed build offers
+  it (``onnxruntime-gpu``), then ``CPUExecutionProvider``.
+- ``openvino``: OpenVINO's CPU plugin (PyPI ``openvino``) with ``INFERENCE_PRECISION_HINT f32``
+  and ``PERFORMANCE_HINT LATENCY``. On CPUs with bf16 units OpenVINO's default precision is
+  bfloat16, which moved the shipped models' probabilities by up to 1e-2 (docs/deployment.md,
+  "Runtimes"); float32 keeps them within 1e-6 of ONNX Runtime.
+
+Both runtimes are imported lazily: a process pays only for the ones it opens. A runtime that is
+not installed raises :class:`RuntimeUnavailableError`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import queue
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from models_registry.card import Runtime
+from models_registry.errors import RuntimeLoadError, RuntimeUnavailableError
+
+GPU_PROVIDER = "CUDAExecutionProvider"
+CPU_PROVIDER = "CPUExecutionProvider"
+OPENVINO_DEVICE = "CPU"
+OPENVINO_CONFIG: Mapping[str, str] = {
+    "INFERENCE_PRECISION_HINT": "f32",
+    "PERFORMANCE_HINT": "LATENCY",
+}
+_MODULES = {Runtime.ONNXRUNTIME: "onnxruntime", Runtime.OPENVINO: "openvino"}
+
+
+@dataclass(frozen=True)
+class RuntimeOptions:
+    """How to open a session.
+
+    Attributes:
+        threads: intra-op threads; 0 lets the runtime choose (one per core).
+        spinning: ONNX Runtime's threads spin-wait after each run (its default); off, they
+            leave the cores to the rest of the request. OpenVINO's CPU threads do not spin.
+        providers: ONNX Runtime providers in order; None: :func:`default_providers`.
+    """
+
+    threads: int = 0
+    spinning: bool = True
+    providers: tuple[str, ...] | None = None
+
+
+CPU_ONLY = RuntimeOptions(providers=(CPU_PROVIDER,))
+
+
+class Session(ABC):
+    """One loaded ONNX file in one runtime; ``run`` may be called from several threads."""
+
+    runtime: Runtime
+    device: str  # e.g. "CUDAExecutionProvider", "CPUExecutionProvider", "CPU"
+
+    @abstractmethod
+    def run(self, names: Sequence[str], feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        """The outputs ``names`` (float32 arrays, in that order) for the inputs ``feeds``."""
+
+    @property
+    def label(self) -> str:
+        """``runtime (device)``, as logs and reports name it."""
+        return f"{self.runtime.value} ({self.device})"
+
+
+@cache
+def _module(runtime: Runtime) -> Any:
+    try:
+        return importlib.import_module(_MODULES[runtime])
+    except ImportError as exc:
+        raise RuntimeUnavailableError(runtime.value, str(exc)) from exc
+
+
+def installed(runtime: Runtime) -> bool:
+    """True when ``runtime``'s Python package imports in this environment."""
+    try:
+        _module(runtime)
+    except RuntimeUnavailableError:
+        return False
+    return True
+
+
+def installed_runtimes() -> tuple[Runtime, ...]:
+    """The runtimes this environment can open, ONNX Runtime first."""
+    return tuple(r for r in Runtime if installed(r))
+
+
+def runtime_version(runtime: Runtime) -> str:
+    """The installed version of ``runtime``'s package."""
+    module = _module(runtime)
+    return str(module.get_version() if runtime is Runtime.OPENVINO else module.__version__)
+
+
+def default_providers() -> tuple[str, ...]:
+    """CUDA first where this ONNX Runtime build offers it, then CPU."""
+    available = _module(Runtime.ONNXRUNTIME).get_available_providers()
+    return tuple(p for p in (GPU_PROVIDER, CPU_PROVIDER) if p in available)
+
+
+class OrtSession(Session):
+    """ONNX Runtime; ``session`` is the ``onnxruntime.InferenceSession``."""
+
+    runtime = Runtime.ONNXRUNTIME
+
+    def __init__(self, path: Path, options: RuntimeOptions) -> None:
+        ort = _module(Runtime.ONNXRUNTIME)
+        settings = ort.SessionOptions()
+        settings.intra_op_num_threads = max(0, options.threads)
+        settings.log_severity_level = 3
+        if not options.spinning:
+            settings.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            settings.add_session_config_entry("session.inter_op.allow_spinning", "0")
+        providers = list(options.providers or default_providers())
+        try:
+            self.session = ort.InferenceSession(str(path), settings, providers=providers)
+        except Exception as exc:  # onnxruntime raises several unrelated exception types
+            raise RuntimeLoadError(self.runtime.value, path.name, _first_line(exc)) from exc
+        self.providers = tuple(self.session.get_providers())
+        self.device = self.providers[0]
+
+    def run(self, names: Sequence[str], feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        values = self.session.run(list(names), dict(feeds))
+        return [np.asarray(v, dtype=np.float32) for v in values]
+
+
+class OpenVinoSession(Session):
+    """OpenVINO on CPU: one compiled model, a pool of infer requests (one per concurrent run)."""
+
+    runtime = Runtime.OPENVINO
+    device = OPENVINO_DEVICE
+
+    def __init__(self, path: Path, options: RuntimeOptions) -> None:
+        config = dict(OPENVINO_CONFIG)
+        if options.threads > 0:
+            config["INFERENCE_NUM_THREADS"] = str(options.threads)
+        try:
+            self.compiled = _openvino_core().compile_model(str(path), OPENVINO_DEVICE, config)
+        except Exception as exc:  # OpenVINO raises RuntimeError and its own types
+            raise RuntimeLoadError(self.runtime.value, path.name, _first_line(exc)) from exc
+        self._outputs = {port.get_any_name(): port for port in self.compiled.outputs}
+        self._idle: queue.SimpleQueue[Any] = queue.SimpleQueue()
+
+    def run(self, names: Sequence[str], feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        try:
+            request = self._idle.get_nowait()
+        except queue.Empty:
+            request = self.compiled.create_infer_request()
+        try:
+            results = request.infer(dict(feeds))
+            # copies: the request's buffers are reused by its next run
+            return [np.array(results[self._outputs[n]], dtype=np.float32) for n in names]
+        finally:
+            self._idle.put(request)
+
+
+_CORE_LOCK = threading.Lock()
+
+
+@cache
+def _openvino_core() -> Any:
+    with _CORE_LOCK:
+        return _module(Runtime.OPENVINO).Core()
+
+
+def open_session(
+    path: Path, runtime: Runtime = Runtime.ONNXRUNTIME, options: RuntimeOptions | None = None
+) -> Session:
+    """Load ``path`` in ``runtime``.
+
+    Raises:
+        RuntimeUnavailableError: the runtime's package is not installed.
+        RuntimeLoadError: the runtime refused the file.
+    """
+    options = options or RuntimeOptions()
+    if runtime is Runtime.OPENVINO:
+        return OpenVinoSession(Path(path), options)
+    return OrtSession(Path(path), options)
+
+
+def run_batched(
+    session: Session,
+    input_name: str,
+    batch: np.ndarray,
+    names: Sequence[str],
+    chunk: int = 16,
+) -> dict[str, np.ndarray]:
+    """``(N, ...)`` inputs -> every output in ``names`` over the batch, ``chunk`` at a time."""
+    parts: dict[str, list[np.ndarray]] = {name: [] for name in names}
+    for begin in range(0, len(batch), max(1, chunk)):
+        part = np.ascontiguousarray(batch[begin : begin + chunk], dtype=np.float32)
+        for name, value in zip(names, session.run(names, {input_name: part}), strict=True):
+            parts[name].append(value)
+    return {name: np.concatenate(values) for name, values in parts.items() if values}
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]

@@ -76,6 +76,16 @@ class Settings(BaseSettings):
         description="ONNX Runtime threads spin-wait between runs: a little lower model latency "
         "on cores of their own, CPU taken from the web server and post-processing otherwise",
     )
+    batch_window_ms: float | None = Field(
+        default=None,
+        ge=0,
+        le=1000,
+        description="micro-batching across requests: how long a model run waits for others to "
+        "merge with; unset: 5 ms where the model runs on CUDA, off on CPU; 0: off",
+    )
+    max_batch: int = Field(
+        default=16, ge=1, le=1024, description="rows (images, tile windows) per merged model run"
+    )
     worker_ttl_s: int = Field(default=60, ge=20, description="RQ worker heartbeat TTL")
     worker_heartbeat_ttl_s: int = Field(
         default=15, ge=3, description="a worker silent this long leaves /readyz"

@@ -31,6 +31,7 @@ from models_registry.card import Stage
 from models_registry.errors import RegistryError
 from models_registry.registry import PRODUCTION, Registry
 from service.inference import histopathology as histo
+from service.inference.batching import BatchPolicy, run_model
 from service.inference.result import (
     Analysis,
     AnalysisResult,
@@ -235,13 +236,20 @@ def _split(values: np.ndarray | None, sizes: Sequence[int]) -> list[np.ndarray |
     return [values[a:b] for a, b in pairwise(bounds)]
 
 
-def _infer(request: _Request, items: list[_Item], max_batch: int) -> list[Analysis]:
-    """One batched run over every item's inputs, then per-item post-processing."""
+def _infer(
+    request: _Request, items: list[_Item], max_batch: int, batching: BatchPolicy | None = None
+) -> list[Analysis]:
+    """One batched run over every item's inputs (merged with other requests' runs where
+    ``batching`` is on: ``service.inference.batching``), then per-item post-processing."""
     runner = request.runner
     batches = [item.batch for item in items if item.batch is not None]
     sizes = [len(batch) for batch in batches]
     start = time.perf_counter()
-    outputs = runner.run(np.concatenate(batches), max_batch) if sum(sizes) else {}
+    together = len(items)
+    outputs: dict[str, np.ndarray] = {}
+    if sum(sizes):
+        ran = run_model(runner, np.concatenate(batches), max_batch, batching, len(items))
+        outputs, together = ran.outputs, ran.images
     inference_ms = _ms(start)
     malignancy = _split(runner.malignancy(outputs) if outputs else None, sizes)
     masks = _split(runner.mask(outputs) if outputs else None, sizes)
@@ -253,12 +261,12 @@ def _infer(request: _Request, items: list[_Item], max_batch: int) -> list[Analys
         item.ms["inference"] = inference_ms
         if request.stage is Stage.HISTOPATHOLOGY:
             window_probs = probs if probs is not None else np.zeros(0)
-            results.append(_histopathology(request, item, window_probs, len(items)))
+            results.append(_histopathology(request, item, window_probs, together))
         else:
             probability = float(probs[0]) if probs is not None and len(probs) else None
             prob_map = mask_prob[0] if mask_prob is not None else None
             own = lesion_map[0] if lesion_map is not None else None
-            results.append(_segmentation(request, item, prob_map, probability, len(items), own))
+            results.append(_segmentation(request, item, prob_map, probability, together, own))
     return results
 
 
@@ -295,11 +303,13 @@ def analyse_each(
     tiles: histo.TileOptions | None = None,
     max_batch: int = MAX_BATCH,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    batching: BatchPolicy | None = None,
 ) -> list[Outcome]:
     """Like :func:`analyse`, but a failing input yields its typed error in its place.
 
     Errors of the request as a whole (unknown stage or model, a tampered model file, a model of
-    another stage) are raised.
+    another stage) are raised. ``batching``: merge the model run with concurrent requests' runs
+    (``service.inference.batching``); None: this request's images alone.
     """
     request = _request(stage, registry, model_ref, options, tiles, max_pixels)
     prepared: list[_Item | BreastdxError] = []
@@ -309,7 +319,7 @@ def analyse_each(
         except BreastdxError as exc:  # per input: one bad image must not fail the others
             prepared.append(exc)
     items = [p for p in prepared if isinstance(p, _Item)]
-    done = iter(_infer(request, items, max_batch) if items else [])
+    done = iter(_infer(request, items, max_batch, batching) if items else [])
     outcomes: list[Outcome] = [p if isinstance(p, BreastdxError) else next(done) for p in prepared]
     failed = len(prepared) - len(items)
     logger.info(

@@ -31,8 +31,10 @@ from service.config import Settings
 from service.dicom.artefacts import dicom_artefacts
 from service.errors import JobNotFoundError
 from service.inference import Analysis, RunnerOptions, analyse_each
+from service.inference.batching import BatchPolicy
 from service.inference.pipeline import Predecoded
 from service.inference.render import encode_png, mask_png, overlay_png
+from service.inference.runner import GPU_PROVIDER, default_providers
 from service.jobs.hooks import run_hooks
 from service.jobs.state import JobError, JobRecord, JobState, utcnow
 from service.jobs.store import ArtefactKind, JobStore, RedisKeyValue
@@ -55,6 +57,19 @@ def runner_options(settings: Settings) -> RunnerOptions:
     return RunnerOptions(
         intra_op_threads=settings.ort_threads, allow_spinning=settings.ort_spinning
     )
+
+
+def batch_policy(settings: Settings) -> BatchPolicy:
+    """Micro-batching across the jobs that run at once in this process."""
+    return BatchPolicy(settings.batch_window_ms, settings.max_batch)
+
+
+def job_threads(settings: Settings) -> int:
+    """In-process jobs that run at once: ``inprocess_workers``, raised to ``max_batch`` where
+    batching is on (a merged run holds only the runs of jobs that run at the same time)."""
+    window = settings.batch_window_ms
+    batching = window > 0 if window is not None else GPU_PROVIDER in default_providers()
+    return max(settings.inprocess_workers, settings.max_batch if batching else 1)
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -165,6 +180,7 @@ def _analyse(
         model_ref=record.model_ref,
         options=runner_options(settings),
         max_pixels=settings.max_pixels,
+        batching=batch_policy(settings),
     )
     for index, outcome in enumerate(outcomes):
         if isinstance(outcome, BreastdxError):  # the first refused input fails the job

@@ -1,11 +1,12 @@
 """In-process execution (no Redis): a bounded thread pool in the API process.
 
-At most ``inprocess_workers`` jobs run at once and ``inprocess_max_pending`` wait or run; one
-more is refused with 503 ``service_busy`` (Retry-After) before anything is stored. Transient
-failures are retried with the same intervals as the queue's ``Retry``. An attempt running past
-``job_timeout_s`` fails the job with ``job_timeout`` at once (``on_timeout``); a thread cannot be
-stopped, so the attempt holds its slot until it ends and its late result is discarded. The
-queued mode's workers are stopped at the limit; prefer it in production.
+At most ``inprocess_workers`` jobs run at once (``max_batch`` where micro-batching is on:
+``execute.job_threads``) and ``inprocess_max_pending`` wait or run; one more is refused with
+503 ``service_busy`` (Retry-After) before anything is stored. Transient failures are retried
+with the same intervals as the queue's ``Retry``. An attempt running past ``job_timeout_s``
+fails the job with ``job_timeout`` at once (``on_timeout``); a thread cannot be stopped, so the
+attempt holds its slot until it ends and its late result is discarded. The queued mode's
+workers are stopped at the limit; prefer it in production.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from service.config import Settings
 from service.errors import ServiceBusyError
-from service.jobs.execute import Attempt, is_transient
+from service.jobs.execute import Attempt, is_transient, job_threads
 
 logger = logging.getLogger(__name__)
 
@@ -36,15 +37,16 @@ class InProcessExecutor:
         self.settings = settings
         self.run = run
         self.on_timeout = on_timeout
+        self._threads = job_threads(settings)
         self._pool = ThreadPoolExecutor(
-            max_workers=settings.inprocess_workers, thread_name_prefix="breastdx-job"
+            max_workers=self._threads, thread_name_prefix="breastdx-job"
         )
         self._slots = threading.BoundedSemaphore(settings.inprocess_max_pending)
 
     @property
     def slots(self) -> int:
         """Jobs that run at once."""
-        return self.settings.inprocess_workers
+        return self._threads
 
     def reserve(self) -> None:
         """Take a slot for one job, or raise :class:`ServiceBusyError`."""

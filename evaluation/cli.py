@@ -131,9 +131,7 @@ def restrict(
 
 
 def _registry(stores: list[str] | None) -> Registry:
-    from service.cli_predict import _registry as service_registry
-
-    return service_registry(stores)
+    return Registry(stores) if stores else Registry.default()
 
 
 def _evaluate_one(

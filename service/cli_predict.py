@@ -68,14 +68,8 @@ def _stems(inputs: Sequence[Path]) -> list[str]:
 
 
 def _registry(stores: list[str] | None) -> Registry:
-    """``--store`` folders, else the service's store plus ``$BREASTDX_EXTRA_MODEL_STORES``."""
-    if stores:
-        return Registry(stores)
-    from service.config import get_settings
-
-    settings = get_settings()
-    primary = settings.model_store if "model_store" in settings.model_fields_set else None
-    return Registry.default(primary)
+    """``--store`` folders, else the registry's default stores (``models_registry.settings``)."""
+    return Registry(stores) if stores else Registry.default()
 
 
 def _run(args: argparse.Namespace) -> int:

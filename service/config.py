@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Self, TypeVar
+from typing import Self
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from breastdx.errors import BreastdxError
+from breastdx.settings import SettingsError, load_settings
 from imaging.limits import DEFAULT_MAX_PIXELS
 
-S = TypeVar("S", bound=BaseSettings)
+__all__ = ["Settings", "SettingsError", "get_settings", "load_settings"]
 
 
 class Settings(BaseSettings):
@@ -27,7 +27,11 @@ class Settings(BaseSettings):
     redis_url: str | None = Field(
         default=None, description="redis://host:port/db; unset: in process"
     )
-    model_store: Path = Field(default=Path("models_registry/store"), description="registry root")
+    model_store: Path | None = Field(
+        default=None,
+        description="the registry's primary store, read by models_registry.settings too; "
+        "unset: the shipped store",
+    )
     max_upload_bytes: int = Field(default=200 * 1024 * 1024, gt=0, description="whole request")
     max_pixels: int = Field(default=DEFAULT_MAX_PIXELS, gt=0)
     max_files: int = Field(default=256, ge=1, description="images in one request")
@@ -113,28 +117,6 @@ class Settings(BaseSettings):
     def queued(self) -> bool:
         """True when jobs go to RQ workers (Redis configured)."""
         return bool(self.redis_url)
-
-
-class SettingsError(BreastdxError):
-    """A ``BREASTDX_*`` environment variable that does not parse."""
-
-    code = "invalid_settings"
-    title = "Invalid settings"
-    http_status = 500
-
-
-def load_settings(cls: type[S], prefix: str) -> S:
-    """``cls()`` from the environment; a bad value is a :class:`SettingsError` naming the
-    variable, not a traceback."""
-    try:
-        return cls()
-    except ValidationError as exc:
-        problems = "; ".join(
-            (f"{prefix}{'_'.join(map(str, error['loc'])).upper()}: " if error["loc"] else "")
-            + error["msg"]
-            for error in exc.errors()
-        )
-        raise SettingsError(f"invalid settings: {problems}") from None
 
 
 @lru_cache(maxsize=1)

@@ -95,14 +95,7 @@ def _check_usage(parser: argparse.ArgumentParser, args: argparse.Namespace) -> N
 def _register(args: argparse.Namespace, result: ExportResult) -> dict[str, object]:
     from models_registry.registry import Registry
 
-    if args.store:
-        registry = Registry(args.store)
-    else:
-        from service.config import get_settings
-
-        settings = get_settings()
-        primary = settings.model_store if "model_store" in settings.model_fields_set else None
-        registry = Registry.default(primary)
+    registry = Registry(args.store) if args.store else Registry.default()
     card = registry.register(
         args.name, result.onnx_path, result.draft, fp16_path=result.fp16_path, alias=args.alias
     )

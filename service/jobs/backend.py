@@ -29,10 +29,9 @@ T = TypeVar("T")
 
 
 def service_registry(settings: Settings) -> Registry:
-    """The service's model stores: ``BREASTDX_MODEL_STORE`` if set, else the shipped store,
-    then ``$BREASTDX_EXTRA_MODEL_STORES``."""
-    primary = settings.model_store if "model_store" in settings.model_fields_set else None
-    return Registry.default(primary)
+    """The registry's default stores (``models_registry.settings``), ``settings.model_store``
+    first where it is set."""
+    return Registry.default(settings.model_store)
 
 
 @dataclass

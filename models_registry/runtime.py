@@ -143,8 +143,9 @@ class OpenVinoSession(Session):
         config = dict(OPENVINO_CONFIG)
         if options.threads > 0:
             config["INFERENCE_NUM_THREADS"] = str(options.threads)
+        core = _openvino_core()  # RuntimeUnavailableError where OpenVINO does not import
         try:
-            self.compiled = _openvino_core().compile_model(str(path), OPENVINO_DEVICE, config)
+            self.compiled = core.compile_model(str(path), OPENVINO_DEVICE, config)
         except Exception as exc:  # OpenVINO raises RuntimeError and its own types
             raise RuntimeLoadError(self.runtime.value, path.name, _first_line(exc)) from exc
         self._outputs = {port.get_any_name(): port for port in self.compiled.outputs}

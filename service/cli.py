@@ -41,6 +41,16 @@ def anonymous_exposure(host: str, allow_anonymous: bool, public_ok: bool) -> str
     )
 
 
+def require_runtime(requested: str) -> None:
+    """An explicit ``BREASTDX_RUNTIME`` must be installed: refuse to start otherwise."""
+    from models_registry.card import Runtime
+    from models_registry.errors import RuntimeUnavailableError
+    from models_registry.runtime import installed
+
+    if requested != "auto" and not installed(Runtime(requested)):
+        raise RuntimeUnavailableError(requested, "its Python package does not import")
+
+
 def serve_main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="breastdx serve", description=__doc__)
     parser.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback)")
@@ -63,6 +73,7 @@ def serve_main(argv: list[str] | None = None) -> int:
 
         settings = get_settings()
         configure_logging(settings.log_level)  # JSON lines; the access line carries request ids
+        require_runtime(settings.runtime)
         public_ok = args.public_ok or settings.i_know_anonymous_is_public
         refusal = anonymous_exposure(args.host, settings.allow_anonymous, public_ok)
         if refusal:

@@ -15,6 +15,7 @@ import sys
 
 import redis
 
+from breastdx.errors import BreastdxError
 from models_registry.card import Stage
 
 PROG = "breastdx worker"
@@ -64,6 +65,9 @@ def main(argv: list[str] | None = None) -> int:
         )
     except redis.RedisError as exc:
         print(f"{PROG}: Redis unreachable: {type(exc).__name__}", file=sys.stderr)
+        return 1
+    except BreastdxError as exc:  # e.g. BREASTDX_RUNTIME names a runtime that cannot run here
+        print(f"{PROG}: {exc.message}", file=sys.stderr)
         return 1
     return 0
 

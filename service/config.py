@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Self
+from typing import Literal, Self
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -79,6 +79,12 @@ class Settings(BaseSettings):
         default=False,
         description="ONNX Runtime threads spin-wait between runs: a little lower model latency "
         "on cores of their own, CPU taken from the web server and post-processing otherwise",
+    )
+    runtime: Literal["auto", "onnxruntime", "openvino"] = Field(
+        default="auto",
+        description="inference runtime per model: onnxruntime, openvino, or auto (the fastest "
+        "installed one the card allows that passes the parity gate against ONNX Runtime on "
+        "CPU, measured at load; docs/deployment.md, 'Runtimes')",
     )
     batch_window_ms: float | None = Field(
         default=None,

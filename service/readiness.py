@@ -72,12 +72,33 @@ def served_stages(registry: Registry) -> tuple[dict[Stage, str], list[str]]:
     return served, problems
 
 
+def _load_in_process(
+    settings: Settings, registry: Registry, served: dict[Stage, str]
+) -> tuple[dict[Stage, str], list[str]]:
+    """In-process mode: load each served model on its runtime (``BREASTDX_RUNTIME``), so that a
+    runtime that is missing, not allowed or fails the parity gate is a readiness problem."""
+    from service.inference.runner import get_runner  # the API process runs models only here
+    from service.jobs.execute import runner_options
+
+    labels, problems = {}, []
+    for stage, ref in served.items():
+        try:
+            runner = get_runner(ref, registry, runner_options(settings))
+        except RegistryError as exc:
+            problems.append(f"{ref}: {exc.message}")
+            continue
+        labels[stage] = f"{ref} on {runner.session.label}"
+    return labels, problems
+
+
 def _check_models(settings: Settings) -> tuple[Check, list[Stage]]:
     registry = service_registry(settings)
     store = registry.stores[0].uri
     served, problems = served_stages(registry)
     if not served and not problems:
         return Check(name="models", ok=False, detail=f"no ONNX models in the store at {store}"), []
+    if not problems and not settings.queued:
+        served, problems = _load_in_process(settings, registry, served)
     if problems:
         return Check(name="models", ok=False, detail="; ".join(problems)), list(served)
     refs = ", ".join(f"{stage.value}: {ref}" for stage, ref in served.items())

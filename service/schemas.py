@@ -12,7 +12,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from imaging.record import ImageFormat
-from models_registry.card import ModelCard, Stage
+from models_registry.card import ModelCard, Runtime, Stage
 from service.inference.result import AnalysisResult
 from service.jobs.state import JobError, JobRecord, JobState
 
@@ -112,6 +112,17 @@ class JobPublic(_Public):
         )
 
 
+class RuntimePublic(_Public):
+    """The runtime this process runs a model on (``BREASTDX_RUNTIME``), chosen when it loaded."""
+
+    requested: str = Field(description="auto, onnxruntime or openvino")
+    runtime: Runtime
+    device: str = Field(description='e.g. "CPUExecutionProvider", "CPU"')
+    trials: list[str] = Field(
+        description="each runtime tried at load: parity against ONNX Runtime on CPU and time"
+    )
+
+
 class ModelPublic(_Public):
     """A served model: the version its stage's requests run on, with its card."""
 
@@ -119,6 +130,12 @@ class ModelPublic(_Public):
     ref: str = Field(description="name@version")
     aliases: dict[str, int]
     card: ModelCard
+    runtime: RuntimePublic | None = Field(
+        default=None,
+        description="the runtime this process runs it on; null until a request (or readiness) "
+        "loads it here, and in queued mode, where the workers run models (each result names "
+        "its runtime in model.runtime)",
+    )
 
 
 class ModelsPublic(_Public):

@@ -36,6 +36,11 @@ from rq.worker import SimpleWorker
 
 from breastdx.errors import BreastdxError
 from models_registry.card import Stage
+from models_registry.errors import (
+    RuntimeNotAllowedError,
+    RuntimeParityError,
+    RuntimeUnavailableError,
+)
 from models_registry.registry import Registry
 from service.config import Settings
 from service.heartbeat import Heartbeat
@@ -126,8 +131,16 @@ class BreastdxWorker(SimpleWorker):
             logger.warning("registering the worker again failed; will retry", exc_info=True)
 
 
+RUNTIME_ERRORS = (RuntimeUnavailableError, RuntimeNotAllowedError, RuntimeParityError)
+
+
 def warm_up(settings: Settings, registry: Registry, stages: Sequence[Stage]) -> list[str]:
-    """Load each stage's served model and run one zero batch through it; returns the refs."""
+    """Load each stage's served model and run one zero batch through it; returns the refs.
+
+    Raises:
+        RuntimeUnavailableError, RuntimeNotAllowedError, RuntimeParityError: the runtime
+            ``BREASTDX_RUNTIME`` names cannot run a served model here.
+    """
     loaded = []
     for stage in stages:
         try:
@@ -138,6 +151,8 @@ def warm_up(settings: Settings, registry: Registry, stages: Sequence[Stage]) -> 
         except NoModelForStageError:
             logger.warning("no model for stage %s; its jobs will fail", stage.value)
             continue
+        except RUNTIME_ERRORS:
+            raise  # BREASTDX_RUNTIME cannot be honoured: a startup error, not a silent fallback
         except BreastdxError as exc:
             logger.error("model for stage %s not loaded: %s", stage.value, exc.code)
             continue

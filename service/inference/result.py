@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from imaging.postprocess import Lesion, MaskResult
 from imaging.postprocess import overlay as draw_overlay
 from imaging.record import DecodedImage, ImageFormat, Laterality, ViewPosition
-from models_registry.card import ModelCard, Stage, Task
+from models_registry.card import ModelCard, Runtime, Stage, Task
 
 if TYPE_CHECKING:
     from service.inference.histopathology import TileOptions, TilePlan
@@ -47,6 +47,14 @@ class ModelInfo(_Public):
     sha256: str = Field(description="sha256 of the ONNX file that ran")
     task: Task
     fp16: bool = False
+    runtime: Runtime | None = Field(
+        default=None, description="the inference runtime that ran the model (BREASTDX_RUNTIME)"
+    )
+    device: str | None = Field(
+        default=None,
+        description='where the runtime ran it, e.g. "CPUExecutionProvider", '
+        '"CUDAExecutionProvider" (onnxruntime) or "CPU" (openvino)',
+    )
 
 
 class InputInfo(_Public):
@@ -200,6 +208,8 @@ def model_info(runner: ModelRunner) -> ModelInfo:
         sha256=fp16.sha256 if fp16 is not None else card.onnx.sha256,
         task=card.task,
         fp16=runner.fp16,
+        runtime=runner.runtime,
+        device=runner.device,
     )
 
 

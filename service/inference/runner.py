@@ -1,10 +1,11 @@
-"""ONNX Runtime sessions: one per model version and options, created once per process.
+"""Model runners: one per model version, runtime request and options, created once per process.
 
 ``get_runner`` resolves a reference (``name``, ``name@alias``, ``name@3``) on every call, so a
-moved alias takes effect at once, and creates the session only for a version it has not seen:
-loading goes through ``Registry.load``, which checks the file's sha256 against the card (a
-tampered file is refused with ``ModelIntegrityError``). Providers: ``CUDAExecutionProvider``
-where ONNX Runtime offers it (the ``onnxruntime-gpu`` build), then ``CPUExecutionProvider``.
+moved alias takes effect at once, and loads only a version it has not seen: loading goes through
+``Registry.load``, which checks the file's sha256 against the card (a tampered file is refused
+with ``ModelIntegrityError``), then ``runtime_choice.select_session`` opens it on the runtime
+``RunnerOptions.runtime`` asks for (``onnxruntime``, ``openvino`` or ``auto``: the fastest that
+passes the parity gate against ONNX Runtime on CPU, measured once here and logged).
 """
 
 from __future__ import annotations
@@ -17,48 +18,77 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnxruntime as ort
 
-from models_registry.card import Activation, ModelCard, OutputRole
+from models_registry.card import Activation, ModelCard, OutputRole, Runtime
 from models_registry.registry import Registry
+from models_registry.runtime import (
+    CPU_PROVIDER,
+    GPU_PROVIDER,
+    OrtSession,
+    RuntimeOptions,
+    Session,
+    default_providers,
+    run_batched,
+)
+from service.inference.runtime_choice import (
+    AUTO,
+    RuntimeRequest,
+    Selection,
+    reopen,
+    select_session,
+)
+
+__all__ = [
+    "CPU_PROVIDER",
+    "GPU_PROVIDER",
+    "ModelRunner",
+    "RunnerOptions",
+    "activate",
+    "cached_refs",
+    "clear_runners",
+    "default_providers",
+    "get_runner",
+    "loaded_selections",
+]
 
 logger = logging.getLogger(__name__)
 
-GPU_PROVIDER = "CUDAExecutionProvider"
-CPU_PROVIDER = "CPUExecutionProvider"
-
 _SESSIONS: dict[tuple[Any, ...], ModelRunner] = {}
+_CHOICES: dict[tuple[Any, ...], Selection] = {}  # auto's choice per model version and file
 _LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
 class RunnerOptions:
-    """Session options; ``intra_op_threads = 0`` lets ONNX Runtime choose (one per core).
+    """How to run a model; ``intra_op_threads = 0`` lets the runtime choose (one per core).
 
     ``allow_spinning``: ONNX Runtime's default keeps its threads spinning after each run, which
     on a small machine takes the cores the rest of the request needs; the service turns it off
-    (``Settings.ort_spinning``).
+    (``Settings.ort_spinning``). ``runtime``: ``onnxruntime``, ``openvino`` or ``"auto"`` (the
+    default; the service passes ``BREASTDX_RUNTIME``).
     """
 
     intra_op_threads: int = 0
     allow_spinning: bool = True
     fp16: bool = False
-    providers: tuple[str, ...] | None = None  # None: default_providers()
+    providers: tuple[str, ...] | None = None  # ONNX Runtime; None: default_providers()
+    runtime: RuntimeRequest = AUTO
 
-
-def default_providers() -> tuple[str, ...]:
-    """CUDA first where this ONNX Runtime build offers it, then CPU."""
-    available = ort.get_available_providers()
-    return tuple(p for p in (GPU_PROVIDER, CPU_PROVIDER) if p in available)
+    def runtime_options(self) -> RuntimeOptions:
+        return RuntimeOptions(
+            threads=max(0, self.intra_op_threads),
+            spinning=self.allow_spinning,
+            providers=self.providers,
+        )
 
 
 @dataclass(frozen=True, eq=False)
 class ModelRunner:
-    """A loaded model: its card, the checked ONNX file and one ONNX Runtime session."""
+    """A loaded model: its card, the checked ONNX file and the session its runtime runs."""
 
     card: ModelCard
     onnx_path: Path
-    session: ort.InferenceSession
+    selection: Selection
     fp16: bool
 
     @property
@@ -66,19 +96,27 @@ class ModelRunner:
         return self.card.ref
 
     @property
+    def session(self) -> Session:
+        return self.selection.session
+
+    @property
+    def runtime(self) -> Runtime:
+        return self.selection.runtime
+
+    @property
+    def device(self) -> str:
+        return self.selection.device
+
+    @property
     def providers(self) -> list[str]:
-        return list(self.session.get_providers())
+        """ONNX Runtime's providers in order; other runtimes: their device."""
+        session = self.session
+        return list(session.providers) if isinstance(session, OrtSession) else [session.device]
 
     def run(self, batch: np.ndarray, max_batch: int = 64) -> dict[str, np.ndarray]:
         """``(N, C, H, W)`` float32 -> every carded output by name, ``max_batch`` at a time."""
         names = [o.name for o in self.card.outputs]
-        parts: dict[str, list[np.ndarray]] = {name: [] for name in names}
-        for begin in range(0, len(batch), max(1, max_batch)):
-            chunk = np.ascontiguousarray(batch[begin : begin + max_batch], dtype=np.float32)
-            values = self.session.run(names, {self.card.input.name: chunk})
-            for name, value in zip(names, values, strict=True):
-                parts[name].append(np.asarray(value, dtype=np.float32))
-        return {name: np.concatenate(values) for name, values in parts.items() if values}
+        return run_batched(self.session, self.card.input.name, batch, names, max_batch)
 
     def malignancy(self, outputs: dict[str, np.ndarray]) -> np.ndarray | None:
         """Calibrated ``(N,)`` malignancy probabilities: the malignancy output, else the last
@@ -123,23 +161,14 @@ def activate(values: np.ndarray, activation: Activation, temperature: float = 1.
     return shifted / shifted.sum(axis=1, keepdims=True)
 
 
-def _session(path: Path, options: RunnerOptions) -> ort.InferenceSession:
-    settings = ort.SessionOptions()
-    settings.intra_op_num_threads = max(0, options.intra_op_threads)
-    settings.log_severity_level = 3
-    if not options.allow_spinning:
-        settings.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        settings.add_session_config_entry("session.inter_op.allow_spinning", "0")
-    providers = list(options.providers or default_providers())
-    return ort.InferenceSession(str(path), settings, providers=providers)
-
-
 def get_runner(ref: str, registry: Registry, options: RunnerOptions | None = None) -> ModelRunner:
     """The process-wide runner of the version ``ref`` resolves to, created on first use.
 
     Raises:
         UnknownModelError, UnknownAliasError, UnknownVersionError: ``ref`` names nothing.
         ModelIntegrityError: the ONNX file differs from the one registered.
+        RuntimeUnavailableError, RuntimeNotAllowedError, RuntimeParityError, RuntimeLoadError:
+            the runtime asked for cannot run this model here (``runtime_choice``).
     """
     options = options or RunnerOptions()
     found = registry.resolve(ref)
@@ -149,24 +178,44 @@ def get_runner(ref: str, registry: Registry, options: RunnerOptions | None = Non
         runner = _SESSIONS.get(key)
         if runner is None:
             loaded = registry.load(str(found), fp16=options.fp16)
-            runner = ModelRunner(
-                loaded.card, loaded.onnx_path, _session(loaded.onnx_path, options), options.fp16
-            )
+            selection = _select(loaded.card, loaded.onnx_path, options, key)
+            runner = ModelRunner(loaded.card, loaded.onnx_path, selection, options.fp16)
             _SESSIONS[key] = runner
             logger.info(
-                "session created",
-                extra={"model": runner.ref, "providers": runner.providers, "fp16": options.fp16},
-            )
+                "runtime chosen: %s",
+                selection.describe(),
+                extra={"model": runner.ref, "runtime": runner.runtime.value,
+                       "device": runner.device, "fp16": options.fp16},
+            )  # fmt: skip
     return runner
 
 
+def _select(card: ModelCard, path: Path, options: RunnerOptions, key: tuple[Any, ...]) -> Selection:
+    """A fresh selection, or auto's earlier choice for this version and file, reopened."""
+    choice_key = (*key[:3], options.fp16, options.providers)
+    previous = _CHOICES.get(choice_key) if options.runtime == AUTO else None
+    if previous is not None:
+        return reopen(previous, path, options.runtime_options())
+    selection = select_session(card, path, options.runtime, options.runtime_options())
+    if options.runtime == AUTO:
+        _CHOICES[choice_key] = selection
+    return selection
+
+
 def clear_runners() -> None:
-    """Drop every cached session (tests; a worker that must reload its models)."""
+    """Drop every cached session and auto choice (tests; a worker that must reload its models)."""
     with _LOCK:
         _SESSIONS.clear()
+        _CHOICES.clear()
 
 
 def cached_refs() -> Sequence[str]:
     """``name@version`` of every session held by this process."""
     with _LOCK:
         return sorted({runner.ref for runner in _SESSIONS.values()})
+
+
+def loaded_selections() -> dict[str, Selection]:
+    """``{name@version: selection}`` of the runners this process holds (the latest per version)."""
+    with _LOCK:
+        return {runner.ref: runner.selection for runner in _SESSIONS.values()}

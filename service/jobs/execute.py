@@ -30,15 +30,17 @@ from models_registry.registry import Registry
 from service.config import Settings
 from service.dicom.artefacts import dicom_artefacts
 from service.errors import JobNotFoundError
-from service.inference import Analysis, RunnerOptions, analyse_each
+from service.inference import Analysis, CheckedInput, RunnerOptions, analyse_each
 from service.inference.batching import BatchPolicy
-from service.inference.pipeline import Predecoded
 from service.inference.render import encode_png, mask_png, overlay_png
 from service.inference.runner import GPU_PROVIDER, default_providers
+from service.inference.runtime_choice import parse_runtime
 from service.jobs.hooks import run_hooks
+from service.jobs.preflight import CheckedRequest
 from service.jobs.state import JobError, JobRecord, JobState, utcnow
 from service.jobs.store import ArtefactKind, JobStore, RedisKeyValue
-from service.observability import SharedMetrics, log_context, observe_inference, observe_job
+from service.logs import log_context
+from service.metrics import SharedMetrics, observe_inference, observe_job
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +57,9 @@ class Attempt:
 def runner_options(settings: Settings) -> RunnerOptions:
     """The session options every job and the worker's warm-up use (one cached session)."""
     return RunnerOptions(
-        intra_op_threads=settings.ort_threads, allow_spinning=settings.ort_spinning
+        intra_op_threads=settings.ort_threads,
+        allow_spinning=settings.ort_spinning,
+        runtime=parse_runtime(settings.runtime),
     )
 
 

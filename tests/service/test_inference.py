@@ -94,16 +94,21 @@ def test_runner_is_created_once_per_process(registry: Registry) -> None:
 
 def test_service_sessions_do_not_spin(registry: Registry) -> None:
     """The service turns ONNX Runtime's spin-waiting off unless the operator turns it on."""
+    from models_registry.runtime import OrtSession
     from service.config import Settings
     from service.jobs.execute import runner_options
 
     entry = "session.intra_op.allow_spinning"
-    quiet = get_runner("us-tiny", registry, runner_options(Settings()))
-    assert quiet.session.get_session_options().get_session_config_entry(entry) == "0"
-    spinning = get_runner("us-tiny", registry, runner_options(Settings(ort_spinning=True)))
-    assert spinning is not quiet
+    ort = Settings(runtime="onnxruntime")
+    quiet = get_runner("us-tiny", registry, runner_options(ort))
+    assert isinstance(quiet.session, OrtSession)
+    assert quiet.session.session.get_session_options().get_session_config_entry(entry) == "0"
+    spinning = get_runner(
+        "us-tiny", registry, runner_options(ort.model_copy(update={"ort_spinning": True}))
+    )
+    assert spinning is not quiet and isinstance(spinning.session, OrtSession)
     with pytest.raises(Exception, match="does not have configuration"):  # ORT's default: spin
-        spinning.session.get_session_options().get_session_config_entry(entry)
+        spinning.session.session.get_session_options().get_session_config_entry(entry)
 
 
 def test_ultrasound_batch_gives_masks_at_original_size(registry: Registry) -> None:

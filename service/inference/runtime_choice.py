@@ -1,0 +1,187 @@
+"""Which runtime runs a model in this process: asked for by name, or ``auto``.
+
+- An explicit runtime (``onnxruntime``, ``openvino``) must be installed, allowed by the card and,
+  unless it is ONNX Runtime on CPU itself, pass the parity gate against ONNX Runtime on CPU
+  (``models_registry.parity.gate``); otherwise loading fails with a typed error
+  (:class:`RuntimeUnavailableError`, :class:`RuntimeNotAllowedError`,
+  :class:`RuntimeParityError`): never a silent fallback.
+- ``auto`` opens every installed runtime the card allows, drops those that miss the gate (a
+  warning names the figures), times the rest on the gate inputs and keeps the fastest.
+
+The gate runs on :data:`~models_registry.parity.GATE_IMAGES` inputs made from the card's input
+spec through its own preprocessing; the card's tolerance bounds the figures.
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final, Literal
+
+import numpy as np
+
+from models_registry.card import ModelCard, Runtime, Task
+from models_registry.errors import RuntimeNotAllowedError, RuntimeParityError
+from models_registry.parity import (
+    Outputs,
+    ParityReport,
+    gate,
+    gate_inputs,
+    session_outputs,
+)
+from models_registry.runtime import (
+    CPU_PROVIDER,
+    RuntimeOptions,
+    Session,
+    installed_runtimes,
+    open_session,
+)
+
+logger = logging.getLogger(__name__)
+
+AUTO: Final = "auto"
+RuntimeRequest = Runtime | Literal["auto"]
+TIMED_RUNS = 5
+
+
+def parse_runtime(value: str) -> RuntimeRequest:
+    """``"auto"`` or a :class:`Runtime` value; anything else raises ``ValueError``."""
+    return AUTO if value == AUTO else Runtime(value)
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One runtime tried for a model: its parity against ONNX Runtime on CPU (None: it is that
+    reference) and its median run time on the gate inputs (None: not timed)."""
+
+    runtime: Runtime
+    device: str
+    parity: ParityReport | None
+    model_ms: float | None
+
+    @property
+    def passed(self) -> bool:
+        return self.parity is None or self.parity.ok
+
+    def describe(self) -> str:
+        timing = f"{self.model_ms:.2f} ms" if self.model_ms is not None else "not timed"
+        if self.parity is None:
+            return f"{self.runtime.value} ({self.device}): reference, {timing}"
+        verdict = "passed" if self.parity.ok else "FAILED"
+        return (
+            f"{self.runtime.value} ({self.device}): parity {verdict} "
+            f"(max |prob diff| {self.parity.max_abs_prob_diff:.3g}), {timing}"
+        )
+
+
+@dataclass(frozen=True, eq=False)
+class Selection:
+    """The session a model runs on, with what was asked for and what was tried."""
+
+    requested: RuntimeRequest
+    session: Session
+    trials: tuple[Trial, ...]
+
+    @property
+    def runtime(self) -> Runtime:
+        return self.session.runtime
+
+    @property
+    def device(self) -> str:
+        return self.session.device
+
+    def describe(self) -> str:
+        tried = "; ".join(t.describe() for t in self.trials) or "no gate needed"
+        return f"{self.session.label}, requested {self.requested}: {tried}"
+
+
+def select_session(
+    card: ModelCard, path: Path, requested: RuntimeRequest, options: RuntimeOptions
+) -> Selection:
+    """Open ``path`` on the runtime ``requested`` names, or on the fastest that passes (auto).
+
+    Raises:
+        RuntimeUnavailableError: an explicit runtime that is not installed.
+        RuntimeNotAllowedError: an explicit runtime the card does not list.
+        RuntimeParityError: an explicit runtime that misses the gate.
+        RuntimeLoadError: a runtime refused the file.
+    """
+    if requested == AUTO:
+        return _auto(card, path, options)
+    if not card.allows(requested):
+        allowed = [r.runtime.value for r in card.runtimes or []]
+        raise RuntimeNotAllowedError(card.ref, requested.value, allowed)
+    session = open_session(path, requested, options)
+    if _is_reference(session):
+        return Selection(requested, session, ())
+    batch = gate_inputs(card)
+    report = gate(card, session, _reference(card, path, batch, options), batch)
+    if not report.ok:
+        raise RuntimeParityError(card.ref, session.label, report.describe())
+    return Selection(requested, session, (Trial(session.runtime, session.device, report, None),))
+
+
+def reopen(previous: Selection, path: Path, options: RuntimeOptions) -> Selection:
+    """The runtime ``previous`` settled on, opened again with other ``options`` (threads,
+    spinning): the gate and the timing are not repeated, so a process keeps one choice per model
+    version."""
+    if _is_reference(previous.session) and options.providers is None:
+        options = _cpu(options)
+    session = open_session(path, previous.runtime, options)
+    return Selection(previous.requested, session, previous.trials)
+
+
+def _is_reference(session: Session) -> bool:
+    return session.runtime is Runtime.ONNXRUNTIME and session.device == CPU_PROVIDER
+
+
+def _reference(card: ModelCard, path: Path, batch: np.ndarray, options: RuntimeOptions) -> Outputs:
+    return session_outputs(open_session(path, Runtime.ONNXRUNTIME, _cpu(options)), card, batch)
+
+
+def _cpu(options: RuntimeOptions) -> RuntimeOptions:
+    """``options`` on ONNX Runtime's CPU provider alone: the gate's reference."""
+    return RuntimeOptions(threads=options.threads, spinning=options.spinning,
+                          providers=(CPU_PROVIDER,))  # fmt: skip
+
+
+def _auto(card: ModelCard, path: Path, options: RuntimeOptions) -> Selection:
+    batch = gate_inputs(card)
+    timed = batch if card.task is Task.CLASSIFICATION else batch[:1]  # a typical request
+    reference_session = open_session(path, Runtime.ONNXRUNTIME, _cpu(options))
+    reference = session_outputs(reference_session, card, batch)
+    candidates: list[tuple[Session, Trial]] = []
+    sessions = [open_session(path, r, options) for r in installed_runtimes() if card.allows(r)]
+    if not any(_is_reference(s) for s in sessions):  # ONNX Runtime on CUDA: CPU competes too
+        sessions.append(reference_session)
+    for session in sessions:
+        if _is_reference(session):
+            session, parity = reference_session, None
+        else:
+            parity = gate(card, session, reference, batch)
+        if parity is not None and not parity.ok:
+            logger.warning(
+                "runtime failed the parity gate and is not used",
+                extra={"model": card.ref, "runtime": session.label, "parity": parity.describe()},
+            )
+            candidates.append((session, Trial(session.runtime, session.device, parity, None)))
+            continue
+        trial = Trial(session.runtime, session.device, parity, _median_ms(session, card, timed))
+        candidates.append((session, trial))
+    passing = [(s, t) for s, t in candidates if t.passed and t.model_ms is not None]
+    session, _ = min(passing, key=lambda pair: pair[1].model_ms or 0.0)
+    return Selection(AUTO, session, tuple(t for _, t in candidates))
+
+
+def _median_ms(session: Session, card: ModelCard, batch: np.ndarray) -> float:
+    names, feeds = [o.name for o in card.outputs], {card.input.name: batch}
+    session.run(names, feeds)  # warm-up: first-run allocations and kernel choice
+    times = []
+    for _ in range(TIMED_RUNS):
+        start = time.perf_counter()
+        session.run(names, feeds)
+        times.append((time.perf_counter() - start) * 1000.0)
+    return statistics.median(times)

@@ -1,0 +1,179 @@
+"""``BREASTDX_RUNTIME`` in the service, on a copy of the shipped ultrasound model.
+
+openvino really runs OpenVINO (the result and ``/v1/models`` say so); auto never picks a runtime
+that fails the parity gate (a card with no tolerance makes OpenVINO's ~1e-7 difference fail);
+an explicit runtime that fails the gate, is not allowed by the card or is not installed is a
+typed readiness or startup error, never a silent fallback; a bad value is a settings error.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from models_registry.card import Runtime
+from models_registry.errors import RuntimeNotAllowedError, RuntimeParityError
+from models_registry.registry import Registry
+from models_registry.runtime import OpenVinoSession, OrtSession
+from service.app import create_app
+from service.config import Settings, SettingsError, load_settings
+from service.inference import clear_runners, get_runner
+from service.inference.runner import RunnerOptions
+from service.inference.runtime_choice import AUTO
+from tests.conftest import REPO_ROOT
+from tests.runtime_support import register_copy, shipped_card, zero_tolerance
+from tests.service import jobs_support as js
+
+MODEL = "ultrasound-unet"
+
+
+@pytest.fixture(autouse=True)
+def _fresh_runners() -> Iterator[None]:
+    clear_runners()
+    yield
+    clear_runners()
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("runtime") / "store"
+    register_copy(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def strict_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same model, its card allowing no difference at all from ONNX Runtime on CPU."""
+    card, _ = shipped_card()
+    path = tmp_path_factory.mktemp("strict") / "store"
+    register_copy(path, **zero_tolerance(card))
+    return path
+
+
+def client(store: Path, **overrides: Any) -> TestClient:
+    return TestClient(create_app(Settings(model_store=store, allow_anonymous=True, **overrides)))
+
+
+def analyse(api: TestClient) -> dict[str, Any]:
+    response = api.post(
+        "/v1/ultrasound/analyses",
+        files=[("file", ("scan", js.ultrasound_png(3), "application/octet-stream"))],
+        headers={"Prefer": "wait=60"},
+    )
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def test_breastdx_runtime_openvino_runs_openvino(store: Path) -> None:
+    with client(store, runtime="openvino") as api:
+        result = analyse(api)["result"][0]
+        assert result["model"]["runtime"] == "openvino" and result["model"]["device"] == "CPU"
+        (served,) = api.get("/v1/models").json()["models"]
+    assert served["runtime"]["requested"] == "openvino"
+    assert served["runtime"]["runtime"] == "openvino" and served["runtime"]["device"] == "CPU"
+    (trial,) = served["runtime"]["trials"]
+    assert trial.startswith("openvino (CPU): parity passed (max |prob diff| ")
+    runner = get_runner(MODEL, Registry([store]), RunnerOptions(runtime=Runtime.OPENVINO))
+    assert isinstance(runner.session, OpenVinoSession)
+
+
+def test_breastdx_runtime_onnxruntime_runs_onnxruntime(store: Path) -> None:
+    with client(store, runtime="onnxruntime") as api:
+        model = analyse(api)["result"][0]["model"]
+    assert model["runtime"] == "onnxruntime" and model["device"] == "CPUExecutionProvider"
+
+
+def test_auto_times_every_passing_runtime_and_keeps_the_fastest(store: Path) -> None:
+    runner = get_runner(MODEL, Registry([store]), RunnerOptions(runtime=AUTO))
+    trials = {t.runtime: t for t in runner.selection.trials}
+    assert set(trials) == {Runtime.ONNXRUNTIME, Runtime.OPENVINO}
+    assert all(t.passed and t.model_ms is not None and t.model_ms > 0 for t in trials.values())
+    fastest = min(trials.values(), key=lambda t: t.model_ms or 0.0)
+    assert runner.runtime is fastest.runtime
+    again = get_runner(MODEL, Registry([store]), RunnerOptions(runtime=AUTO, intra_op_threads=1))
+    assert again is not runner and again.runtime is runner.runtime  # one choice per process
+    assert again.selection.trials == runner.selection.trials
+
+
+def test_auto_never_picks_a_runtime_that_fails_the_gate(strict_store: Path) -> None:
+    runner = get_runner(MODEL, Registry([strict_store]), RunnerOptions(runtime=AUTO))
+    trials = {t.runtime: t for t in runner.selection.trials}
+    openvino = trials[Runtime.OPENVINO]
+    assert openvino.parity is not None and not openvino.passed and openvino.model_ms is None
+    assert openvino.parity.max_abs_prob_diff > 0.0  # a real difference, held to tolerance 0
+    assert runner.runtime is Runtime.ONNXRUNTIME and isinstance(runner.session, OrtSession)
+
+
+def test_an_explicit_runtime_that_fails_the_gate_is_not_ready(strict_store: Path) -> None:
+    with pytest.raises(RuntimeParityError, match="does not reproduce ONNX Runtime on CPU"):
+        get_runner(MODEL, Registry([strict_store]), RunnerOptions(runtime=Runtime.OPENVINO))
+    with client(strict_store, runtime="openvino") as api:
+        ready = api.get("/readyz")
+        assert ready.status_code == 503
+        models = {c["name"]: c for c in ready.json()["checks"]}["models"]
+        assert not models["ok"] and "openvino (CPU) does not reproduce" in models["detail"]
+        response = api.post(
+            "/v1/ultrasound/analyses",
+            files=[("file", ("scan", js.ultrasound_png(3), "application/octet-stream"))],
+            headers={"Prefer": "wait=60"},
+        )
+    body = response.json()
+    failure = body.get("error") or body  # a failed job, or the problem document itself
+    assert "runtime_parity_failed" in str(failure), body
+
+
+def test_readiness_names_the_runtime_each_model_runs_on(store: Path) -> None:
+    with client(store, runtime="openvino") as api:
+        ready = api.get("/readyz")
+    assert ready.status_code == 200
+    models = {c["name"]: c for c in ready.json()["checks"]}["models"]
+    assert f"ultrasound: {MODEL}@1 on openvino (CPU)" in models["detail"]
+
+
+def test_a_runtime_the_card_does_not_allow_is_refused(tmp_path: Path) -> None:
+    card, _ = shipped_card()
+    only_ort = [{"runtime": "onnxruntime", "device": "CPUExecutionProvider",
+                 "parity": card.parity.model_dump(mode="json")}]  # fmt: skip
+    registry = register_copy(tmp_path / "store", runtimes=only_ort)
+    with pytest.raises(RuntimeNotAllowedError, match="lets it run on onnxruntime, not 'openvino'"):
+        get_runner(MODEL, registry, RunnerOptions(runtime=Runtime.OPENVINO))
+    auto = get_runner(MODEL, registry, RunnerOptions(runtime=AUTO))
+    assert [t.runtime for t in auto.selection.trials] == [Runtime.ONNXRUNTIME]
+
+
+def test_a_bad_breastdx_runtime_is_a_settings_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BREASTDX_RUNTIME", "tensorrt")
+    with pytest.raises(SettingsError) as caught:
+        load_settings(Settings, "BREASTDX_")
+    assert "BREASTDX_RUNTIME" in caught.value.message
+    assert all(name in caught.value.message for name in ("auto", "onnxruntime", "openvino"))
+
+
+def _serve(env: dict[str, str], block_openvino: bool = False) -> subprocess.CompletedProcess[str]:
+    code = (
+        "import sys; sys.modules['openvino'] = None\n" if block_openvino else ""
+    ) + "from service.cli import serve_main\nraise SystemExit(serve_main(['--port', '1']))\n"
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=REPO_ROOT,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_serve_refuses_to_start_on_a_bad_or_missing_runtime() -> None:
+    bad = _serve({"BREASTDX_RUNTIME": "tensorrt"})
+    assert bad.returncode == 1 and "BREASTDX_RUNTIME" in bad.stderr, bad.stderr
+    missing = _serve({"BREASTDX_RUNTIME": "openvino"}, block_openvino=True)
+    assert missing.returncode == 1, missing.stderr
+    assert "runtime 'openvino' is not installed" in missing.stderr

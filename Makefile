@@ -4,11 +4,13 @@
 SHELL := /bin/bash
 SERVE_VENV ?= .venv-serve
 DEV_VENV ?= .venv
+BENCH_VENV ?= .venv-bench
 HOST ?= 127.0.0.1
 PORT ?= 8000
 PYTEST_ARGS ?=
 
-.PHONY: serve test models setup-serve setup-dev lint typecheck pytest format bench clean
+.PHONY: serve test models setup-serve setup-dev setup-bench lint typecheck pytest format bench \
+	bench-peers clean
 
 setup-serve:
 	scripts/setup-env.sh $(SERVE_VENV) serve
@@ -50,5 +52,13 @@ pytest:
 bench: setup-dev
 	$(DEV_VENV)/bin/python bench/bench_imaging.py
 
+# breastdx beside LitServe and BentoML (bench/bench_peers.py), from a venv of their own: the
+# peers never reach the product's environments. BENCH_PEERS_ARGS, e.g. --json peers.json.
+setup-bench:
+	scripts/setup-bench-env.sh $(BENCH_VENV)
+
+bench-peers: setup-bench
+	$(BENCH_VENV)/bin/python bench/bench_peers.py $(BENCH_PEERS_ARGS)
+
 clean:
-	rm -rf $(SERVE_VENV) $(DEV_VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(SERVE_VENV) $(DEV_VENV) $(BENCH_VENV) .pytest_cache .mypy_cache .ruff_cache

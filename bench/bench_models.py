@@ -1,4 +1,10 @@
-"""ONNX Runtime vs torch eager, side by side, per model, at batch 1 and a larger batch.
+"""torch eager vs every installed runtime on the same ONNX file, per model, at batch 1 and more.
+
+Runtimes (``models_registry.runtime``, as the service opens them): ONNX Runtime on its CPU
+provider and OpenVINO on CPU at float32 precision; ``--openvino-variants`` adds OpenVINO with its
+own default precision hint (bfloat16 on CPUs with bf16 units: other numerics, the service never
+uses it) and with ``PERFORMANCE_HINT THROUGHPUT``, each with the largest probability difference
+from ONNX Runtime on the same input.
 
 Models: ``--checkpoint best.pt`` runs (weights loaded, exported to a temporary ONNX file), else
 every registered model with a ``production`` alias (the registry's ONNX file; the torch side is
@@ -9,7 +15,7 @@ model's input size; each case repeats until ``--budget`` seconds (at least ``--m
 times, after one warm-up) and reports the median.
 
 Usage: ``.venv/bin/python bench/bench_models.py [--checkpoint best.pt ...] [--store DIR]
-[--config cfg.yaml ...] [--batch 8] [--threads 2] [--budget 3]``
+[--config cfg.yaml ...] [--batch 8] [--threads 2] [--budget 3] [--openvino-variants]``
 """
 
 from __future__ import annotations
@@ -31,7 +37,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
+from models_registry.card import Runtime
 from models_registry.registry import PRODUCTION, Registry
+from models_registry.runtime import (
+    CPU_PROVIDER,
+    OPENVINO_CONFIG,
+    RuntimeOptions,
+    installed_runtimes,
+    open_session,
+)
 from training.config import TrainConfig, config_from_dict, load_config
 from training.export import TrainedRun, export_onnx, load_trained
 from training.trainer import build_model
@@ -105,8 +119,37 @@ def median_ms(fn: Callable[[], object], budget: float, min_repeat: int) -> float
     return statistics.median(times)
 
 
-def time_case(case: Case, batch: int, threads: int, budget: float, repeat: int) -> list[float]:
-    """``[torch ms, onnx ms]`` per batch of ``batch`` images."""
+def _sigmoid(values: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-values.astype(np.float64)))
+
+
+def _sigmoid_diff(a: list[np.ndarray], b: list[np.ndarray]) -> float:
+    """Largest |sigmoid(a) - sigmoid(b)| over every output (probability scale)."""
+    return max(float(np.max(np.abs(_sigmoid(x) - _sigmoid(y)))) for x, y in zip(a, b, strict=True))
+
+
+def _openvino_variants(case: Case, x: np.ndarray, threads: int) -> dict[str, object]:
+    """OpenVINO compiled with its default precision, and with the throughput hint."""
+    import openvino as ov
+
+    core = ov.Core()
+    variants = {
+        "ov default precision": {"PERFORMANCE_HINT": "LATENCY"},
+        "ov f32 throughput": {**OPENVINO_CONFIG, "PERFORMANCE_HINT": "THROUGHPUT"},
+    }
+    compiled = {}
+    for label, config in variants.items():
+        model = core.compile_model(
+            str(case.onnx_path), "CPU", {**config, "INFERENCE_NUM_THREADS": str(threads)}
+        )
+        compiled[label] = model.create_infer_request()
+    return compiled
+
+
+def time_case(
+    case: Case, batch: int, threads: int, budget: float, repeat: int, variants: bool
+) -> dict[str, tuple[float, float | None]]:
+    """``{label: (ms per batch of batch images, max |prob diff| from onnxruntime)}``."""
     x = np.random.default_rng(0).random((batch, *case.chw), dtype=np.float32)  # (B, C, H, W)
     tensor = torch.from_numpy(x)
     torch.set_num_threads(threads)
@@ -115,24 +158,37 @@ def time_case(case: Case, batch: int, threads: int, budget: float, repeat: int) 
         with torch.inference_mode():
             return case.model(tensor)
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    session = ort.InferenceSession(str(case.onnx_path), options, providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
-    return [
-        median_ms(eager, budget, repeat),
-        median_ms(lambda: session.run(None, {name: x}), budget, repeat),
-    ]
+    results: dict[str, tuple[float, float | None]] = {
+        "torch": (median_ms(eager, budget, repeat), None)
+    }
+    reference: list[np.ndarray] = []
+    names = list(getattr(case.model, "output_names", ()))
+    for runtime in installed_runtimes():
+        providers = (CPU_PROVIDER,) if runtime is Runtime.ONNXRUNTIME else None
+        options = RuntimeOptions(threads=threads, spinning=False, providers=providers)
+        session = open_session(case.onnx_path, runtime, options)
+        outputs = session.run(names, {"image": x})
+        reference = reference or outputs
+        ms = median_ms(lambda s=session, n=names: s.run(n, {"image": x}), budget, repeat)
+        results[runtime.value] = (ms, _sigmoid_diff(reference, outputs))
+    if variants and Runtime.OPENVINO in installed_runtimes():
+        for label, request in _openvino_variants(case, x, threads).items():
+            out = request.infer({"image": x})
+            got = [np.asarray(out[name]) for name in names]
+            ms = median_ms(lambda r=request: r.infer({"image": x}), budget, repeat)
+            results[label] = (ms, _sigmoid_diff(reference, got))
+    return results
 
 
 def _header(threads: int) -> str:
     cpu = platform.processor() or platform.machine()
     return (
         f"# torch {torch.__version__} (eager, inference_mode) vs onnxruntime {ort.__version__} "
-        f"(CPUExecutionProvider)\n# {threads} intra-op thread(s) each; {os.cpu_count()} logical "
-        f"CPUs ({cpu}); python {platform.python_version()}; median of repeats, ms per batch"
+        f"(CPUExecutionProvider) and the other installed runtimes "
+        f"({', '.join(r.value for r in installed_runtimes())})\n# {threads} intra-op thread(s) "
+        f"each, spinning off; {os.cpu_count()} logical CPUs ({cpu}); python "
+        f"{platform.python_version()}; median of repeats, ms per batch; x: speed-up over "
+        "onnxruntime; dp: max |prob diff| from onnxruntime"
     )
 
 
@@ -145,6 +201,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=min(4, os.cpu_count() or 1))
     parser.add_argument("--budget", type=float, default=3.0, help="seconds per case")
     parser.add_argument("--min-repeat", type=int, default=3)
+    parser.add_argument(
+        "--openvino-variants",
+        action="store_true",
+        help="also OpenVINO at its default precision and with the throughput hint",
+    )
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
@@ -155,37 +216,17 @@ def main(argv: list[str] | None = None) -> int:
         if not cases:
             cases = cases_from_configs(args.config or CONFIGS, folder)
         print(_header(args.threads))
-        row = "{:<44} {:>7} {:>5} {:>12} {:>10} {:>12} {:>10} {:>9}"
-        print(
-            row.format(
-                "model",
-                "weights",
-                "batch",
-                "torch ms",
-                "torch im/s",
-                "onnx ms",
-                "onnx im/s",
-                "onnx/pt",
-            )
-        )
         for case in cases:
             for batch in sorted({1, args.batch}):
-                torch_ms, onnx_ms = time_case(
-                    case, batch, args.threads, args.budget, args.min_repeat
+                results = time_case(
+                    case, batch, args.threads, args.budget, args.min_repeat, args.openvino_variants
                 )
-                print(
-                    row.format(
-                        case.label[:44],
-                        case.weights,
-                        batch,
-                        f"{torch_ms:.2f}",
-                        f"{batch * 1000 / torch_ms:.1f}",
-                        f"{onnx_ms:.2f}",
-                        f"{batch * 1000 / onnx_ms:.1f}",
-                        f"{torch_ms / onnx_ms:.2f}x",
-                    ),
-                    flush=True,
-                )
+                base = results[Runtime.ONNXRUNTIME.value][0]
+                cells = [f"torch {results['torch'][0]:.2f}"]
+                for label, (ms, diff) in list(results.items())[1:]:
+                    cells.append(f"{label} {ms:.2f} ({base / ms:.2f}x, dp {diff:.1e})")
+                print(f"{case.label[:44]:<44} {case.weights:>7} b{batch:<3} " + "; ".join(cells),
+                      flush=True)  # fmt: skip
     return 0
 
 

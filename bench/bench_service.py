@@ -6,23 +6,31 @@ For every stage: ``breastdx serve`` in process (no Redis), then ``breastdx serve
 ``Prefer: wait=30`` (polling ``Location`` on 202), timed from send to result. ``pipeline`` is the
 server's own ``timings_ms.total`` of the result. Model-only: ``ModelRunner.run`` on the very batch
 the pipeline builds for the same image, in this process, in the same run, with the service's
-session options (``runner_options(Settings())``) and with ONNX Runtime's defaults; the ratio
-e2e / model-only is taken against the faster of the two. Queue overhead: queued
-p50 - in-process p50 at concurrency 1. ``--soak N`` then submits N queued requests (16 at a time,
-no wait) and follows every job id to its end: refused submissions, failed jobs and lost jobs
-(gone, or not ``succeeded``/``failed`` within the deadline).
+session options (``runner_options(Settings())``) on each runtime of ``--runtimes`` (ONNX Runtime
+on its CPU provider is the baseline: ``speedup_vs_onnxruntime_cpu``) and with ONNX Runtime's
+defaults; the ratio e2e / model-only is taken against the faster of the service's options and
+ONNX Runtime's defaults on the runtime the server reported in its results (``model.runtime``).
+``overhead_ms``: in-process e2e p50 at concurrency 1 minus that runtime's model-only p50. Queue
+overhead: queued p50 - in-process p50 at concurrency 1. ``--soak N`` then submits N queued
+requests (16 at a time, no wait) and follows every job id to its end: refused submissions, failed
+jobs and lost jobs (gone, or not ``succeeded``/``failed`` within the deadline).
 
 Images: a real one per stage from ``../shared/data`` when present (BUSI, mini-MIAS, IDC), else a
 generated one. Models: the shipped store (``models_registry/store``) when it holds any, else
 ``--store``. Redis DB 13 is flushed before and after the queued runs.
 
+``--json FILE`` writes every figure of the run (see :func:`report`); ``--soak 0`` (the default)
+skips the soak. The servers run with the environment's ``BREASTDX_RUNTIME`` (default auto).
+
 Usage: ``.venv/bin/python bench/bench_service.py [--store DIR] [--requests 30]
-[--concurrency 1,4,16] [--modes inprocess,queued] [--stages ultrasound,...] [--soak 2000]``
+[--concurrency 1,4,16] [--modes inprocess,queued] [--stages ultrasound,...] [--soak 2000]
+[--runtimes onnxruntime,openvino] [--json run.json]``
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import socket
@@ -51,8 +59,9 @@ sys.path.insert(0, str(ROOT))  # run from a checkout
 
 from imaging import decode  # noqa: E402
 from imaging.preprocess import preprocess_decoded, select_frame  # noqa: E402
-from models_registry.card import Stage  # noqa: E402
+from models_registry.card import Runtime, Stage  # noqa: E402
 from models_registry.registry import Registry  # noqa: E402
+from models_registry.runtime import CPU_PROVIDER, installed_runtimes  # noqa: E402
 from models_registry.store import DirectoryStore  # noqa: E402
 from service.config import Settings  # noqa: E402
 from service.inference import histopathology as histo  # noqa: E402
@@ -78,6 +87,11 @@ class Level:
     phases_ms: list[dict[str, float]] = field(default_factory=list)
     errors: int = 0
     wall_s: float = 0.0
+    runtimes: Counter[str] = field(default_factory=Counter)  # model.runtime of the results
+
+    @property
+    def throughput(self) -> float:
+        return len(self.latencies_s) / self.wall_s if self.wall_s else float("nan")
 
     def p_ms(self, q: float) -> float:
         return float(np.percentile(self.latencies_s, q)) * 1000.0 if self.latencies_s else np.nan
@@ -112,7 +126,7 @@ def stage_image(stage: Stage) -> tuple[bytes, str]:
 
 def model_batch(stage: Stage, image: bytes, registry: Registry, ref: str) -> np.ndarray:
     """The ``(N, C, h, w)`` batch the pipeline builds for ``image`` (same functions, same card)."""
-    card = get_runner(ref, registry).card
+    card = registry.card(ref)
     config = card.preprocess_config()
     decoded = decode(image)
     if stage is not Stage.HISTOPATHOLOGY:
@@ -138,6 +152,53 @@ def model_only_ms(
     return statistics.median(times)
 
 
+BASELINE = "onnxruntime_cpu"
+
+
+@dataclass
+class ModelTimes:
+    """Model-only p50 ms of one stage's model: per runtime (the service's session options), and
+    with ONNX Runtime's defaults."""
+
+    ref: str
+    batch: tuple[int, ...]
+    per_runtime: dict[str, float]
+    ort_default_ms: float
+
+    def speedups(self) -> dict[str, float]:
+        base = self.per_runtime[BASELINE]
+        return {name: base / ms for name, ms in self.per_runtime.items()}
+
+    def served_ms(self, runtime: str) -> float:
+        """The model-only time of the runtime the server ran (its ``model.runtime``)."""
+        if runtime == Runtime.ONNXRUNTIME.value:
+            return self.per_runtime.get(runtime, self.per_runtime[BASELINE])
+        return self.per_runtime.get(runtime, float("nan"))
+
+
+def time_runtimes(
+    registry: Registry, ref: str, batch: np.ndarray, runtimes: list[Runtime]
+) -> ModelTimes:
+    """Model-only p50 per runtime, ONNX Runtime on CPU alone first (the baseline)."""
+    service = runner_options(Settings())
+    cpu = RunnerOptions(
+        intra_op_threads=service.intra_op_threads,
+        allow_spinning=service.allow_spinning,
+        providers=(CPU_PROVIDER,),
+        runtime=Runtime.ONNXRUNTIME,
+    )
+    per_runtime = {BASELINE: model_only_ms(registry, ref, batch, cpu)}
+    for runtime in runtimes:
+        options = RunnerOptions(
+            intra_op_threads=service.intra_op_threads,
+            allow_spinning=service.allow_spinning,
+            runtime=runtime,
+        )
+        per_runtime[runtime.value] = model_only_ms(registry, ref, batch, options)
+    default = model_only_ms(registry, ref, batch, RunnerOptions(runtime=Runtime.ONNXRUNTIME))
+    return ModelTimes(ref, tuple(batch.shape), per_runtime, default)
+
+
 def submit(client: httpx.Client, stage: str, image: bytes, wait: bool = True) -> httpx.Response:
     headers = {"Prefer": f"wait={WAIT_S}"} if wait else {}
     files = {"file": ("image.png", image, "image/png")}
@@ -161,7 +222,7 @@ def follow(client: httpx.Client, response: httpx.Response, deadline: float) -> d
     return body
 
 
-Outcome = tuple[float, float, dict[str, float]]
+Outcome = tuple[float, float, dict[str, float], str]
 
 
 def _phases(body: dict[str, Any], e2e_ms: float) -> dict[str, float]:
@@ -197,7 +258,8 @@ def one_request(client: httpx.Client, stage: str, image: bytes) -> Outcome | Non
         return None
     seconds = time.perf_counter() - start
     result = body["result"][0]  # type: ignore[index]
-    return seconds, float(result["timings_ms"]["total"]), _phases(body, seconds * 1000.0)
+    runtime = str(result["model"].get("runtime"))
+    return seconds, float(result["timings_ms"]["total"]), _phases(body, seconds * 1000.0), runtime
 
 
 def measure(client: httpx.Client, level: Level, image: bytes, requests: int) -> Level:
@@ -213,6 +275,7 @@ def measure(client: httpx.Client, level: Level, image: bytes, requests: int) -> 
     level.pipeline_ms = [o[1] for o in outcomes if o is not None]
     level.phases_ms = [o[2] for o in outcomes if o is not None]
     level.errors = sum(o is None for o in outcomes)
+    level.runtimes = Counter(o[3] for o in outcomes if o is not None)
     return level
 
 
@@ -304,7 +367,8 @@ def machine() -> str:
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     return (
         f"# {cpu}; {os.cpu_count()} logical CPUs; load average {load} at start\n"
-        f"# python {platform.python_version()}; onnxruntime {ort.__version__} (CPU)"
+        f"# python {platform.python_version()}; onnxruntime {ort.__version__}; "
+        f"runtimes installed: {', '.join(r.value for r in installed_runtimes())}"
     )
 
 
@@ -332,26 +396,96 @@ def print_levels(levels: list[Level]) -> None:
         )
 
 
-def print_targets(levels: list[Level], model_ms: dict[str, tuple[str, float, float]]) -> None:
-    """Model-only time (the service's session options, and ONNX Runtime's defaults),
-    end-to-end / model-only at concurrency 1 against the faster of the two, queue overhead."""
+def served_runtime(levels: list[Level], stage: str) -> str:
+    """The runtime the in-process server reported for ``stage`` (its most frequent)."""
+    seen: Counter[str] = Counter()
+    for lv in levels:
+        if lv.stage == stage and lv.mode == "inprocess":
+            seen.update(lv.runtimes)
+    return seen.most_common(1)[0][0] if seen else Runtime.ONNXRUNTIME.value
+
+
+def stage_figures(levels: list[Level], stage: str, times: ModelTimes) -> dict[str, Any]:
+    """Model-only times, speedups, the served runtime, overheads of one stage."""
     p50 = {(lv.stage, lv.mode, lv.concurrency): lv.p_ms(50) for lv in levels}
-    row = "{:<15} {:<24} {:>14} {:>14} {:>16} {:>18}"
-    heads = (
-        "stage",
-        "model",
-        "model-only ms",
-        "ORT default ms",
-        "e2e p50 / model",
-        "queue overhead ms",
-    )
+    local = p50.get((stage, "inprocess", 1), float("nan"))
+    queued = p50.get((stage, "queued", 1), float("nan"))
+    runtime = served_runtime(levels, stage)
+    served = times.served_ms(runtime)
+    return {
+        "model": times.ref,
+        "batch": list(times.batch),
+        "model_ms": times.per_runtime,
+        "speedup_vs_onnxruntime_cpu": times.speedups(),
+        "onnxruntime_default_ms": times.ort_default_ms,
+        "served_runtime": runtime,
+        "served_model_ms": served,
+        "overhead_ms": local - served,
+        "e2e_over_model": local / min(served, times.ort_default_ms),
+        "queue_overhead_ms": queued - local,
+    }
+
+
+def print_targets(levels: list[Level], model_ms: dict[str, ModelTimes]) -> None:
+    """Model-only time per runtime, speed-up over ONNX Runtime on CPU, the runtime the server
+    ran, overhead (e2e p50 - its model-only p50, concurrency 1, in process), queue overhead."""
+    row = "{:<15} {:<26} {:<40} {:<10} {:>11} {:>15} {:>11}"
+    heads = ("stage", "model", "model-only ms (x vs ORT CPU)", "served", "overhead ms",
+             "e2e p50/model", "queue ms")  # fmt: skip
     print("\n" + row.format(*heads))
-    for stage, (ref, ms, default_ms) in model_ms.items():
-        local = p50.get((stage, "inprocess", 1), np.nan)
-        queued = p50.get((stage, "queued", 1), np.nan)
-        ratio = local / min(ms, default_ms)
-        cells = (f"{ms:.2f}", f"{default_ms:.2f}", f"{ratio:.2f}x", f"{queued - local:.1f}")
-        print(row.format(stage, ref, *cells))
+    for stage, times in model_ms.items():
+        fig = stage_figures(levels, stage, times)
+        speed = fig["speedup_vs_onnxruntime_cpu"]
+        runtimes = ", ".join(f"{k} {v:.2f} ({speed[k]:.2f}x)" for k, v in fig["model_ms"].items())
+        cells = (fig["served_runtime"], f"{fig['overhead_ms']:.1f}",
+                 f"{fig['e2e_over_model']:.2f}x", f"{fig['queue_overhead_ms']:.1f}")  # fmt: skip
+        print(row.format(stage, times.ref, runtimes, *cells))
+
+
+def finite(value: Any) -> Any:
+    """``value`` with every NaN or infinity (a cell not measured) as None: strict JSON."""
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite(v) for v in value]
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    return value
+
+
+def report(
+    args: argparse.Namespace,
+    levels: list[Level],
+    model_ms: dict[str, ModelTimes],
+    soaked: tuple[Counter[str], float] | None,
+) -> dict[str, Any]:
+    """Every figure of the run, JSON-ready (``--json``)."""
+    return {
+        "command": " ".join(sys.argv),
+        "machine": machine(),
+        "date": datetime.now().astimezone().isoformat(timespec="seconds"),
+        "runtime_setting": os.environ.get("BREASTDX_RUNTIME", "auto"),
+        "requests_per_cell": args.requests,
+        "stages": {stage: stage_figures(levels, stage, t) for stage, t in model_ms.items()},
+        "levels": [
+            {
+                "stage": lv.stage,
+                "mode": lv.mode,
+                "concurrency": lv.concurrency,
+                "n": len(lv.latencies_s),
+                "errors": lv.errors,
+                "p50_ms": lv.p_ms(50),
+                "p95_ms": lv.p_ms(95),
+                "pipeline_p50_ms": statistics.median(lv.pipeline_ms) if lv.pipeline_ms else None,
+                "throughput_rps": lv.throughput,
+                "runtimes": dict(lv.runtimes),
+            }
+            for lv in levels
+        ],
+        "soak": None
+        if soaked is None
+        else {"requests": args.soak, "outcomes": dict(soaked[0]), "seconds": soaked[1]},
+    }
 
 
 def print_phases(levels: list[Level]) -> None:
@@ -383,7 +517,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stages", default=",".join(s.value for s in Stage))
     parser.add_argument("--soak", type=int, default=0, help="queued requests to follow; 0: none")
     parser.add_argument("--soak-stage", default=Stage.ULTRASOUND.value)
+    parser.add_argument(
+        "--runtimes",
+        default=",".join(r.value for r in installed_runtimes()),
+        help="runtimes to time model-only (ONNX Runtime on CPU is always the baseline)",
+    )
+    parser.add_argument("--json", type=Path, metavar="FILE", help="write every figure here")
     args = parser.parse_args(argv)
+    runtimes = [Runtime(r) for r in args.runtimes.split(",") if r]
     store = default_store(args.store)
     registry = Registry([DirectoryStore(store)])
     images = {stage: stage_image(Stage(stage)) for stage in args.stages.split(",")}
@@ -394,8 +535,7 @@ def main(argv: list[str] | None = None) -> int:
     for stage, (image, origin) in images.items():
         ref = str(registry.resolve(default_model_ref(Stage(stage), registry)))
         batch = model_batch(Stage(stage), image, registry, ref)
-        service_ms = model_only_ms(registry, ref, batch, runner_options(Settings()))
-        model_ms[stage] = (ref, service_ms, model_only_ms(registry, ref, batch, RunnerOptions()))
+        model_ms[stage] = time_runtimes(registry, ref, batch, runtimes)
         print(f"# {stage}: {origin}, model batch {tuple(batch.shape)}")
     levels, soaked = [], None
     with tempfile.TemporaryDirectory(prefix="bench-service-") as tmp:
@@ -417,6 +557,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n# soak: {args.soak} queued {args.soak_stage} requests, 16 at a time, no wait")
         print(f"outcomes {dict(outcomes)}; not succeeded {lost}; {seconds:.1f} s")
         print(f"({args.soak / seconds:.1f} jobs/s end to end)")
+    if args.json:
+        document = report(args, levels, model_ms, soaked)
+        args.json.write_text(json.dumps(finite(document), indent=2, allow_nan=False) + "\n")
+        print(f"\n# figures written to {args.json}")
     return 0
 
 

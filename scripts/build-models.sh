@@ -96,8 +96,16 @@ for stage in $stages; do
     out="$run/export"
     rm -rf "$out"  # exports of an earlier build (runs/ only; the stores keep every version)
     mkdir -p "$out"
-    operating_point=()  # segmentation: thresholds chosen with the exported file on validation
-    if [[ $stage != histopathology ]]; then operating_point=(--operating-point-split val); fi
+    # segmentation: thresholds chosen with the exported file on validation; mammography's is a
+    # detection operating point (most masses hit with at most one false mark per film, and at
+    # most 40 % of the normal films marked: the test limit is 50 %)
+    operating_point=()
+    case $stage in
+        ultrasound) operating_point=(--operating-point-split val) ;;
+        mammography)
+            operating_point=(--operating-point-split val --max-fp-per-image 1
+                --max-false-lesion-rate 0.4) ;;
+    esac
     log "$stage: float32 export -> $full_store"
     "$bdx" export --checkpoint "$run/best.pt" --out "$out/full/model.onnx" \
         --parity-split test --parity-n "$parity_n" "${operating_point[@]}" \

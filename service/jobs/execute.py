@@ -64,8 +64,12 @@ def runner_options(settings: Settings) -> RunnerOptions:
 
 
 def batch_policy(settings: Settings) -> BatchPolicy:
-    """Micro-batching across the jobs that run at once in this process."""
-    return BatchPolicy(settings.batch_window_ms, settings.max_batch)
+    """Micro-batching across the jobs that run at once in this process. A queue worker runs
+    one job at a time, so there the window is off unless set: it would only add its wait."""
+    window = settings.batch_window_ms
+    if window is None and settings.queued:
+        window = 0.0
+    return BatchPolicy(window, settings.max_batch)
 
 
 def job_threads(settings: Settings) -> int:

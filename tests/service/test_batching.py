@@ -32,7 +32,7 @@ from service.inference.batching import (
     run_model,
 )
 from service.inference.runner import CPU_PROVIDER
-from service.jobs.execute import job_threads
+from service.jobs.execute import batch_policy, job_threads
 from tests.service import jobs_support as js
 
 T = TypeVar("T")
@@ -115,6 +115,10 @@ def test_the_window_is_off_on_the_cpu_unless_set(registry: Registry) -> None:
     threads = job_threads(Settings(batch_window_ms=5, max_batch=12, inprocess_workers=2))
     assert threads == 12  # a merged run holds only jobs that run at the same time
     assert job_threads(Settings(inprocess_workers=3)) == 3
+    queued = Settings(redis_url=js.TEST_REDIS_URL)  # a queue worker runs one job at a time
+    assert batch_policy(queued).window_ms == 0.0
+    assert batch_policy(Settings()).window_ms is None  # in process: by the device
+    assert batch_policy(Settings(redis_url=js.TEST_REDIS_URL, batch_window_ms=2)).window_ms == 2
 
 
 @pytest.mark.parametrize("bad", [{"window_ms": -1.0}, {"window_ms": 5000.0}, {"max_batch": 0}])

@@ -138,6 +138,7 @@ class Cell:
     batch_sizes: list[int] = field(default_factory=list)
     errors: int = 0
     wall_s: float = 0.0
+    cpu_s: float = 0.0  # CPU time of the server's processes while the cell ran
 
     def p_ms(self, q: float) -> float | None:
         return float(np.percentile(self.latencies_s, q)) * 1000.0 if self.latencies_s else None
@@ -157,6 +158,9 @@ class Cell:
             "p95_ms": self.p_ms(95),
             "throughput_rps": self.throughput,
             "mean_batch_size": float(np.mean(self.batch_sizes)) if self.batch_sizes else None,
+            "server_cpu_ms_per_request": (
+                self.cpu_s * 1000.0 / len(self.latencies_s) if self.latencies_s else None
+            ),
         }
 
 
@@ -208,8 +212,8 @@ def _environment(
 @contextmanager
 def running(
     server: Server, stage: str, store: Path, parallel: int, tmp: Path
-) -> Iterator[httpx.Client]:
-    """The server in its own process group on a free port, ready, with a client on it."""
+) -> Iterator[tuple[httpx.Client, int]]:
+    """The server in its own session on a free port, ready: a client on it, the session id."""
     port = free_port()
     python = sys.executable
     fill = {"port": str(port), "python": python, "bentoml": str(Path(python).parent / "bentoml")}
@@ -224,7 +228,7 @@ def running(
     client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=WAIT_S + 30, limits=limits)
     try:
         _wait_ready(client, server, proc, log)
-        yield client
+        yield client, proc.pid
     finally:
         client.close()
         _stop(proc)
@@ -255,6 +259,21 @@ def _stop(proc: subprocess.Popen) -> None:
             proc.wait()
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, 9)  # workers that outlived their parent
+
+
+def session_cpu_s(session: int) -> float:
+    """User + system CPU seconds of the live processes of ``session`` (a server and its
+    workers): unlike wall time, a figure that other load on the machine barely moves."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # gone meanwhile
+        if int(fields[3]) == session:  # fields after the name: state, ppid, pgrp, session, ...
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / tick
 
 
 Answer = tuple[float, float, int] | None  # (seconds, malignancy probability, batch size)
@@ -288,14 +307,17 @@ def measure(
     image: bytes,
     requests: int,
     expected: float | None,
+    session: int,
 ) -> None:
     """``requests`` requests, ``cell.concurrency`` at a time, added to ``cell``."""
+    cpu = session_cpu_s(session)
     start = time.perf_counter()
     with ThreadPoolExecutor(cell.concurrency) as pool:
         answers = list(
             pool.map(lambda _: one_request(client, server, cell.stage, image), range(requests))
         )
     cell.wall_s += time.perf_counter() - start
+    cell.cpu_s += session_cpu_s(session) - cpu
     for answer in answers:
         agrees = answer is not None and (
             expected is None
@@ -330,12 +352,13 @@ def run(args: argparse.Namespace) -> list[Cell]:
             for round_ in range(args.rounds):
                 for name in args.servers.split(","):
                     server = SERVERS[name]
-                    with running(server, stage, args.store, args.parallel, Path(tmp)) as client:
+                    started = running(server, stage, args.store, args.parallel, Path(tmp))
+                    with started as (client, session):
                         for _ in range(args.warmup):
                             one_request(client, server, stage, image)
                         for c in levels:
                             cell = cells.setdefault((name, stage, c), Cell(name, stage, c))
-                            measure(client, server, cell, image, args.requests, expected)
+                            measure(client, server, cell, image, args.requests, expected, session)
                     print(f"# round {round_ + 1}/{args.rounds}: {name} done", flush=True)
     return list(cells.values())
 
@@ -345,10 +368,9 @@ def _fmt(value: float | None, digits: int = 1) -> str:
 
 
 def print_table(cells: list[Cell]) -> None:
-    row = "{:<16} {:<15} {:>5} {:>5} {:>9} {:>9} {:>8} {:>7} {:>6}"
-    print(
-        row.format("server", "stage", "conc", "n", "p50 ms", "p95 ms", "req/s", "batch", "errors")
-    )
+    row = "{:<16} {:<15} {:>5} {:>5} {:>9} {:>9} {:>8} {:>7} {:>7} {:>6}"
+    heads = ("server", "stage", "conc", "n", "p50 ms", "p95 ms", "req/s", "cpu ms", "batch")
+    print(row.format(*heads, "errors"))
     for cell in cells:
         f = cell.figures()
         print(
@@ -360,6 +382,7 @@ def print_table(cells: list[Cell]) -> None:
                 _fmt(f["p50_ms"]),
                 _fmt(f["p95_ms"]),
                 _fmt(f["throughput_rps"]),
+                _fmt(f["server_cpu_ms_per_request"]),
                 _fmt(f["mean_batch_size"], 2),
                 f["errors"],
             )

@@ -69,7 +69,7 @@ def serve_main(argv: list[str] | None = None) -> int:
         import uvicorn
 
         from service.config import get_settings
-        from service.observability import configure_logging
+        from service.logs import configure_logging
 
         settings = get_settings()
         configure_logging(settings.log_level)  # JSON lines; the access line carries request ids

@@ -41,7 +41,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from service.config import get_settings
-    from service.observability import configure_logging
+    from service.logs import configure_logging
     from service.worker import run_worker
 
     settings = get_settings()

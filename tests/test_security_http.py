@@ -17,7 +17,7 @@ from fastapi.testclient import TestClient
 from service.app import create_app
 from service.cli import anonymous_exposure, is_loopback
 from service.config import Settings
-from service.observability import scrub
+from service.logs import scrub
 from tests import hostile
 from tests.conftest import REPO_ROOT
 from tests.service import jobs_support as js

@@ -1,4 +1,5 @@
-"""Request ids, Prometheus metrics and JSON log lines (``service.observability``)."""
+"""Request ids, Prometheus metrics and JSON log lines (``service.observability``,
+``service.metrics``, ``service.logs``)."""
 
 from __future__ import annotations
 
@@ -21,18 +22,15 @@ from breastdx.errors import BreastdxError
 from models_registry.card import Stage
 from service.app import create_app
 from service.config import Settings
-from service.observability import (
-    JsonFormatter,
+from service.logs import JsonFormatter, configure_logging, log_context, scrub
+from service.metrics import (
     QueueDepthCollector,
     SharedMetrics,
-    configure_logging,
-    install_observability,
-    log_context,
     observe_inference,
     observe_job,
     read_shared,
-    scrub,
 )
+from service.observability import install_observability
 from service.problems import install_problem_handlers
 
 REDIS_URL = "redis://127.0.0.1:6379/14"

@@ -258,20 +258,29 @@ def reduce_frame(
 
 
 def preprocess_decoded(
-    decoded: DecodedImage, config: PreprocessConfig
+    decoded: DecodedImage,
+    config: PreprocessConfig,
+    *,
+    frame_index: int | None = None,
+    display: np.ndarray | None = None,
 ) -> tuple[np.ndarray, Geometry, int]:
     """Pick the frame, take its display image and preprocess it with the record's laterality.
 
     A frame above ``REDUCE_ABOVE_PIXELS`` is reduced first (``reduce_frame``); the geometry
-    then starts with that ``Resize`` and still maps back to the original size.
+    then starts with that ``Resize`` and still maps back to the original size. A caller that
+    has picked the frame (``frame_index``) and built its display image (``display``) passes
+    them; a reduced frame still takes its display image from the reduced pixels.
 
     Returns:
         ``(chw, geometry, frame_index)``: ``(C, H, W)`` float32 input, geometry, frame used.
     """
-    index = select_frame(decoded.frames, config.frame_policy)
+    index = (
+        select_frame(decoded.frames, config.frame_policy) if frame_index is None else frame_index
+    )
     source, resize = reduce_frame(decoded, index)
     laterality = decoded.metadata.laterality
-    display = source.display(0 if resize is not None else index)  # (h, w) or (h, w, 3)
+    if display is None or resize is not None:
+        display = source.display(0 if resize is not None else index)  # (h, w) or (h, w, 3)
     chw, geometry = preprocess(display, config, laterality=laterality)
     if resize is not None:
         geometry = Geometry(resize.from_hw, (resize, *geometry.ops))

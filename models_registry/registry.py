@@ -140,8 +140,8 @@ class Registry:
 
     @classmethod
     def default(cls, primary: Path | str | None = None) -> Registry:
-        """The stores of ``models_registry.settings``: ``primary`` (else
-        ``$BREASTDX_MODEL_STORE``, else the shipped store), then ``$BREASTDX_EXTRA_MODEL_STORES``."""
+        """The stores of ``models_registry.settings``: ``primary`` (else ``$BREASTDX_MODEL_STORE``,
+        else the shipped store), then ``$BREASTDX_EXTRA_MODEL_STORES``."""
         return cls(registry_settings().locations(primary))
 
     def names(self) -> list[str]:

@@ -1,4 +1,5 @@
-"""FastAPI dependencies as ``Annotated`` aliases: settings, registry, job store, the caller.
+"""FastAPI dependencies as ``Annotated`` aliases: settings, registry, job store, the caller, the
+stage of the URL.
 
 ``ApiKeyDep`` authenticates (``X-API-Key: <key>`` or ``Authorization: Bearer <key>``; anonymous
 only with ``allow_anonymous``) and counts the request against the caller's rate limit;
@@ -11,11 +12,13 @@ import logging
 from collections.abc import Callable
 from typing import Annotated
 
-from fastapi import Depends, Header, Request
+from fastapi import Depends, Header, Path, Request
 
+from models_registry.card import Stage
 from models_registry.registry import Registry
 from service.config import Settings
 from service.errors import AuthenticationRequiredError, InsufficientScopeError
+from service.inference import parse_stage
 from service.jobs.backend import Backend, get_backend
 from service.jobs.store import JobStore
 from service.security.keys import ANONYMOUS, Principal, key_store, principal_of, verify_key
@@ -110,3 +113,12 @@ def require_scope(scope: str) -> Callable[[Principal], Principal]:
 CanSubmit = Annotated[Principal, Depends(require_scope("analyses:write"))]
 CanRead = Annotated[Principal, Depends(require_scope("analyses:read"))]
 CanReadModels = Annotated[Principal, Depends(require_scope("models:read"))]
+
+
+def _stage(
+    stage: Annotated[str, Path(description=f"one of {', '.join(s.value for s in Stage)}")],
+) -> Stage:
+    return parse_stage(stage)  # 404 listing the valid stages, before the body is read
+
+
+StageDep = Annotated[Stage, Depends(_stage)]

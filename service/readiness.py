@@ -21,9 +21,8 @@ from models_registry.errors import RegistryError
 from models_registry.registry import Registry
 from service.config import Settings
 from service.heartbeat import live_heartbeats
-from service.inference.pipeline import NoModelForStageError
+from service.inference import NoModelForStageError, pin_model
 from service.jobs.backend import service_registry
-from service.jobs.preflight import pin_model
 from service.jobs.store import redis_client
 
 _VERIFIED: set[tuple[str, str]] = set()  # (ref, sha256) verified by this process

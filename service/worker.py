@@ -44,12 +44,11 @@ from models_registry.errors import (
 from models_registry.registry import Registry
 from service.config import Settings
 from service.heartbeat import Heartbeat
-from service.inference.pipeline import NoModelForStageError
+from service.inference import NoModelForStageError, pin_model
 from service.inference.runner import get_runner
 from service.jobs.backend import get_backend
 from service.jobs.execute import runner_options
 from service.jobs.hooks import load_hook_modules
-from service.jobs.preflight import pin_model
 from service.jobs.queue import stage_queues
 from service.jobs.reconcile import reconcile_running
 

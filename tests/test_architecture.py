@@ -1,4 +1,5 @@
-"""Import contracts: serving code is torch-free, training never imports the web/queue stack."""
+"""Import contracts: serving code is torch-free, training never imports the web/queue stack, the
+layers below ``service`` never reach up into it, and the queue worker runs without FastAPI."""
 
 from __future__ import annotations
 
@@ -58,6 +59,12 @@ def _loaded_after_import(packages: tuple[str, ...], bad: str) -> str:
         for package in packages
         for path in _py_files(package)
     ]
+    return _loaded_after_importing(modules, bad)
+
+
+def _loaded_after_importing(modules: list[str], bad: str) -> str:
+    """Import ``modules`` in a fresh interpreter; the loaded modules ``m`` for which the
+    expression ``bad`` holds, comma-separated."""
     code = (
         "import importlib, sys\n"
         f"for name in {modules!r}:\n"
@@ -138,3 +145,55 @@ def test_evaluation_takes_only_the_data_readers_from_training() -> None:
         "or (m.startswith('training.') and not m.startswith('training.data'))"
     )
     assert _loaded_after_import(("evaluation",), bad) == ""
+
+
+# Below ``service``: packages the service builds on, which must not reach up into it (a setting
+# they need is their own: ``models_registry.settings``, ``breastdx.settings``).
+BELOW_SERVICE = ("breastdx", "imaging", "models_registry")
+
+
+def _imports_of(packages: tuple[str, ...], wanted: tuple[str, ...]) -> dict[str, list[str]]:
+    """Per file of ``packages``, the imported modules in ``wanted`` (function-level imports
+    and ``TYPE_CHECKING`` blocks count)."""
+    found = {
+        str(path.relative_to(REPO_ROOT)): sorted(
+            m for m in _imported_modules(path) if _in(m, wanted)
+        )
+        for package in packages
+        for path in _py_files(package)
+    }
+    return {path: modules for path, modules in found.items() if modules}
+
+
+def test_packages_below_service_never_import_it() -> None:
+    assert _imports_of(BELOW_SERVICE, ("service",)) == {}
+
+
+def test_no_package_outside_service_reads_its_settings() -> None:
+    """The registry, the trainer and the evaluator read their own settings."""
+    outside = (*BELOW_SERVICE, "evaluation", "training")
+    assert _imports_of(outside, ("service.config",)) == {}
+
+
+def test_evaluation_takes_only_the_inference_pipeline_from_service() -> None:
+    """``breastdx evaluate`` scores the service's own pipeline (``service.inference``), and
+    nothing of the API, the jobs or their settings."""
+    imported = {
+        m for modules in _imports_of(("evaluation",), ("service",)).values() for m in modules
+    }
+    assert imported and all(_in(m, ("service.inference",)) for m in imported), sorted(imported)
+
+
+def test_the_queue_worker_never_loads_the_web_framework() -> None:
+    """``breastdx worker``: the worker, its job function, the job layer and the default hooks
+    load in a fresh interpreter without FastAPI or Starlette (logs and metrics come from
+    ``service.logs`` and ``service.metrics``, not the HTTP middleware)."""
+    from service.config import Settings
+
+    jobs = [
+        ".".join(path.relative_to(REPO_ROOT).with_suffix("").parts).removesuffix(".__init__")
+        for path in _py_files("service/jobs")
+    ]
+    modules = ["service.cli_worker", "service.worker", *jobs, *Settings().hook_modules]
+    bad = "m.split('.')[0] in ('fastapi', 'starlette')"
+    assert _loaded_after_importing(modules, bad) == ""

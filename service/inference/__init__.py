@@ -5,16 +5,19 @@ workers share; it returns an ``Analysis`` (JSON result + mask + overlay) per inp
 """
 
 from service.inference.histopathology import Aggregate, TileOptions
-from service.inference.pipeline import NoModelForStageError, analyse, analyse_each
+from service.inference.inputs import CheckedInput, check_input
+from service.inference.pinning import ModelStageMismatchError, NoModelForStageError, pin_model
+from service.inference.pipeline import analyse, analyse_each
 from service.inference.result import DISCLAIMER, Analysis, AnalysisResult
 from service.inference.runner import ModelRunner, RunnerOptions, clear_runners, get_runner
-from service.inference.stages import ModelStageMismatchError, Stage, WrongStageError
+from service.inference.stages import Stage, WrongStageError, parse_stage
 
 __all__ = [
     "DISCLAIMER",
     "Aggregate",
     "Analysis",
     "AnalysisResult",
+    "CheckedInput",
     "ModelRunner",
     "ModelStageMismatchError",
     "NoModelForStageError",
@@ -24,6 +27,9 @@ __all__ = [
     "WrongStageError",
     "analyse",
     "analyse_each",
+    "check_input",
     "clear_runners",
     "get_runner",
+    "parse_stage",
+    "pin_model",
 ]

@@ -1,8 +1,10 @@
 """The torch-free inference pipeline: image bytes or paths -> one ``Analysis`` per image.
 
-Per image: ``imaging.decode`` -> the frame the card's frame policy picks -> stage check
-(``stages.check_stage``) -> ``imaging.preprocess.preprocess_decoded`` with the card's
-``PreprocessConfig`` (histopathology: each tile window through ``imaging.preprocess.preprocess``).
+The model is pinned once per request (``pinning.pin_model``, or the card a caller pinned
+earlier). Per image, once: ``imaging.decode`` -> the frame the card's frame policy picks -> its
+display image -> stage check (``inputs.check_input``, or the ``CheckedInput`` the submission
+check made) -> ``imaging.preprocess.preprocess_decoded`` with the card's ``PreprocessConfig``
+(histopathology: each tile window through ``imaging.preprocess.preprocess``).
 The images of one request then run together in the model's ONNX Runtime session (in chunks of
 ``max_batch``). Segmentation: the mask probabilities go through ``postprocess_mask`` with the
 card's thresholds and the image's pixel spacing; the malignancy logit is divided by the card's
@@ -21,17 +23,17 @@ from pathlib import Path
 import numpy as np
 
 from breastdx.errors import BreastdxError
-from imaging import decode
 from imaging.geometry import Geometry
 from imaging.limits import DEFAULT_MAX_PIXELS
 from imaging.postprocess import MaskResult, postprocess_mask, to_uint8
-from imaging.preprocess import PreprocessConfig, preprocess_decoded, select_frame
+from imaging.preprocess import PreprocessConfig, preprocess_decoded
 from imaging.record import DecodedImage
-from models_registry.card import Stage
-from models_registry.errors import RegistryError
-from models_registry.registry import PRODUCTION, Registry
+from models_registry.card import ModelCard, Stage
+from models_registry.registry import Registry
 from service.inference import histopathology as histo
 from service.inference.batching import BatchPolicy, run_model
+from service.inference.inputs import CheckedInput, check_input
+from service.inference.pinning import check_serves, default_model_ref, pin_model
 from service.inference.result import (
     Analysis,
     AnalysisResult,
@@ -44,7 +46,9 @@ from service.inference.result import (
     model_info,
 )
 from service.inference.runner import ModelRunner, RunnerOptions, get_runner
-from service.inference.stages import ModelStageMismatchError, check_stage, parse_stage
+from service.inference.stages import parse_stage
+
+__all__ = ["MAX_BATCH", "Outcome", "Source", "analyse", "analyse_each", "default_model_ref"]
 
 logger = logging.getLogger(__name__)
 
@@ -54,31 +58,14 @@ MAX_BATCH = 64
 STEPS = ("decode", "preprocess", "inference", "postprocess")
 
 
-class NoModelForStageError(BreastdxError):
-    """No registered model serves the requested stage."""
-
-    code = "no_model_for_stage"
-    title = "No model for this stage"
-    http_status = 503
-
-
-@dataclass(frozen=True)
-class Predecoded:
-    """An input decoded earlier in this process (the API's submission check, in-process mode),
-    with the milliseconds that decode took; the pipeline does not decode it again."""
-
-    image: DecodedImage
-    decode_ms: float
-
-
 @dataclass
 class _Item:
-    """One decoded input on its way through the pipeline."""
+    """One checked input on its way through the pipeline."""
 
     decoded: DecodedImage
     frame_index: int
     display: np.ndarray  # (H, W) or (H, W, 3) in [0, 1]
-    warnings: list[str] = field(default_factory=list)
+    warnings: list[str]
     ms: dict[str, float] = field(default_factory=dict)
     batch: np.ndarray | None = None  # (K, C, h, w): the image, or the tissue windows of a tile
     geometry: Geometry | None = None  # segmentation: original -> model input
@@ -101,45 +88,25 @@ def _ms(start: float) -> float:
     return round((time.perf_counter() - start) * 1000.0, 3)
 
 
-def default_model_ref(stage: Stage, registry: Registry) -> str:
-    """The model serving ``stage``: one with a ``production`` alias first, then by name."""
-    names = []
-    for name in registry.names():
-        try:
-            if registry.card(name).stage is stage:
-                names.append(name)
-        except RegistryError:  # a broken model must not hide the others
-            logger.warning("model card unreadable", extra={"model": name})
-    if not names:
-        raise NoModelForStageError(
-            f"no registered model serves stage {stage.value}; register one with "
-            "'breastdx export --register' or name one with --model",
-            stage=stage.value,
-        )
-    names.sort(key=lambda n: (PRODUCTION not in registry.aliases(n), n != stage.value, n))
-    return names[0]
-
-
-def _prepare(request: _Request, source: Source | Predecoded) -> _Item:
-    """Decode, check the stage, preprocess (the image, or the windows of a tile)."""
+def _prepare(request: _Request, source: Source | CheckedInput) -> _Item:
+    """Check the input (unless the submission check did), then preprocess it: the image, or
+    the windows of a tile."""
+    if not isinstance(source, CheckedInput):
+        frame_policy = request.config.frame_policy
+        source = check_input(request.stage, source, frame_policy, request.max_pixels)
+    item = _Item(source.decoded, source.frame_index, source.display, list(source.warnings))
+    item.ms["decode"] = source.decode_ms
     start = time.perf_counter()
-    if isinstance(source, Predecoded):
-        decoded, earlier_ms = source.image, source.decode_ms
-    else:
-        decoded, earlier_ms = decode(source, max_pixels=request.max_pixels), 0.0
-    frame_index = select_frame(decoded.frames, request.config.frame_policy)
-    item = _Item(decoded, frame_index, decoded.display(frame_index))
-    item.ms["decode"] = round(earlier_ms + _ms(start), 3)
-    start = time.perf_counter()
-    item.warnings = check_stage(request.stage, decoded, frame_index, item.display)
     if request.window is None:
-        chw, item.geometry, _ = preprocess_decoded(decoded, request.config)  # (C, h, w)
+        chw, item.geometry, _ = preprocess_decoded(
+            item.decoded, request.config, frame_index=item.frame_index, display=item.display
+        )  # (C, h, w)
         item.batch = chw[None]  # (1, C, h, w)
     else:
         item.plan = histo.plan_tiles(item.display, request.window, request.tiles)
         item.warnings += histo.check_tissue(item.display, item.plan)  # the stage's pixel rule
         item.batch = histo.window_batch(item.display, item.plan, request.config)  # (K, C, h, w)
-    item.ms["preprocess"] = _ms(start)
+    item.ms["preprocess"] = round(source.check_ms + _ms(start), 3)
     return item
 
 
@@ -273,21 +240,18 @@ def _infer(
 def _request(
     stage: Stage | str,
     registry: Registry,
-    model_ref: str | None,
+    model_ref: str | ModelCard | None,
     options: RunnerOptions | None,
     tiles: histo.TileOptions | None,
     max_pixels: int,
 ) -> _Request:
-    """Resolve the stage and the model; check that the model serves the stage."""
+    """The stage, and the model pinned once (or as pinned by the caller) with its session."""
     stage = parse_stage(stage)
-    runner = get_runner(model_ref or default_model_ref(stage, registry), registry, options)
-    card = runner.card
-    if card.stage is not stage:
-        raise ModelStageMismatchError(
-            f"model {card.ref} serves stage {card.stage.value}, not {stage.value}",
-            model=card.ref,
-            stage=stage.value,
-        )
+    if isinstance(model_ref, ModelCard):
+        card = check_serves(model_ref, stage)
+    else:
+        card = pin_model(stage, registry, model_ref)
+    runner = get_runner(card.ref, registry, options)
     tiles = tiles or histo.TileOptions()
     window = histo.window_size(card, tiles) if stage is Stage.HISTOPATHOLOGY else None
     return _Request(runner, stage, card.preprocess_config(), tiles, window, max_pixels)
@@ -295,10 +259,10 @@ def _request(
 
 def analyse_each(
     stage: Stage | str,
-    inputs: Sequence[Source | Predecoded],
+    inputs: Sequence[Source | CheckedInput],
     *,
     registry: Registry,
-    model_ref: str | None = None,
+    model_ref: str | ModelCard | None = None,
     options: RunnerOptions | None = None,
     tiles: histo.TileOptions | None = None,
     max_batch: int = MAX_BATCH,
@@ -307,8 +271,10 @@ def analyse_each(
 ) -> list[Outcome]:
     """Like :func:`analyse`, but a failing input yields its typed error in its place.
 
-    Errors of the request as a whole (unknown stage or model, a tampered model file, a model of
-    another stage) are raised. ``batching``: merge the model run with concurrent requests' runs
+    ``inputs`` may hold the ``CheckedInput`` objects a submission check made (not decoded or
+    checked again), and ``model_ref`` the card it pinned (not resolved again). Errors of the
+    request as a whole (unknown stage or model, a tampered model file, a model of another stage)
+    are raised. ``batching``: merge the model run with concurrent requests' runs
     (``service.inference.batching``); None: this request's images alone.
     """
     request = _request(stage, registry, model_ref, options, tiles, max_pixels)
@@ -333,10 +299,10 @@ def analyse_each(
 
 def analyse(
     stage: Stage | str,
-    inputs: Sequence[Source],
+    inputs: Sequence[Source | CheckedInput],
     *,
     registry: Registry,
-    model_ref: str | None = None,
+    model_ref: str | ModelCard | None = None,
     options: RunnerOptions | None = None,
     tiles: histo.TileOptions | None = None,
     max_batch: int = MAX_BATCH,
@@ -345,10 +311,12 @@ def analyse(
     """Analyse every input of one request in one batch; the first failing input's error raises.
 
     Args:
-        stage: mammography, ultrasound or histopathology.
-        inputs: image bytes or paths (DICOM, PNG, JPEG, PGM, TIFF).
+        stage: mammography, ultrasound or histopathology (a name is converted by
+            ``parse_stage``: an unknown one is ``UnknownStageError``).
+        inputs: image bytes or paths (DICOM, PNG, JPEG, PGM, TIFF), or inputs checked earlier.
         registry: where the model is loaded from (sha256 checked on first load).
-        model_ref: ``name``, ``name@alias`` or ``name@version``; None: the stage's model.
+        model_ref: ``name``, ``name@alias`` or ``name@version``, or a card pinned earlier;
+            None: the stage's model.
         options: ONNX Runtime session options (threads, fp16, providers).
         tiles: histopathology tiling; None: ``TileOptions()``.
         max_batch: most images (or tile windows) per ONNX Runtime run.

@@ -38,11 +38,11 @@ import numpy as np
 from breastdx.errors import BreastdxError
 from imaging.record import DecodedImage, ImageFormat, ViewPosition
 from models_registry.card import Stage
+from service.errors import UnknownStageError
 
 __all__ = [
     "STAGE_RULES",
     "ImageFacts",
-    "ModelStageMismatchError",
     "Stage",
     "WrongStageError",
     "check_stage",
@@ -72,14 +72,6 @@ class WrongStageError(BreastdxError):
 
     code = "wrong_stage"
     title = "Image does not fit the requested stage"
-    http_status = 422
-
-
-class ModelStageMismatchError(BreastdxError):
-    """The requested model serves another stage than the one requested."""
-
-    code = "model_stage_mismatch"
-    title = "Model serves another stage"
     http_status = 422
 
 
@@ -140,12 +132,16 @@ def stage_rule(stage: Stage) -> Callable[[StageRule], StageRule]:
 
 
 def parse_stage(value: Stage | str) -> Stage:
-    """``value`` as a ``Stage``; an unknown name lists the valid ones."""
+    """``value`` as a ``Stage``, converted once where it enters (the URL, a caller's string);
+    an unknown name is an ``UnknownStageError`` (404) listing the valid ones."""
     try:
         return Stage(value)
     except ValueError:
-        valid = ", ".join(s.value for s in Stage)
-        raise WrongStageError(f"unknown stage {value!r}; valid stages: {valid}") from None
+        valid = [s.value for s in Stage]
+        raise UnknownStageError(
+            f"unknown stage {str(value)[:40]!r}; valid stages: {', '.join(valid)}",
+            valid_stages=valid,
+        ) from None
 
 
 def image_facts(

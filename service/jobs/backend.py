@@ -1,14 +1,15 @@
 """Where jobs go: the job store, the registry and the dispatcher for one ``Settings``.
 
 Queued mode (``redis_url`` set): the Redis job store, jobs enqueued on the per-stage RQ queues.
-In-process mode: a memory store and :class:`InProcessExecutor`. One backend per settings object
-and process (the API, each worker, the DICOM listener), made on first use.
+In-process mode: a memory store and :class:`InProcessExecutor`, which hands each job's attempt
+what its submission check made (the pinned card, the checked images). One backend per settings
+object and process (the API, each worker, the DICOM listener), made on first use.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -17,11 +18,11 @@ from anyio import to_thread
 
 from models_registry.registry import Registry
 from service.config import Settings
-from service.inference.pipeline import Predecoded
 from service.jobs import queue
 from service.jobs.execute import Attempt, execute, time_out
 from service.jobs.inprocess import InProcessExecutor
 from service.jobs.notify import RedisListener, Waiters
+from service.jobs.preflight import CheckedRequest
 from service.jobs.state import JobRecord
 from service.jobs.store import JobStore, MemoryKeyValue, RedisKeyValue, Ttls, redis_client
 
@@ -44,8 +45,6 @@ class Backend:
     redis: redis.Redis | None = None
     executor: InProcessExecutor | None = field(default=None, repr=False)
     waiters: Waiters = field(default_factory=Waiters, repr=False)
-    _decoded: dict[str, list[Predecoded]] = field(default_factory=dict, repr=False)
-    _decoded_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     listener: RedisListener | None = field(default=None, repr=False)
 
     async def call(self, read: Callable[[], T]) -> T:
@@ -67,6 +66,11 @@ class Backend:
     def listening(self) -> bool:
         return self.redis is None or (self.listener is not None and self.listener.alive)
 
+    @property
+    def in_process(self) -> bool:
+        """Jobs run in this process (no Redis): their attempts take the submission's check."""
+        return self.executor is not None
+
     def reserve(self) -> None:
         """Refuse early when the in-process pool is full (queued mode: nothing to reserve)."""
         if self.executor is not None:
@@ -76,27 +80,22 @@ class Backend:
         if self.executor is not None:
             self.executor.release()
 
-    def dispatch(self, record: JobRecord, decoded: Sequence[Predecoded] = ()) -> None:
-        """Enqueue the stored job on its stage queue, or run it on the in-process pool (with
-        the images the submission check decoded: its first attempt does not decode again)."""
+    def dispatch(self, record: JobRecord, checked: CheckedRequest | None = None) -> None:
+        """Enqueue the stored job on its stage queue, or run it on the in-process pool with
+        what its submission check made (``checked``)."""
         if self.redis is not None:
             queue.enqueue(self.settings, self.redis, record)
         elif self.executor is not None:
-            with self._decoded_lock:  # held for the next few jobs only: bounded memory
-                if len(decoded) == record.total and len(self._decoded) < 2 * self.executor.slots:
-                    self._decoded[record.id] = list(decoded)
-            self.executor.submit(record.id)
+            self.executor.submit(record.id, checked)
 
-    def run_attempt(self, job_id: str, attempt: Attempt) -> object:
-        with self._decoded_lock:
-            decoded = self._decoded.pop(job_id, None)
+    def run_attempt(self, job_id: str, attempt: Attempt, checked: CheckedRequest | None) -> object:
         return execute(
             job_id,
             store=self.store,
             registry=self.registry,
             settings=self.settings,
             attempt=attempt,
-            decoded=decoded,
+            checked=checked,
         )
 
     def time_out(self, job_id: str) -> bool:

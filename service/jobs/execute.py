@@ -1,13 +1,14 @@
 """One attempt at a job, the same in an RQ worker and in the in-process thread pool.
 
 ``execute`` reads the record and the uploaded bytes, runs ``service.inference.analyse_each`` (the
-code ``breastdx predict`` runs) on the pinned model, stores the results and the two PNGs per
-input (the overlay of a segmentation is drawn on its first GET from the stored display image;
-for a DICOM input also its SEG and SR, built while the upload is still there:
-``service.dicom.artefacts``), marks the job ``succeeded``, deletes the uploads and runs the
-post-success hooks. On a failure it records why and re-raises: a transient one (Redis, OSError,
-a 5xx error of the registry) sends the job back to ``queued`` while retries remain; anything else
-(an input error, a timeout, a bug) fails it for good and deletes the uploads.
+code ``breastdx predict`` runs) on the pinned model (in process: on the card and the checked
+images the submission handed over, ``service.jobs.preflight.CheckedRequest``), stores the
+results and the two PNGs per input (the overlay of a segmentation is drawn on its first GET
+from the stored display image; for a DICOM input also its SEG and SR, built while the upload is
+still there: ``service.dicom.artefacts``), marks the job ``succeeded``, deletes the uploads and
+runs the post-success hooks. On a failure it records why and re-raises: a transient one (Redis,
+OSError, a 5xx error of the registry) sends the job back to ``queued`` while retries remain;
+anything else (an input error, a timeout, a bug) fails it for good and deletes the uploads.
 
 Order matters for the abandoned-job check (``service.jobs.reconcile``): the lease is taken before
 the record says ``running``, and the record is final (or queued again) before the lease is
@@ -26,6 +27,7 @@ import redis
 from rq.timeouts import JobTimeoutException
 
 from breastdx.errors import BreastdxError
+from models_registry.card import ModelCard
 from models_registry.registry import Registry
 from service.config import Settings
 from service.dicom.artefacts import dicom_artefacts
@@ -111,18 +113,19 @@ def execute(
     registry: Registry,
     settings: Settings,
     attempt: Attempt,
-    decoded: Sequence[Predecoded] | None = None,
+    checked: CheckedRequest | None = None,
 ) -> dict[str, Any]:
     """Run one attempt; returns a small summary (ids and counts, never arrays).
 
-    ``decoded``: the inputs already decoded in this process (in process, by the submission
-    check); else the stored bytes are decoded.
+    ``checked``: what the submission check made in this process (in process): the pinned card
+    is not resolved again and the checked images are not decoded again; else (a queue worker)
+    the record's ``name@version`` is resolved and the stored bytes are checked.
     """
     record = store.get(job_id)
     if record is None:
         raise JobNotFoundError(f"job {job_id} expired before it ran", job_id=job_id)
     with log_context(job_id=job_id, model=record.model_ref):
-        return _attempt(record, store, registry, settings, attempt, decoded)
+        return _attempt(record, store, registry, settings, attempt, checked)
 
 
 def _attempt(
@@ -131,7 +134,7 @@ def _attempt(
     registry: Registry,
     settings: Settings,
     attempt: Attempt,
-    decoded: Sequence[Predecoded] | None = None,
+    checked: CheckedRequest | None = None,
 ) -> dict[str, Any]:
     if record.state.final:
         logger.warning(
@@ -151,8 +154,7 @@ def _attempt(
     logger.info("job started (attempt %d)", record.attempts, extra=record.log_extra())
     try:
         inputs = store.inputs(record)
-        sources = decoded if decoded is not None and len(decoded) == len(inputs) else inputs
-        analyses = _analyse(record, sources, registry, settings)
+        analyses = _analyse(record, inputs, checked, registry, settings)
         current = _succeed(record, analyses, store, dicom_artefacts(inputs, analyses, registry))
     except Exception as exc:
         _fail(record, exc, attempt, store)
@@ -177,15 +179,22 @@ def _elapsed_s(record: JobRecord) -> float:
 
 def _analyse(
     record: JobRecord,
-    inputs: Sequence[bytes | Predecoded],
+    inputs: Sequence[bytes],
+    checked: CheckedRequest | None,
     registry: Registry,
     settings: Settings,
 ) -> list[Analysis]:
+    sources: Sequence[bytes | CheckedInput] = inputs
+    model: str | ModelCard = record.model_ref
+    if checked is not None and checked.card.ref == record.model_ref:
+        model = checked.card
+        if len(checked.inputs) == len(inputs):
+            sources = checked.inputs
     outcomes = analyse_each(
         record.stage,
-        inputs,
+        sources,
         registry=registry,
-        model_ref=record.model_ref,
+        model_ref=model,
         options=runner_options(settings),
         max_pixels=settings.max_pixels,
         batching=batch_policy(settings),

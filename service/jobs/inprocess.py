@@ -20,16 +20,22 @@ from concurrent.futures import ThreadPoolExecutor
 from service.config import Settings
 from service.errors import ServiceBusyError
 from service.jobs.execute import Attempt, is_transient, job_threads
+from service.jobs.preflight import CheckedRequest
 
 logger = logging.getLogger(__name__)
 
 WORKER_NAME = "in-process"
-RunAttempt = Callable[[str, Attempt], object]
+RunAttempt = Callable[[str, Attempt, CheckedRequest | None], object]
 OnTimeout = Callable[[str], object]
 
 
 class InProcessExecutor:
-    """Runs ``run(job_id, attempt)`` on a thread pool, retrying transient failures."""
+    """Runs ``run(job_id, attempt, checked)`` on a thread pool, retrying transient failures.
+
+    ``checked``: what the job's submission check made in this process (the pinned card, the
+    checked images). The images are carried for at most ``2 x slots`` jobs at once, which
+    bounds the memory they hold; the attempts of the other jobs check the stored bytes again.
+    """
 
     def __init__(
         self, settings: Settings, run: RunAttempt, on_timeout: OnTimeout | None = None
@@ -42,6 +48,8 @@ class InProcessExecutor:
             max_workers=self._threads, thread_name_prefix="breastdx-job"
         )
         self._slots = threading.BoundedSemaphore(settings.inprocess_max_pending)
+        self._carrying = 0  # jobs holding checked images
+        self._lock = threading.Lock()
 
     @property
     def slots(self) -> int:
@@ -59,11 +67,18 @@ class InProcessExecutor:
     def release(self) -> None:
         self._slots.release()
 
-    def submit(self, job_id: str) -> None:
-        """Run a reserved job on the pool."""
-        self._pool.submit(self._attempts, job_id)
+    def submit(self, job_id: str, checked: CheckedRequest | None = None) -> None:
+        """Run a reserved job on the pool, its attempts given ``checked``."""
+        carries = False
+        if checked is not None and checked.inputs:
+            with self._lock:
+                carries = self._carrying < 2 * self.slots
+                self._carrying += carries
+            if not carries:
+                checked = CheckedRequest(checked.card)  # the card alone: the images stay behind
+        self._pool.submit(self._attempts, job_id, checked, carries)
 
-    def _attempts(self, job_id: str) -> None:
+    def _attempts(self, job_id: str, checked: CheckedRequest | None, carries: bool) -> None:
         intervals = self.settings.retry_intervals_s or [0]
         try:
             for number in range(self.settings.retry_max + 1):
@@ -71,7 +86,7 @@ class InProcessExecutor:
                 attempt = Attempt(WORKER_NAME, retries_left, float(self.settings.job_timeout_s))
                 timer = self._timer(job_id, attempt)
                 try:
-                    self.run(job_id, attempt)
+                    self.run(job_id, attempt, checked)
                     return
                 except Exception as exc:
                     if not (is_transient(exc) and retries_left > 0):
@@ -81,6 +96,9 @@ class InProcessExecutor:
                         timer.cancel()
                 time.sleep(intervals[min(number, len(intervals) - 1)])  # then try again
         finally:
+            if carries:
+                with self._lock:
+                    self._carrying -= 1
             self.release()
 
     def _timer(self, job_id: str, attempt: Attempt) -> threading.Timer | None:

@@ -1,62 +1,53 @@
 """Checks made at submission, before anything is stored or queued.
 
 Cheap and early, so that a client learns at once (415, 422, 413) what the worker would refuse
-later: the model is resolved and pinned (``name@version``, so an alias moved while the job waits
-does not change what runs), every input is decoded with the pixel limit, its frame picked by the
-card's frame policy, and the stage rules run on it (``service.inference.stages``). A worker
-decodes again and runs the full pipeline; in process the job analyses the images decoded here.
-The check costs one decode per image in the API process and never loads an ONNX Runtime
-session.
+later: the model is pinned (``service.inference.pin_model``: ``name@version``, so an alias moved
+while the job waits does not change what runs), and every input is checked
+(``service.inference.check_input``: decoded with the pixel limit, its frame picked by the card's
+frame policy, its display image built, the stage rule run on it). In process the job carries
+the :class:`CheckedRequest` to its attempt, which analyses the inputs as checked here; a queue
+worker, in another process, checks the stored bytes again. The check never loads an ONNX
+Runtime session.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from breastdx.errors import BreastdxError
-from imaging import decode
-from imaging.preprocess import select_frame
 from models_registry.card import ModelCard, Stage
-from models_registry.registry import Registry
-from service.inference.pipeline import Predecoded, default_model_ref
-from service.inference.stages import ModelStageMismatchError, check_stage
+from service.inference import CheckedInput, check_input
 
 
-def pin_model(stage: Stage, registry: Registry, model_ref: str | None) -> ModelCard:
-    """The card of the version that will serve ``stage`` (``model_ref`` or the stage's model)."""
-    found = registry.resolve(model_ref or default_model_ref(stage, registry))
-    card = registry.card(str(found))
-    if card.stage is not stage:
-        raise ModelStageMismatchError(
-            f"model {card.ref} serves stage {card.stage.value}, not {stage.value}",
-            model=card.ref,
-            stage=stage.value,
-        )
-    return card
+@dataclass(frozen=True, eq=False)
+class CheckedRequest:
+    """What the submission check made of one request: the pinned card and the checked inputs
+    (empty where they are not kept: the job runs in another process)."""
+
+    card: ModelCard
+    inputs: tuple[CheckedInput, ...] = ()
 
 
 def check_inputs(
-    stage: Stage, card: ModelCard, inputs: Sequence[bytes], max_pixels: int
-) -> list[Predecoded]:
-    """Decode each input and run the stage rule on the frame the model would analyse; returns
-    the decoded inputs (an in-process job analyses them without decoding again).
+    stage: Stage, card: ModelCard, inputs: Sequence[bytes], max_pixels: int, *, keep: bool = True
+) -> CheckedRequest:
+    """Check each input for the model of ``card``; ``keep``: hold on to the checked inputs
+    (decoded pixels and display images) for a job that runs in this process.
 
     Raises:
         ImagingError, WrongStageError: with ``input_index`` in the error's context.
     """
-    config = card.preprocess_config()
-    decoded_inputs = []
+    frame_policy = card.preprocess_config().frame_policy
+    checked = []
     for index, data in enumerate(inputs):
         try:
-            start = time.perf_counter()
-            decoded = decode(data, max_pixels=max_pixels)
-            ms = (time.perf_counter() - start) * 1000.0
-            check_stage(stage, decoded, select_frame(decoded.frames, config.frame_policy))
+            one = check_input(stage, data, frame_policy, max_pixels)
         except BreastdxError as exc:
             exc.context["input_index"] = index
             if len(inputs) > 1:
                 exc.message = f"input {index}: {exc.message}"
             raise
-        decoded_inputs.append(Predecoded(decoded, round(ms, 3)))
-    return decoded_inputs
+        if keep:
+            checked.append(one)
+    return CheckedRequest(card, tuple(checked))

@@ -1,12 +1,14 @@
 """Submit and look up analysis jobs: the one entry the API and the DICOM listener share.
 
-    record = submit_analysis("ultrasound", [png_bytes], settings=settings)
+    record = submit_analysis(Stage.ULTRASOUND, [png_bytes], settings=settings)
     record = get_job(record.id, settings=settings)
 
-Submission checks before it stores anything (``service.jobs.preflight``): the stage, the number
-of images, the hooks, the model (pinned to ``name@version``) and every image (decoded, stage
-rules). An ``idempotency_key`` returns the job an earlier submission with the same key made,
-scoped per API key (or per origin without one); the same key with other images is refused.
+Submission checks before it stores anything (``service.jobs.preflight``): the number of images,
+the hooks, the model (pinned to ``name@version``) and every image (decoded, stage rules); the
+stage arrives parsed (``service.inference.parse_stage``, at the route). In process the job
+carries the pinned card and the checked images to its attempt. An ``idempotency_key`` returns
+the job an earlier submission with the same key made, scoped per API key (or per origin without
+one); the same key with other images is refused.
 """
 
 from __future__ import annotations
@@ -38,15 +40,14 @@ from service.errors import (
     NoInputError,
     ServiceError,
     TooManyInputsError,
-    UnknownStageError,
 )
-from service.inference.pipeline import Predecoded
+from service.inference import pin_model
 from service.inference.render import overlay_from_stored
 from service.inference.result import AnalysisResult
 from service.jobs.backend import Backend, get_backend
 from service.jobs.hooks import check_hooks, load_hook_modules
 from service.jobs.notify import FALLBACK_POLL_S
-from service.jobs.preflight import check_inputs, pin_model
+from service.jobs.preflight import CheckedRequest, check_inputs
 from service.jobs.reconcile import reconcile
 from service.jobs.state import InputInfo, JobRecord, JobState, Origin
 from service.jobs.store import DicomKind, ImageKind, JobStore
@@ -56,18 +57,6 @@ logger = logging.getLogger(__name__)
 _JOB_ID = re.compile(r"^[0-9a-f]{32}$")
 _IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")  # visible ASCII, as headers carry it
 RACE_WAIT_S = 2.0
-
-
-def parse_stage(value: str | Stage) -> Stage:
-    """``value`` as a :class:`Stage`; an unknown one is a 404 listing the valid stages."""
-    try:
-        return Stage(value)
-    except ValueError:
-        valid = [s.value for s in Stage]
-        raise UnknownStageError(
-            f"unknown stage {str(value)[:40]!r}; valid stages: {', '.join(valid)}",
-            valid_stages=valid,
-        ) from None
 
 
 def _fingerprint(stage: Stage, model_ref: str | None, digests: Sequence[str]) -> str:
@@ -90,7 +79,7 @@ def _check_request(
 
 
 def submit_analysis(
-    stage: str | Stage,
+    stage: Stage,
     inputs: Sequence[bytes],
     *,
     settings: Settings,
@@ -104,13 +93,13 @@ def submit_analysis(
     """Check, store and dispatch one analysis job; returns its record (``queued``).
 
     Raises:
-        UnknownStageError, NoInputError, TooManyInputsError, UnknownHookError: the request.
+        NoInputError, TooManyInputsError, UnknownHookError: the request.
         RegistryError, ModelStageMismatchError, NoModelForStageError: the model.
         ImagingError, WrongStageError: an image (``input_index`` in the context).
         IdempotencyKeyReusedError, InvalidIdempotencyKeyError: the ``Idempotency-Key``.
         QueueUnavailableError, ServiceBusyError: try again later (503).
     """
-    stage, origin = parse_stage(stage), Origin(origin)
+    origin = Origin(origin)
     _check_request(stage, inputs, settings, after)
     backend = get_backend(settings)
     digests = [hashlib.sha256(data).hexdigest() for data in inputs]
@@ -118,7 +107,7 @@ def submit_analysis(
     if key is not None and (earlier := key.earlier(backend)) is not None:
         return earlier  # a repeat: no decoding, no new job
     card = pin_model(stage, backend.registry, model_ref)
-    decoded = check_inputs(stage, card, inputs, settings.max_pixels)
+    checked = check_inputs(stage, card, inputs, settings.max_pixels, keep=backend.in_process)
     record = JobRecord(
         id=uuid.uuid4().hex,
         stage=stage,
@@ -135,7 +124,7 @@ def submit_analysis(
     )
     if key is not None and (earlier := key.claim(backend, record.id)) is not None:
         return earlier  # a concurrent twin won the claim
-    _store_and_dispatch(backend, record, inputs, key, decoded)
+    _store_and_dispatch(backend, record, inputs, key, checked)
     logger.info("job submitted", extra=record.log_extra() | {"origin": origin.value})
     return record
 
@@ -205,13 +194,13 @@ def _store_and_dispatch(
     record: JobRecord,
     inputs: Sequence[bytes],
     key: _Idempotency | None,
-    decoded: Sequence[Predecoded] = (),
+    checked: CheckedRequest,
 ) -> None:
     backend.reserve()
     dispatched = False
     try:
         backend.store.create(record, inputs)
-        backend.dispatch(record, decoded)
+        backend.dispatch(record, checked)
         dispatched = True
     finally:
         if not dispatched:  # leave nothing behind: no record, no uploads, no claim

@@ -18,7 +18,7 @@ from fastapi.concurrency import run_in_threadpool
 
 from breastdx.errors import BreastdxError
 from service.config import Settings
-from service.deps import CanRead, CanSubmit, SettingsDep
+from service.deps import CanRead, CanSubmit, SettingsDep, StageDep
 from service.dicom.outputs import NoLesionFoundError
 from service.errors import ArtefactNotFoundError
 from service.jobs.backend import get_backend
@@ -26,7 +26,6 @@ from service.jobs.service import (
     job_artefact,
     job_dicom_output,
     job_results,
-    parse_stage,
     submit_analysis,
     wait_for_job,
 )
@@ -81,21 +80,20 @@ async def _public(
     openapi_extra=MULTIPART_BODY,
 )
 async def create_analysis(
-    stage: str,
     request: Request,
     response: Response,
     settings: SettingsDep,
     caller: CanSubmit,
+    stage: StageDep,
     query: Annotated[AnalysisQuery, Query()],
     prefer: PreferHeader = None,
     idempotency_key: Annotated[str | None, Header()] = None,
 ) -> JobPublic:
     """Submit images of one stage; 202 with the job (``Location`` names it)."""
-    parsed = parse_stage(stage)  # 404 before the body is read
     images = await read_images(request)
     record = await run_in_threadpool(
         lambda: submit_analysis(
-            parsed,
+            stage,
             images.data,
             settings=settings,
             filenames=images.filenames,

@@ -22,6 +22,7 @@ from imaging.preprocess import preprocess_decoded
 from models_registry.errors import ModelIntegrityError
 from models_registry.registry import Registry
 from models_registry.store import DirectoryStore
+from service.errors import UnknownStageError
 from service.inference import (
     Aggregate,
     Analysis,
@@ -29,14 +30,16 @@ from service.inference import (
     ModelStageMismatchError,
     NoModelForStageError,
     RunnerOptions,
+    Stage,
     TileOptions,
     WrongStageError,
     analyse,
     analyse_each,
+    check_input,
     clear_runners,
     get_runner,
+    pin_model,
 )
-from service.inference.pipeline import Predecoded
 from service.inference.result import SCHEMA_PATH, render_schema
 from service.inference.runner import CPU_PROVIDER, default_providers
 from tests.imaging import dicom_factory as dcm
@@ -129,18 +132,30 @@ def test_ultrasound_batch_gives_masks_at_original_size(registry: Registry) -> No
         check_result_json(result.model_dump_json())
 
 
-def test_predecoded_inputs_give_the_same_analysis(registry: Registry) -> None:
-    """In process, a job analyses the images its submission check decoded: same results."""
+def test_checked_inputs_and_a_pinned_card_give_the_same_analysis(registry: Registry) -> None:
+    """In process, a job analyses the images its submission check made, on the card it pinned:
+    the same results, and the images are not decoded again (the check's decode time stands)."""
     inputs = [ultrasound_png(seed) for seed in range(2)]
-    fresh = analyse("ultrasound", inputs, registry=registry)
-    known = [Predecoded(decode(data), decode_ms=1.5) for data in inputs]
-    again = analyse_each("ultrasound", known, registry=registry)
-    for a, b in zip(fresh, again, strict=True):
+    fresh = analyse(Stage.ULTRASOUND, inputs, registry=registry)
+    card = pin_model(Stage.ULTRASOUND, registry)
+    policy = card.preprocess_config().frame_policy
+    checked = [check_input(Stage.ULTRASOUND, data, policy, 10**8) for data in inputs]
+    again = analyse_each(Stage.ULTRASOUND, checked, registry=registry, model_ref=card)
+    for a, b, one in zip(fresh, again, checked, strict=True):
         assert isinstance(b, Analysis)
         ours, theirs = a.result.model_dump(), b.result.model_dump()
-        assert ours.pop("timings_ms") and theirs.pop("timings_ms")["decode"] >= 1.5
+        assert ours.pop("timings_ms") and theirs.pop("timings_ms")["decode"] == one.decode_ms
         assert ours == theirs and np.array_equal(a.mask, b.mask)
         assert np.array_equal(a.overlay, b.overlay)
+    mammography_card = card.model_copy(update={"stage": Stage.MAMMOGRAPHY})
+    with pytest.raises(ModelStageMismatchError):
+        analyse(Stage.ULTRASOUND, inputs, registry=registry, model_ref=mammography_card)
+
+
+def test_an_unknown_stage_name_is_the_routes_404(registry: Registry) -> None:
+    with pytest.raises(UnknownStageError) as caught:
+        analyse("dermatology", [ultrasound_png(1)], registry=registry)
+    assert caught.value.http_status == 404 and "valid stages" in caught.value.message
 
 
 def test_malignancy_is_the_calibrated_onnx_output(registry: Registry) -> None:

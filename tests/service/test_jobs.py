@@ -103,13 +103,13 @@ def test_idempotency_key_returns_the_same_job(client: TestClient, db: redis.Redi
 def test_idempotency_is_scoped_per_api_key(settings: Settings) -> None:
     image = js.ultrasound_png(6)
     a = submit_analysis(
-        "ultrasound", [image], settings=settings, idempotency_key="k", api_key_id="a"
+        Stage.ULTRASOUND, [image], settings=settings, idempotency_key="k", api_key_id="a"
     )
     b = submit_analysis(
-        "ultrasound", [image], settings=settings, idempotency_key="k", api_key_id="b"
+        Stage.ULTRASOUND, [image], settings=settings, idempotency_key="k", api_key_id="b"
     )
     a2 = submit_analysis(
-        "ultrasound", [image], settings=settings, idempotency_key="k", api_key_id="a"
+        Stage.ULTRASOUND, [image], settings=settings, idempotency_key="k", api_key_id="a"
     )
     assert a.id != b.id and a2.id == a.id
 
@@ -147,7 +147,7 @@ def test_a_queued_job_the_queue_lost_fails_with_a_reason(
 
 def test_unknown_hook_is_refused_listing_the_valid_ones(settings: Settings) -> None:
     with pytest.raises(UnknownHookError) as caught:
-        submit_analysis("ultrasound", [js.ultrasound_png()], settings=settings, after=["nope"])
+        submit_analysis(Stage.ULTRASOUND, [js.ultrasound_png()], settings=settings, after=["nope"])
     assert caught.value.http_status == 422 and "valid hooks" in caught.value.message
 
 
@@ -166,7 +166,7 @@ def test_hooks_run_after_success_in_process(store: Path) -> None:
     settings = Settings(model_store=store)
     try:
         record = submit_analysis(
-            "ultrasound",
+            Stage.ULTRASOUND,
             [js.ultrasound_png(1), js.ultrasound_png(2)],
             settings=settings,
             after=["test-broken", "test-count"],

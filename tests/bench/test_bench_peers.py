@@ -21,6 +21,7 @@ SERVERS = ("breastdx", "breastdx-batch", "litserve", "bentoml")
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1200)  # four servers start one after the other; minutes on a loaded machine
 @pytest.mark.skipif(
     not BENCH_PYTHON.exists(),
     reason="no bench environment (.venv-bench): scripts/setup-bench-env.sh or make bench-peers "
@@ -37,7 +38,7 @@ def test_bench_peers_measures_every_server(tmp_path: Path) -> None:
         "--servers",
         ",".join(SERVERS),
         "--requests",
-        "4",
+        "3",
         "--concurrency",
         "1,4",
         "--warmup",
@@ -46,15 +47,17 @@ def test_bench_peers_measures_every_server(tmp_path: Path) -> None:
         str(report),
     ]
     done = subprocess.run(
-        command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=900, check=False
+        command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=1100, check=False
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     figures = json.loads(report.read_text(encoding="utf-8"))
     cells = {(c["server"], c["concurrency"]): c for c in figures["cells"]}
     assert set(cells) == {(server, c) for server in SERVERS for c in (1, 4)}
     for cell in cells.values():
-        assert cell["n"] == 4 and cell["errors"] == 0, cell  # every answer agreed with breastdx
+        assert cell["n"] == 3 and cell["errors"] == 0, cell  # every answer agreed with breastdx
         assert 0 < cell["p50_ms"] <= cell["p95_ms"] and cell["throughput_rps"] > 0
+        assert cell["server_cpu_ms_per_request"] >= 0  # clock ticks of 10 ms: may read 0
+    assert any(cell["server_cpu_ms_per_request"] > 0 for cell in cells.values())
     assert cells[("breastdx", 1)]["mean_batch_size"] == 1.0
     ultrasound = figures["targets"]["ultrasound"]
     assert ultrasound["best_peer"] in {"litserve", "bentoml"}

@@ -96,6 +96,13 @@ class Settings(BaseSettings):
     max_batch: int = Field(
         default=16, ge=1, le=1024, description="rows (images, tile windows) per merged model run"
     )
+    worker_lanes: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="jobs one queue worker runs at once, in threads sharing its ONNX Runtime "
+        "sessions; more than 1 lets micro-batching merge jobs (a GPU worker)",
+    )
     worker_ttl_s: int = Field(default=60, ge=20, description="RQ worker heartbeat TTL")
     worker_heartbeat_ttl_s: int = Field(
         default=15, ge=3, description="a worker silent this long leaves /readyz"

@@ -51,6 +51,7 @@ from service.jobs.execute import runner_options
 from service.jobs.hooks import load_hook_modules
 from service.jobs.queue import stage_queues
 from service.jobs.reconcile import reconcile_running
+from service.worker_lanes import make_lanes
 
 logger = logging.getLogger(__name__)
 
@@ -213,8 +214,11 @@ def run_worker(
     maintenance.start()
     heartbeat = Heartbeat(settings, connection, worker.name, stages, worker.register_again)
     heartbeat.start()
+    lanes = make_lanes(settings, stages, worker.name)  # worker_lanes - 1 more jobs at once
+    lanes.start(burst)
     try:
         return worker.work(burst=burst, with_scheduler=True, logging_level=log_level)
     finally:
+        lanes.stop(settings.job_timeout_s)
         heartbeat.stop()
         maintenance.stopped.set()

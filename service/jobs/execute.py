@@ -66,10 +66,11 @@ def runner_options(settings: Settings) -> RunnerOptions:
 
 
 def batch_policy(settings: Settings) -> BatchPolicy:
-    """Micro-batching across the jobs that run at once in this process. A queue worker runs
-    one job at a time, so there the window is off unless set: it would only add its wait."""
+    """Micro-batching across the jobs that run at once in this process. A queue worker with
+    one lane runs one job at a time, so there the window is off unless set: it would only add
+    its wait."""
     window = settings.batch_window_ms
-    if window is None and settings.queued:
+    if window is None and settings.queued and settings.worker_lanes == 1:
         window = 0.0
     return BatchPolicy(window, settings.max_batch)
 

@@ -213,7 +213,7 @@ def _environment(
 def running(
     server: Server, stage: str, store: Path, parallel: int, tmp: Path
 ) -> Iterator[tuple[httpx.Client, int]]:
-    """The server in its own session on a free port, ready: a client on it, the session id."""
+    """The server in its own session on a free port, ready: a client on it, its pid."""
     port = free_port()
     python = sys.executable
     fill = {"port": str(port), "python": python, "bentoml": str(Path(python).parent / "bentoml")}
@@ -261,19 +261,26 @@ def _stop(proc: subprocess.Popen) -> None:
         os.killpg(proc.pid, 9)  # workers that outlived their parent
 
 
-def session_cpu_s(session: int) -> float:
-    """User + system CPU seconds of the live processes of ``session`` (a server and its
-    workers): unlike wall time, a figure that other load on the machine barely moves."""
-    tick = os.sysconf("SC_CLK_TCK")
-    total = 0
+def tree_cpu_s(root: int) -> float:
+    """User + system CPU seconds of the live processes descended from ``root`` (a server and
+    its workers, however they group themselves): unlike wall time, a figure that other load
+    on the machine barely moves."""
+    parents: dict[int, int] = {}
+    times: dict[int, int] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
+            fields = stat.read_text().rsplit(")", 1)[1].split()  # after the name: state, ppid
         except OSError:
             continue  # gone meanwhile
-        if int(fields[3]) == session:  # fields after the name: state, ppid, pgrp, session, ...
-            total += int(fields[11]) + int(fields[12])  # utime, stime
-    return total / tick
+        pid = int(stat.parent.name)
+        parents[pid] = int(fields[1])
+        times[pid] = int(fields[11]) + int(fields[12])  # utime, stime
+    tree, grew = {root}, True
+    while grew:
+        children = {pid for pid, parent in parents.items() if parent in tree} - tree
+        tree |= children
+        grew = bool(children)
+    return sum(times.get(pid, 0) for pid in tree) / os.sysconf("SC_CLK_TCK")
 
 
 Answer = tuple[float, float, int] | None  # (seconds, malignancy probability, batch size)
@@ -307,17 +314,17 @@ def measure(
     image: bytes,
     requests: int,
     expected: float | None,
-    session: int,
+    server_pid: int,
 ) -> None:
     """``requests`` requests, ``cell.concurrency`` at a time, added to ``cell``."""
-    cpu = session_cpu_s(session)
+    cpu = tree_cpu_s(server_pid)
     start = time.perf_counter()
     with ThreadPoolExecutor(cell.concurrency) as pool:
         answers = list(
             pool.map(lambda _: one_request(client, server, cell.stage, image), range(requests))
         )
     cell.wall_s += time.perf_counter() - start
-    cell.cpu_s += session_cpu_s(session) - cpu
+    cell.cpu_s += tree_cpu_s(server_pid) - cpu
     for answer in answers:
         agrees = answer is not None and (
             expected is None
@@ -353,12 +360,12 @@ def run(args: argparse.Namespace) -> list[Cell]:
                 for name in args.servers.split(","):
                     server = SERVERS[name]
                     started = running(server, stage, args.store, args.parallel, Path(tmp))
-                    with started as (client, session):
+                    with started as (client, pid):
                         for _ in range(args.warmup):
                             one_request(client, server, stage, image)
                         for c in levels:
                             cell = cells.setdefault((name, stage, c), Cell(name, stage, c))
-                            measure(client, server, cell, image, args.requests, expected, session)
+                            measure(client, server, cell, image, args.requests, expected, pid)
                     print(f"# round {round_ + 1}/{args.rounds}: {name} done", flush=True)
     return list(cells.values())
 

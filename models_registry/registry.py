@@ -150,10 +150,15 @@ class Registry:
 
     def store_of(self, name: str) -> Store:
         """The store that owns ``name``; raises :class:`UnknownModelError` listing known names."""
+        return self._owner(name)[0]
+
+    def _owner(self, name: str) -> tuple[Store, list[int]]:
+        """The store that owns ``name`` and its versions there (one listing of each store)."""
         validate_name(name)
         for store in self.stores:
-            if store.versions(name):
-                return store
+            versions = store.versions(name)
+            if versions:
+                return store, versions
         raise UnknownModelError(name, self.names())
 
     def versions(self, name: str) -> list[int]:
@@ -166,29 +171,32 @@ class Registry:
 
     def resolve(self, ref: str) -> ModelVersion:
         """``name``, ``name@3``, ``name@latest`` or ``name@alias`` -> a version that exists."""
+        return self._locate(ref)[1]
+
+    def _locate(self, ref: str) -> tuple[Store, ModelVersion]:
+        """:meth:`resolve`, with the store that holds the version."""
         name, selector = parse_ref(ref)
-        store = self.store_of(name)
-        versions = store.versions(name)
+        store, versions = self._owner(name)
         if selector == LATEST:
-            return ModelVersion(name, versions[-1])
+            return store, ModelVersion(name, versions[-1])
         if selector is not None and _VERSION.match(selector):
             if int(selector) not in versions:
                 raise UnknownVersionError(name, int(selector), versions)
-            return ModelVersion(name, int(selector))
+            return store, ModelVersion(name, int(selector))
         aliases = store.read_aliases(name)
         if selector is None and PRODUCTION not in aliases:
-            return ModelVersion(name, versions[-1])
+            return store, ModelVersion(name, versions[-1])
         alias = selector or PRODUCTION
         if alias not in aliases:
             raise UnknownAliasError(name, alias, aliases)
         if aliases[alias] not in versions:
             raise StoreError(f"alias {name}@{alias} points to missing version {aliases[alias]}")
-        return ModelVersion(name, aliases[alias])
+        return store, ModelVersion(name, aliases[alias])
 
     def card(self, ref: str) -> ModelCard:
         """The card of the version ``ref`` resolves to (the ONNX file is not read)."""
-        found = self.resolve(ref)
-        return self.store_of(found.name).read_card(found.name, found.version)
+        store, found = self._locate(ref)
+        return store.read_card(found.name, found.version)
 
     def load(self, ref: str, *, fp16: bool = False) -> LoadedModel:
         """Resolve ``ref`` and check the ONNX file's sha256 against its card.
@@ -196,8 +204,7 @@ class Registry:
         Raises:
             ModelIntegrityError: the file differs from the one registered.
         """
-        found = self.resolve(ref)
-        store = self.store_of(found.name)
+        store, found = self._locate(ref)
         card = store.read_card(found.name, found.version)
         artifact: OnnxArtifact | Fp16Artifact | None = card.onnx.fp16 if fp16 else card.onnx
         if artifact is None:

@@ -31,7 +31,9 @@ import json
 import os
 import re
 import shutil
+import stat
 import tempfile
+import threading
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -60,6 +62,40 @@ _VERSION_DIR = re.compile(r"^[1-9][0-9]*$")
 _NAME = re.compile(NAME_PATTERN)
 _ALIASES = TypeAdapter(dict[str, int])
 _CHUNK = 1 << 20
+_CARD_CACHE_SIZE = 1024
+
+
+class _CardCache:
+    """Parsed ``card.json`` files by path, read again only when the file changed (mtime, size or
+    inode): a version's card never changes once written, so a request that pins a model costs a
+    ``stat`` per card, not a read and a validation."""
+
+    def __init__(self) -> None:
+        self._cards: dict[str, tuple[tuple[int, int, int], ModelCard]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, path: Path, read: Callable[[Path], ModelCard]) -> ModelCard | None:
+        """The card at ``path`` (``read`` on a miss); None when there is no such file."""
+        try:
+            info = os.stat(path)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        if not stat.S_ISREG(info.st_mode):
+            return None
+        key, signature = os.fspath(path), (info.st_mtime_ns, info.st_size, info.st_ino)
+        with self._lock:
+            cached = self._cards.get(key)
+        if cached is not None and cached[0] == signature:
+            return cached[1]
+        card = read(path)
+        with self._lock:
+            if len(self._cards) >= _CARD_CACHE_SIZE:
+                self._cards.clear()
+            self._cards[key] = (signature, card)
+        return card
+
+
+_CARDS = _CardCache()
 
 
 def validate_name(name: str) -> str:
@@ -147,20 +183,25 @@ class DirectoryStore:
         )
 
     def versions(self, name: str) -> list[int]:
-        folder = self.root / name
-        if not _NAME.match(name) or not folder.is_dir():
+        if not _NAME.match(name):
             return []
-        return sorted(
-            int(p.name)
-            for p in folder.iterdir()
-            if _VERSION_DIR.match(p.name) and (p / CARD_FILE).is_file()
-        )
+        try:
+            entries = os.scandir(self.root / name)
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        with entries:
+            return sorted(
+                int(entry.name)
+                for entry in entries
+                if _VERSION_DIR.match(entry.name)
+                and os.path.isfile(os.path.join(entry.path, CARD_FILE))
+            )
 
     def read_card(self, name: str, version: int) -> ModelCard:
         path = self._version_dir(name, version) / CARD_FILE
-        if not path.is_file():
+        card = _CARDS.get(path, lambda found: read_card(ModelCard, found))
+        if card is None:
             raise StoreError(f"{name}@{version} has no {CARD_FILE} in the store at {self.uri}")
-        card = read_card(ModelCard, path)
         if (card.name, card.version) != (name, version):
             raise InvalidCardError(
                 f"the card in folder {name}/{version} describes {card.ref}; "

@@ -4,15 +4,20 @@ stage of the URL.
 ``ApiKeyDep`` authenticates (``X-API-Key: <key>`` or ``Authorization: Bearer <key>``; anonymous
 only with ``allow_anonymous``) and counts the request against the caller's rate limit;
 ``require_scope(...)`` adds the scope check of a route.
+
+The dependencies are ``async``: FastAPI runs a plain ``def`` dependency on a worker thread, a
+thread hop per dependency and request. What may wait on I/O (a key look-up, a Redis rate-limit
+counter) runs on a thread inside ``_caller``.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Annotated
 
 from fastapi import Depends, Header, Path, Request
+from fastapi.concurrency import run_in_threadpool
 
 from models_registry.card import Stage
 from models_registry.registry import Registry
@@ -27,7 +32,7 @@ from service.security.ratelimit import RateLimiter
 logger = logging.getLogger(__name__)
 
 
-def _settings(request: Request) -> Settings:
+async def _settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
@@ -35,18 +40,18 @@ def _settings(request: Request) -> Settings:
 SettingsDep = Annotated[Settings, Depends(_settings)]
 
 
-def _backend(settings: SettingsDep) -> Backend:
+async def _backend(settings: SettingsDep) -> Backend:
     return get_backend(settings)
 
 
 BackendDep = Annotated[Backend, Depends(_backend)]
 
 
-def _registry(backend: BackendDep) -> Registry:
+async def _registry(backend: BackendDep) -> Registry:
     return backend.registry
 
 
-def _job_store(backend: BackendDep) -> JobStore:
+async def _job_store(backend: BackendDep) -> JobStore:
     return backend.store
 
 
@@ -64,7 +69,7 @@ def _presented_key(x_api_key: str | None, authorization: str | None) -> str | No
     return None
 
 
-def _caller(
+async def _caller(
     request: Request,
     settings: SettingsDep,
     backend: BackendDep,
@@ -72,24 +77,30 @@ def _caller(
     authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
 ) -> Principal:
     token = _presented_key(x_api_key, authorization)
-    if token is not None:
-        principal = principal_of(verify_key(key_store(settings, backend.redis), token))
-    elif settings.allow_anonymous:
-        principal = ANONYMOUS
-    else:
+    if token is None and not settings.allow_anonymous:
         raise AuthenticationRequiredError(
             "send an API key as 'X-API-Key: <key>' or 'Authorization: Bearer <key>' "
             "(create one with 'breastdx api-keys create NAME')"
         )
     client = request.client.host if request.client else "unknown"
-    bucket = f"key:{principal.key_id}" if principal.key_id else f"anon:{client}"
-    limiter = RateLimiter(
-        backend.store.kv,
-        settings.namespace,
-        settings.rate_limit_requests,
-        settings.rate_limit_window_s,
-    )
-    limiter.hit(bucket)
+
+    def admit() -> Principal:
+        """The caller's key checked (a file or Redis read), then its rate limit counted."""
+        principal = ANONYMOUS
+        if token is not None:
+            principal = principal_of(verify_key(key_store(settings, backend.redis), token))
+        bucket = f"key:{principal.key_id}" if principal.key_id else f"anon:{client}"
+        limiter = RateLimiter(
+            backend.store.kv,
+            settings.namespace,
+            settings.rate_limit_requests,
+            settings.rate_limit_window_s,
+        )
+        limiter.hit(bucket)
+        return principal
+
+    # anonymous in process: a counter in memory, no hop to a thread
+    principal = await (backend.call(admit) if token is None else run_in_threadpool(admit))
     request.state.api_key_id = principal.key_id
     return principal
 
@@ -97,10 +108,10 @@ def _caller(
 ApiKeyDep = Annotated[Principal, Depends(_caller)]
 
 
-def require_scope(scope: str) -> Callable[[Principal], Principal]:
+def require_scope(scope: str) -> Callable[[Principal], Awaitable[Principal]]:
     """A dependency that lets through callers whose key has ``scope``."""
 
-    def check(principal: ApiKeyDep) -> Principal:
+    async def check(principal: ApiKeyDep) -> Principal:
         if scope not in principal.scopes:
             raise InsufficientScopeError(
                 f"this API key lacks the scope {scope!r}", required_scope=scope
@@ -115,7 +126,7 @@ CanRead = Annotated[Principal, Depends(require_scope("analyses:read"))]
 CanReadModels = Annotated[Principal, Depends(require_scope("models:read"))]
 
 
-def _stage(
+async def _stage(
     stage: Annotated[str, Path(description=f"one of {', '.join(s.value for s in Stage)}")],
 ) -> Stage:
     return parse_stage(stage)  # 404 listing the valid stages, before the body is read

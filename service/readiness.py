@@ -2,7 +2,10 @@
 
 - ``models``: every stage's served model resolves, and each served version passes the
   registry's verify (card, preprocessing, sha256, ONNX Runtime load, input/output contract);
-  a version verified once is not verified again by this process.
+  a version verified once is not verified again by this process. In process, each is also
+  opened on its runtime (``BREASTDX_RUNTIME``); the app does this once at start in a
+  background :class:`Warmup` (under ``auto``: the parity gate and the timing), and the check
+  is not ready until that has finished.
 - ``queue``: Redis answers (queued mode), or in-process execution.
 - ``workers``: at least one live ``breastdx worker`` listens on the queue of each stage that
   has a model (its heartbeat key, renewed every few seconds: ``service.heartbeat``), queued
@@ -11,6 +14,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 
 import redis
@@ -25,6 +29,12 @@ from service.inference import NoModelForStageError, pin_model
 from service.jobs.backend import service_registry
 from service.jobs.store import redis_client
 
+logger = logging.getLogger(__name__)
+
+WARMING = (
+    "warming up: opening each served model on its runtime (BREASTDX_RUNTIME; auto runs the "
+    "parity gate and times the runtimes that pass)"
+)
 _VERIFIED: set[tuple[str, str]] = set()  # (ref, sha256) verified by this process
 _LOCK = threading.Lock()
 
@@ -72,10 +82,11 @@ def served_stages(registry: Registry) -> tuple[dict[Stage, str], list[str]]:
 
 
 def _load_in_process(
-    settings: Settings, registry: Registry, served: dict[Stage, str]
+    settings: Settings, registry: Registry, served: dict[Stage, str], *, warm: bool = False
 ) -> tuple[dict[Stage, str], list[str]]:
     """In-process mode: load each served model on its runtime (``BREASTDX_RUNTIME``), so that a
-    runtime that is missing, not allowed or fails the parity gate is a readiness problem."""
+    runtime that is missing, not allowed or fails the parity gate is a readiness problem;
+    ``warm``: also run one zero batch through each."""
     from service.inference.runner import get_runner  # the API process runs models only here
     from service.jobs.execute import runner_options
 
@@ -83,6 +94,8 @@ def _load_in_process(
     for stage, ref in served.items():
         try:
             runner = get_runner(ref, registry, runner_options(settings))
+            if warm:
+                runner.warm()
         except RegistryError as exc:
             problems.append(f"{ref}: {exc.message}")
             continue
@@ -90,14 +103,14 @@ def _load_in_process(
     return labels, problems
 
 
-def _check_models(settings: Settings) -> tuple[Check, list[Stage]]:
+def _check_models(settings: Settings, *, warm: bool = False) -> tuple[Check, list[Stage]]:
     registry = service_registry(settings)
     store = registry.stores[0].uri
     served, problems = served_stages(registry)
     if not served and not problems:
         return Check(name="models", ok=False, detail=f"no ONNX models in the store at {store}"), []
     if not problems and not settings.queued:
-        served, problems = _load_in_process(settings, registry, served)
+        served, problems = _load_in_process(settings, registry, served, warm=warm)
     if problems:
         return Check(name="models", ok=False, detail="; ".join(problems)), list(served)
     refs = ", ".join(f"{stage.value}: {ref}" for stage, ref in served.items())
@@ -133,8 +146,42 @@ def _check_workers(settings: Settings, stages: list[Stage]) -> Check:
     return Check(name="workers", ok=True, detail=detail)
 
 
-def readiness_report(settings: Settings) -> ReadinessReport:
-    models, stages = _check_models(settings)
+class Warmup:
+    """The in-process app's start: the models check run once in a background thread, each
+    served model opened on its runtime and warmed, so that no request pays for it. Queued, the
+    workers warm their own models before they take jobs (``service.worker.warm_up``)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.finished = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="breastdx-warmup", daemon=True)
+
+    def start(self) -> Warmup:
+        self._thread.start()
+        return self
+
+    def join(self, timeout_s: float) -> None:
+        """Wait up to ``timeout_s`` for the warm-up to end (the app's shutdown)."""
+        self._thread.join(timeout_s)
+
+    def _run(self) -> None:
+        try:
+            check, _ = _check_models(self.settings, warm=True)
+            log = logger.info if check.ok else logger.error
+            log("models warmed" if check.ok else "models not ready", extra={"detail": check.detail})
+        except Exception:  # /readyz runs the check again and reports it
+            logger.exception("model warm-up failed")
+        finally:
+            self.finished.set()
+
+
+def readiness_report(settings: Settings, warmup: Warmup | None = None) -> ReadinessReport:
+    """The checks; ``warmup`` (the app's, in process): models are not ready until it is done."""
+    stages: list[Stage] = []
+    if warmup is not None and not warmup.finished.is_set():
+        models = Check(name="models", ok=False, detail=WARMING)
+    else:
+        models, stages = _check_models(settings)
     checks = [models, _check_redis(settings)]
     if checks[-1].ok:
         checks.append(_check_workers(settings, stages))

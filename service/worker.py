@@ -27,7 +27,6 @@ import signal
 import threading
 from collections.abc import Sequence
 
-import numpy as np
 import redis
 from rq import worker_registration
 from rq.defaults import DEFAULT_LOGGING_DATE_FORMAT, DEFAULT_LOGGING_FORMAT
@@ -146,8 +145,7 @@ def warm_up(settings: Settings, registry: Registry, stages: Sequence[Stage]) -> 
         try:
             card = pin_model(stage, registry, None)
             runner = get_runner(card.ref, registry, runner_options(settings))
-            dummy = np.zeros((1, card.input.channels, *card.input.size), np.float32)  # (1, C, H, W)
-            runner.run(dummy)
+            runner.warm()
         except NoModelForStageError:
             logger.warning("no model for stage %s; its jobs will fail", stage.value)
             continue

@@ -1,4 +1,10 @@
-"""Shared fixtures: where the real development data lives, and helpers to skip without it."""
+"""Shared fixtures: where the real development data lives, and helpers to skip without it.
+
+``BREASTDX_RUNTIME`` defaults to ``onnxruntime`` in the tests (and the servers and workers they
+start) unless the environment sets it: under the product's default, ``auto``, every model a
+test loads would pay the parity gate and the timing of each runtime (seconds per model on a
+loaded machine). The runtime tests ask for ``auto`` and ``openvino`` by name.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +14,7 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+os.environ.setdefault("BREASTDX_RUNTIME", "onnxruntime")
 
 
 def shared_data_root() -> Path:

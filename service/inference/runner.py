@@ -64,15 +64,16 @@ class RunnerOptions:
 
     ``allow_spinning``: ONNX Runtime's default keeps its threads spinning after each run, which
     on a small machine takes the cores the rest of the request needs; the service turns it off
-    (``Settings.ort_spinning``). ``runtime``: ``onnxruntime``, ``openvino`` or ``"auto"`` (the
-    default; the service passes ``BREASTDX_RUNTIME``).
+    (``Settings.ort_spinning``). ``runtime``: ``onnxruntime`` (the default: the reference every
+    card's figures were measured on, no gate), another :class:`Runtime` or ``"auto"``; the
+    service passes ``BREASTDX_RUNTIME``.
     """
 
     intra_op_threads: int = 0
     allow_spinning: bool = True
     fp16: bool = False
     providers: tuple[str, ...] | None = None  # ONNX Runtime; None: default_providers()
-    runtime: RuntimeRequest = AUTO
+    runtime: RuntimeRequest = Runtime.ONNXRUNTIME
 
     def runtime_options(self) -> RuntimeOptions:
         return RuntimeOptions(
@@ -117,6 +118,12 @@ class ModelRunner:
         """``(N, C, H, W)`` float32 -> every carded output by name, ``max_batch`` at a time."""
         names = [o.name for o in self.card.outputs]
         return run_batched(self.session, self.card.input.name, batch, names, max_batch)
+
+    def warm(self) -> None:
+        """One zero batch through the model: the runtime's first-run allocations and kernel
+        choice happen now, not in the first request."""
+        card = self.card
+        self.run(np.zeros((1, card.input.channels, *card.input.size), np.float32))  # (1, C, H, W)
 
     def malignancy(self, outputs: dict[str, np.ndarray]) -> np.ndarray | None:
         """Calibrated ``(N,)`` malignancy probabilities: the malignancy output, else the last

@@ -6,7 +6,9 @@
   (:class:`RuntimeUnavailableError`, :class:`RuntimeNotAllowedError`,
   :class:`RuntimeParityError`): never a silent fallback.
 - ``auto`` opens every installed runtime the card allows, drops those that miss the gate (a
-  warning names the figures), times the rest on the gate inputs and keeps the fastest.
+  warning names the figures) and, where more than one passes, times those on the gate inputs
+  (one warm-up run, the median of :data:`TIMED_RUNS`) and keeps the fastest; ONNX Runtime on
+  CPU alone is kept untimed.
 
 The gate runs on :data:`~models_registry.parity.GATE_IMAGES` inputs made from the card's input
 spec through its own preprocessing; the card's tolerance bounds the figures.
@@ -17,7 +19,7 @@ from __future__ import annotations
 import logging
 import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Final, Literal
 
@@ -36,6 +38,7 @@ from models_registry.runtime import (
     CPU_PROVIDER,
     RuntimeOptions,
     Session,
+    default_providers,
     installed_runtimes,
     open_session,
 )
@@ -44,7 +47,7 @@ logger = logging.getLogger(__name__)
 
 AUTO: Final = "auto"
 RuntimeRequest = Runtime | Literal["auto"]
-TIMED_RUNS = 5
+TIMED_RUNS = 3
 
 
 def parse_runtime(value: str) -> RuntimeRequest:
@@ -134,6 +137,12 @@ def reopen(previous: Selection, path: Path, options: RuntimeOptions) -> Selectio
     return Selection(previous.requested, session, previous.trials)
 
 
+def _opens_reference(runtime: Runtime, options: RuntimeOptions) -> bool:
+    """True when ``runtime`` with ``options`` would be ONNX Runtime on CPU, the reference."""
+    providers = options.providers or default_providers()
+    return runtime is Runtime.ONNXRUNTIME and providers[0] == CPU_PROVIDER
+
+
 def _is_reference(session: Session) -> bool:
     return session.runtime is Runtime.ONNXRUNTIME and session.device == CPU_PROVIDER
 
@@ -150,30 +159,31 @@ def _cpu(options: RuntimeOptions) -> RuntimeOptions:
 
 def _auto(card: ModelCard, path: Path, options: RuntimeOptions) -> Selection:
     batch = gate_inputs(card)
-    timed = batch if card.task is Task.CLASSIFICATION else batch[:1]  # a typical request
     reference_session = open_session(path, Runtime.ONNXRUNTIME, _cpu(options))
     reference = session_outputs(reference_session, card, batch)
-    candidates: list[tuple[Session, Trial]] = []
-    sessions = [open_session(path, r, options) for r in installed_runtimes() if card.allows(r)]
-    if not any(_is_reference(s) for s in sessions):  # ONNX Runtime on CUDA: CPU competes too
-        sessions.append(reference_session)
-    for session in sessions:
-        if _is_reference(session):
-            session, parity = reference_session, None
+    sessions = [reference_session]
+    for runtime in installed_runtimes():
+        if card.allows(runtime) and not _opens_reference(runtime, options):
+            sessions.append(open_session(path, runtime, options))  # ONNX Runtime on CUDA too
+    trials = [Trial(reference_session.runtime, reference_session.device, None, None)]
+    passing = [reference_session]
+    for session in sessions[1:]:
+        parity = gate(card, session, reference, batch)
+        trials.append(Trial(session.runtime, session.device, parity, None))
+        if parity.ok:
+            passing.append(session)
         else:
-            parity = gate(card, session, reference, batch)
-        if parity is not None and not parity.ok:
             logger.warning(
                 "runtime failed the parity gate and is not used",
                 extra={"model": card.ref, "runtime": session.label, "parity": parity.describe()},
             )
-            candidates.append((session, Trial(session.runtime, session.device, parity, None)))
-            continue
-        trial = Trial(session.runtime, session.device, parity, _median_ms(session, card, timed))
-        candidates.append((session, trial))
-    passing = [(s, t) for s, t in candidates if t.passed and t.model_ms is not None]
-    session, _ = min(passing, key=lambda pair: pair[1].model_ms or 0.0)
-    return Selection(AUTO, session, tuple(t for _, t in candidates))
+    if len(passing) == 1:  # nothing to choose between: no timing
+        return Selection(AUTO, reference_session, tuple(trials))
+    timed = batch if card.task is Task.CLASSIFICATION else batch[:1]  # a typical request
+    times = [_median_ms(s, card, timed) if s in passing else None for s in sessions]
+    trials = [replace(t, model_ms=ms) for t, ms in zip(trials, times, strict=True)]
+    fastest = min(passing, key=lambda s: times[sessions.index(s)] or 0.0)
+    return Selection(AUTO, fastest, tuple(trials))
 
 
 def _median_ms(session: Session, card: ModelCard, batch: np.ndarray) -> float:

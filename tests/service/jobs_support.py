@@ -210,6 +210,20 @@ def build_store(root: Path) -> Path:
     return store
 
 
+def build_slow_store(root: Path, iterations: int = SLOW_ITERATIONS // 5) -> Path:
+    """A store under ``root/store`` whose only model, ``mg-slow``, serves mammography
+    (``production``): a run through it, as the readiness check and the warm-up make, takes a
+    fraction of a second or more."""
+    store, work = root / "store", root / "onnx"
+    work.mkdir(parents=True, exist_ok=True)
+    slow = segmentation_onnx(work / "slow.onnx", slow=iterations)
+    registry = Registry([DirectoryStore(store)])
+    registry.register(
+        "mg-slow", slow, _draft("mammography"), alias="production", check_contract=False
+    )
+    return store
+
+
 # Images -----------------------------------------------------------------------------------
 
 
@@ -316,6 +330,17 @@ def wait_until(check: Callable[[], Any], timeout_s: float = 30.0, every_s: float
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout_s} s")
         time.sleep(every_s)
+
+
+def ready(client: Any, timeout_s: float = 120.0) -> Any:
+    """``/readyz`` of an app started in process, once its start-up warm-up has finished."""
+
+    def answered() -> Any:
+        response = client.get("/readyz")
+        models = {c["name"]: c for c in response.json()["checks"]}["models"]
+        return None if models["detail"].startswith("warming up") else response
+
+    return wait_until(answered, timeout_s, every_s=0.2)
 
 
 def keys(client: redis.Redis, pattern: str) -> Iterator[str]:

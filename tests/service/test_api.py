@@ -256,7 +256,7 @@ def test_in_process_job_past_its_time_limit_fails_at_the_limit(store: Path) -> N
 
 
 def test_readyz_verifies_served_models(client: TestClient) -> None:
-    response = client.get("/readyz")
+    response = js.ready(client)
     assert response.status_code == 200
     checks = {c["name"]: c for c in response.json()["checks"]}
     assert "mg-tiny@1" in checks["models"]["detail"] and checks["workers"]["ok"]

@@ -15,7 +15,9 @@ from fastapi.testclient import TestClient
 
 from service.app import create_app
 from service.config import Settings
+from service.inference.runner import cached_refs, clear_runners, loaded_selections
 from tests.conftest import REPO_ROOT
+from tests.service import jobs_support as js
 
 
 def _client(tmp_path: Path, **overrides: object) -> TestClient:
@@ -42,6 +44,36 @@ def test_readyz_reports_unreachable_redis(tmp_path: Path) -> None:
     checks = {c["name"]: c for c in response.json()["checks"]}
     assert response.status_code == 503
     assert checks["queue"]["ok"] is False
+
+
+def test_readyz_waits_for_the_start_up_warm_up_and_requests_find_the_model_warm(
+    tmp_path: Path,
+) -> None:
+    """In process, the app's start opens each served model on its runtime and runs a batch
+    through it in the background; /readyz is not ready until then, and a request after it
+    reuses that runner (the runtime choice, under auto, is not made again)."""
+    store = js.build_slow_store(tmp_path)
+    clear_runners()
+    try:
+        with TestClient(create_app(Settings(model_store=store, allow_anonymous=True))) as api:
+            first = api.get("/readyz")  # the warm-up runs the slow model for seconds
+            assert first.status_code == 503
+            models = {c["name"]: c for c in first.json()["checks"]}["models"]
+            assert models["detail"].startswith("warming up"), models
+            assert api.get("/healthz").status_code == 200  # alive meanwhile
+            ready = js.ready(api, timeout_s=300)
+            assert ready.status_code == 200, ready.json()
+            assert cached_refs() == ["mg-slow@1"]  # loaded before any request
+            warmed = loaded_selections()["mg-slow@1"]
+            response = api.post(
+                "/v1/mammography/analyses",
+                files=[("file", ("film", js.mammogram_png(), "application/octet-stream"))],
+                headers={"Prefer": "wait=60"},
+            )
+            assert response.status_code == 200, response.text
+            assert loaded_selections()["mg-slow@1"] is warmed
+    finally:
+        clear_runners()
 
 
 def test_unknown_route_is_a_problem_document(tmp_path: Path) -> None:

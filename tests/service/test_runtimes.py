@@ -25,7 +25,7 @@ from models_registry.runtime import OpenVinoSession, OrtSession
 from service.app import create_app
 from service.config import Settings, SettingsError, load_settings
 from service.inference import clear_runners, get_runner
-from service.inference.runner import RunnerOptions
+from service.inference.runner import RunnerOptions, loaded_selections
 from service.inference.runtime_choice import AUTO
 from tests.conftest import REPO_ROOT
 from tests.runtime_support import register_copy, shipped_card, zero_tolerance
@@ -62,6 +62,8 @@ def client(store: Path, **overrides: Any) -> TestClient:
 
 
 def analyse(api: TestClient) -> dict[str, Any]:
+    """One ultrasound image, once the app's start-up warm-up (the runtime's gate) is done."""
+    js.ready(api, timeout_s=300)
     response = api.post(
         "/v1/ultrasound/analyses",
         files=[("file", ("scan", js.ultrasound_png(3), "application/octet-stream"))],
@@ -103,6 +105,17 @@ def test_auto_times_every_passing_runtime_and_keeps_the_fastest(store: Path) -> 
     assert again.selection.trials == runner.selection.trials
 
 
+def test_auto_chooses_at_start_not_on_the_first_request(store: Path) -> None:
+    with client(store, runtime="auto") as api:
+        assert js.ready(api, timeout_s=300).status_code == 200  # before any request
+        chosen = loaded_selections()[f"{MODEL}@1"]
+        assert chosen.requested == AUTO
+        assert {t.runtime for t in chosen.trials} == {Runtime.ONNXRUNTIME, Runtime.OPENVINO}
+        model = analyse(api)["result"][0]["model"]
+        assert loaded_selections()[f"{MODEL}@1"] is chosen  # the request made no new choice
+    assert model["runtime"] == chosen.runtime.value
+
+
 def test_auto_never_picks_a_runtime_that_fails_the_gate(strict_store: Path) -> None:
     runner = get_runner(MODEL, Registry([strict_store]), RunnerOptions(runtime=AUTO))
     trials = {t.runtime: t for t in runner.selection.trials}
@@ -110,13 +123,14 @@ def test_auto_never_picks_a_runtime_that_fails_the_gate(strict_store: Path) -> N
     assert openvino.parity is not None and not openvino.passed and openvino.model_ms is None
     assert openvino.parity.max_abs_prob_diff > 0.0  # a real difference, held to tolerance 0
     assert runner.runtime is Runtime.ONNXRUNTIME and isinstance(runner.session, OrtSession)
+    assert trials[Runtime.ONNXRUNTIME].model_ms is None  # only one passed: nothing timed
 
 
 def test_an_explicit_runtime_that_fails_the_gate_is_not_ready(strict_store: Path) -> None:
     with pytest.raises(RuntimeParityError, match="does not reproduce ONNX Runtime on CPU"):
         get_runner(MODEL, Registry([strict_store]), RunnerOptions(runtime=Runtime.OPENVINO))
     with client(strict_store, runtime="openvino") as api:
-        ready = api.get("/readyz")
+        ready = js.ready(api)
         assert ready.status_code == 503
         models = {c["name"]: c for c in ready.json()["checks"]}["models"]
         assert not models["ok"] and "openvino (CPU) does not reproduce" in models["detail"]
@@ -132,7 +146,7 @@ def test_an_explicit_runtime_that_fails_the_gate_is_not_ready(strict_store: Path
 
 def test_readiness_names_the_runtime_each_model_runs_on(store: Path) -> None:
     with client(store, runtime="openvino") as api:
-        ready = api.get("/readyz")
+        ready = js.ready(api)
     assert ready.status_code == 200
     models = {c["name"]: c for c in ready.json()["checks"]}["models"]
     assert f"ultrasound: {MODEL}@1 on openvino (CPU)" in models["detail"]

@@ -67,7 +67,7 @@ def test_v1_needs_a_key_but_health_and_page_are_open(store: Path) -> None:
             bad.status_code == 401 and bad.json()["type"] == "urn:breastdx:problem:invalid_api_key"
         )
         assert client.get("/healthz").status_code == 200
-        assert client.get("/readyz").status_code == 200
+        assert js.ready(client).status_code == 200
         assert client.get("/").status_code == 200
 
 

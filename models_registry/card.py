@@ -164,6 +164,13 @@ class Calibration(_Frozen):
     lesion_temperature: float = Field(
         default=1.0, gt=0.0, description="temperature of the per-pixel lesion malignancy output"
     )
+    image_malignancy: Literal["head", "lesion_weighted"] = Field(
+        default="head",
+        description="how an image's malignancy probability is formed: 'head', the image "
+        "malignancy output (temperature-scaled); 'lesion_weighted', derived from the lesions: the "
+        "per-pixel lesion malignancy probabilities averaged with the lesion probability map as "
+        "weights (a segmentation model with a lesion malignancy output)",
+    )
 
 
 class EvaluationSet(_Frozen):

@@ -104,7 +104,7 @@ for stage in $stages; do
         ultrasound) operating_point=(--operating-point-split val) ;;
         mammography)
             operating_point=(--operating-point-split val --max-fp-per-image 1
-                --max-false-lesion-rate 0.4) ;;
+                --max-false-lesion-rate 0.4 --image-malignancy lesion_weighted) ;;
     esac
     log "$stage: float32 export -> $full_store"
     "$bdx" export --checkpoint "$run/best.pt" --out "$out/full/model.onnx" \

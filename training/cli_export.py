@@ -65,6 +65,14 @@ def _parser() -> argparse.ArgumentParser:
         help="detection operating point (mammography): the mask and presence thresholds that hit "
         "the most true lesions with at most RATE false marks per image (e.g. 1)",
     )
+    parser.add_argument(
+        "--image-malignancy",
+        choices=["head", "lesion_weighted"],
+        default="head",
+        help="segmentation with a lesion malignancy output: form each image's malignancy from "
+        "the image head (default) or from its lesions (the lesion malignancy map weighted by the "
+        "lesion probabilities); the card records it and the operating point thresholds it",
+    )
     parser.add_argument("--register", action="store_true", help="register in the model registry")
     parser.add_argument("--name", help="model name to register under")
     parser.add_argument("--alias", help="alias to point at the new version, e.g. staging")
@@ -127,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
             operating_point_split=args.operating_point_split,
             max_false_lesion_rate=args.max_false_lesion_rate,
             max_fp_per_image=args.max_fp_per_image,
+            image_malignancy=args.image_malignancy,
         )
         summary = result_summary(result)
         summary["registered"] = _register(args, result) if args.register else None

@@ -259,6 +259,7 @@ def export_checkpoint(
     operating_point_split: str | None = None,
     max_false_lesion_rate: float = 0.10,
     max_fp_per_image: float | None = None,
+    image_malignancy: str = "head",
 ) -> ExportResult:
     """Export, check parity on ``parity_images``, draft and write the card.
 
@@ -268,6 +269,8 @@ def export_checkpoint(
     temperature with the exported file on that split (``training.operating_point``); they replace
     those of ``thresholds``, and the choice is written beside the card; ``max_fp_per_image``
     makes it a detection operating point (most lesions hit at that many false marks per image).
+    ``image_malignancy="lesion_weighted"`` (a model with a lesion malignancy output) has the
+    service derive each image's malignancy from its lesions (``Calibration.image_malignancy``).
 
     Raises:
         ExportError: the checkpoint or its run folder lacks something the card needs.
@@ -278,6 +281,11 @@ def export_checkpoint(
     if fp16 and weights_fp16:
         raise ExportError("an fp16 variant and fp16 weight storage exclude each other; pick one")
     run = load_trained(checkpoint)
+    if image_malignancy == "lesion_weighted" and "lesion_malignancy_logits" not in run.output_names:
+        raise ExportError(
+            "--image-malignancy lesion_weighted needs a model with a lesion malignancy output "
+            "(model.options.lesion_malignancy: true); this one has " + ", ".join(run.output_names)
+        )
     out = Path(out)
     batch = load_images(parity_images, run.config.preprocess)  # (N, C, H, W)
     fp16_out = out.with_suffix(".fp16.onnx")
@@ -312,6 +320,7 @@ def export_checkpoint(
             min_area=thresholds.min_lesion_area_px,
             max_false_lesion_rate=max_false_lesion_rate,
             max_fp_per_image=max_fp_per_image,
+            image_malignancy=image_malignancy,
         )
         point.save(out.with_suffix(".operating-point.json"))
         thresholds = thresholds.model_copy(
@@ -327,6 +336,7 @@ def export_checkpoint(
         thresholds=thresholds,
         name=name,
         lesion_temperature=lesion_temperature,
+        image_malignancy=image_malignancy,
         runtimes=runtimes,
     )
     card_path = out.with_suffix(".card.json")

@@ -436,6 +436,7 @@ def build_card_draft(
     name: str | None = None,
     fp32_parity: ParityReport | None = None,
     lesion_temperature: float | None = None,
+    image_malignancy: str = "head",
     runtimes: Sequence[RuntimeParity] | None = None,
 ) -> CardDraft:
     """The card draft of ``run`` with the export's parity figures.
@@ -450,11 +451,13 @@ def build_card_draft(
     try:
         draft = _draft(run, parity, fp16_parity, opset, thresholds, name, fp32_parity)
         update: dict[str, Any] = {}
+        calibrated: dict[str, Any] = {}
         if lesion_temperature is not None:
-            calibration = draft.calibration.model_copy(
-                update={"lesion_temperature": lesion_temperature}
-            )
-            update["calibration"] = calibration.model_dump()
+            calibrated["lesion_temperature"] = lesion_temperature
+        if image_malignancy != "head":
+            calibrated["image_malignancy"] = image_malignancy
+        if calibrated:
+            update["calibration"] = draft.calibration.model_copy(update=calibrated).model_dump()
         if runtimes is not None:
             update["runtimes"] = [r.model_dump() for r in runtimes]
         return CardDraft.model_validate({**draft.model_dump(), **update}) if update else draft

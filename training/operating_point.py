@@ -13,7 +13,10 @@ as the service does (``imaging.postprocess``). There, on validation data only:
     lesions (the FROC's hit rule, ``imaging.lesion_match``) among those with at most
     ``max_fp_per_image`` false marks per image and a false-lesion rate on lesion-free images
     within ``max_false_lesion_rate``; ties go to fewer false marks, then the better Dice;
-- the malignancy threshold maximises balanced accuracy of the calibrated image probability;
+- the malignancy threshold maximises balanced accuracy of the calibrated image probability (the
+  image head's, or with ``image_malignancy="lesion_weighted"`` the one the service derives from
+  the lesions: the lesion malignancy map averaged with the lesion probabilities as weights,
+  ``service.inference.pipeline.lesion_weighted_malignancy``, at the fitted lesion temperature);
 - ``lesion_temperature`` calibrates the per-pixel malignancy output (where the model has one):
   each true lesion's mean logit against its image's label.
 
@@ -44,6 +47,8 @@ logger = logging.getLogger(__name__)
 MASK_THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7)
 PRESENCE_THRESHOLDS = tuple(round(float(t), 3) for t in np.linspace(0.5, 0.99, 50))
 MALIGNANCY_THRESHOLDS = tuple(round(float(t), 3) for t in np.linspace(0.05, 0.95, 91))
+LOGIT_EDGES = np.linspace(-16.0, 16.0, 257)  # lesion malignancy logits, binned for the weighted
+LOGIT_CENTRES = (LOGIT_EDGES[:-1] + LOGIT_EDGES[1:]) / 2  # image score at any temperature
 
 
 @dataclass
@@ -56,6 +61,8 @@ class _Case:
     malignancy_logit: float
     lesion_logit: float | None  # mean per-pixel malignancy logit over the true lesion
     truth_boxes: list[Box] = field(default_factory=list)  # each true lesion's box
+    # lesion-probability-weighted histogram of the lesion malignancy logits (LOGIT_EDGES)
+    weighted_logits: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -127,7 +134,11 @@ def collect(
             prob = sigmoid(outputs["mask_logits"][k, 0].astype(np.float64)).astype(np.float32)
             full = geometries[k].to_original(prob, interpolation=Interpolation.LINEAR)
             truth = truths[k]
-            lesion_logit = None
+            lesion_logit, weighted = None, None
+            if "lesion_malignancy_logits" in outputs:
+                logits = outputs["lesion_malignancy_logits"][k, 0].astype(np.float64)
+                clipped = np.clip(logits, LOGIT_EDGES[0], LOGIT_EDGES[-1])
+                weighted = np.histogram(clipped, bins=LOGIT_EDGES, weights=prob)[0]
             if "lesion_malignancy_logits" in outputs and truth.any():
                 small = geometries[k].apply_mask(truth.astype(np.uint8)) > 0  # model size
                 if small.any():
@@ -140,6 +151,7 @@ def collect(
                     malignancy_logit=float(outputs["malignancy_logit"][k].reshape(-1)[0]),
                     lesion_logit=lesion_logit,
                     truth_boxes=mask_boxes(truth),
+                    weighted_logits=weighted,
                 )
             )
     return cases
@@ -174,6 +186,18 @@ def _detection(cases: list[_Case], mask: float, presence: float) -> tuple[float,
     return (hit_count / lesions if lesions else float("nan")), false_marks / max(1, len(cases))
 
 
+def _lesion_weighted(cases: list[_Case], head: np.ndarray, lesion_temperature: float) -> np.ndarray:
+    """Each case's lesion-weighted image malignancy at ``lesion_temperature`` (the head's
+    probability where the case has no lesion probability or no lesion malignancy output)."""
+    out = head.astype(np.float64).copy()
+    values = sigmoid(LOGIT_CENTRES / lesion_temperature)
+    for i, case in enumerate(cases):
+        w = case.weighted_logits
+        if w is not None and w.sum() > 1e-6:
+            out[i] = float((w * values).sum() / w.sum())
+    return out
+
+
 def choose(
     cases: list[_Case],
     *,
@@ -181,6 +205,7 @@ def choose(
     min_area: int,
     max_false_lesion_rate: float = 0.10,
     max_fp_per_image: float | None = None,
+    image_malignancy: str = "head",
 ) -> OperatingPoint:
     """The operating point of the module docstring, from collected validation cases
     (the detection objective where ``max_fp_per_image`` is given)."""
@@ -210,14 +235,16 @@ def choose(
     else:
         mask, presence, dice, false, sensitivity, fp_rate = chosen
     labels = np.asarray([c.label for c in cases])
-    probs = sigmoid(np.asarray([c.malignancy_logit for c in cases]) / temperature)
-    bal = {t: balanced_accuracy(probs, labels, threshold=t) for t in MALIGNANCY_THRESHOLDS}
-    malignancy = max(bal, key=lambda t: (bal[t], -abs(t - 0.5)))
     lesions = [(c.lesion_logit, c.label) for c in cases if c.lesion_logit is not None]
     lesion_temperature = None
     if len({y for _, y in lesions}) == 2:
         logits, ys = zip(*lesions, strict=True)
         lesion_temperature = float(fit_temperature(np.asarray(logits), np.asarray(ys)))
+    probs = sigmoid(np.asarray([c.malignancy_logit for c in cases]) / temperature)
+    if image_malignancy == "lesion_weighted":
+        probs = _lesion_weighted(cases, probs, lesion_temperature or 1.0)
+    bal = {t: balanced_accuracy(probs, labels, threshold=t) for t in MALIGNANCY_THRESHOLDS}
+    malignancy = max(bal, key=lambda t: (bal[t], -abs(t - 0.5)))
     val = {
         "n_images": len(cases),
         "n_lesion_images": sum(c.truth_area > 0 for c in cases),
@@ -227,6 +254,7 @@ def choose(
         "max_false_lesion_rate": max_false_lesion_rate,
         "objective": "segmentation" if max_fp_per_image is None else "detection",
         "malignancy_balanced_accuracy": bal[malignancy],
+        "image_malignancy": image_malignancy,
     }
     if max_fp_per_image is not None:
         val |= {
@@ -252,6 +280,7 @@ def tune(
     min_area: int,
     max_false_lesion_rate: float = 0.10,
     max_fp_per_image: float | None = None,
+    image_malignancy: str = "head",
 ) -> OperatingPoint:
     """Choose the operating point of the exported ``onnx_path`` on the run's ``split``."""
     import onnxruntime as ort
@@ -283,6 +312,7 @@ def tune(
         min_area=min_area,
         max_false_lesion_rate=max_false_lesion_rate,
         max_fp_per_image=max_fp_per_image,
+        image_malignancy=image_malignancy,
     )
     logger.info("operating point on %s: %s", split, point.to_dict())
     return point

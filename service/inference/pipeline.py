@@ -203,6 +203,21 @@ def _split(values: np.ndarray | None, sizes: Sequence[int]) -> list[np.ndarray |
     return [values[a:b] for a, b in pairwise(bounds)]
 
 
+def lesion_weighted_malignancy(
+    mask_prob: np.ndarray | None, lesion_map: np.ndarray | None, fallback: float | None
+) -> float | None:
+    """An image's malignancy derived from its lesions (``Calibration.image_malignancy``
+    ``lesion_weighted``): the per-pixel lesion malignancy ``(h, w)`` averaged with the lesion
+    probabilities ``(h, w)`` as weights, so the pixels most likely to be lesion speak; an image
+    with no lesion probability at all keeps ``fallback`` (the image head)."""
+    if mask_prob is None or lesion_map is None:
+        return fallback
+    weight = float(mask_prob.sum(dtype=np.float64))
+    if weight <= 1e-6:
+        return fallback
+    return float((mask_prob * lesion_map).sum(dtype=np.float64) / weight)
+
+
 def _infer(
     request: _Request, items: list[_Item], max_batch: int, batching: BatchPolicy | None = None
 ) -> list[Analysis]:
@@ -233,6 +248,8 @@ def _infer(
             probability = float(probs[0]) if probs is not None and len(probs) else None
             prob_map = mask_prob[0] if mask_prob is not None else None
             own = lesion_map[0] if lesion_map is not None else None
+            if runner.card.calibration.image_malignancy == "lesion_weighted":
+                probability = lesion_weighted_malignancy(prob_map, own, probability)
             results.append(_segmentation(request, item, prob_map, probability, together, own))
     return results
 

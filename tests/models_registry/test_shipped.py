@@ -32,7 +32,7 @@ BUDGET_BYTES = 100_000_000  # every committed ONNX file together
 SPLITS = SHIPPED_STORE / "splits"
 CONFIGS = REPO_ROOT / "training" / "configs" / "ship"
 SHIPPED = {
-    Stage.MAMMOGRAPHY: ("mammography-unet", "mini-MIAS", ("dice", "iou")),
+    Stage.MAMMOGRAPHY: ("mammography-unet", "CBIS-DDSM, mini-MIAS", ()),
     Stage.ULTRASOUND: ("ultrasound-unet", "BUSI, BUS-BRA", ("dice", "iou")),
     Stage.HISTOPATHOLOGY: ("histopathology-resnet50", "IDC", ("accuracy", "auc")),
 }  # stage -> (model name, data sets, metrics that must carry a 95 % interval)
@@ -113,9 +113,14 @@ def test_card_states_held_out_metrics_data_and_use(
 
 
 def test_mammography_card_names_its_data_limits(cards: dict[Stage, ModelCard]) -> None:
-    text = " ".join(cards[Stage.MAMMOGRAPHY].limitations)
-    assert "circle-mask approximation" in text
-    assert "MLO" in text and "512x512" in text
+    """Issue 12: box-derived targets and film-only data; the operating point and its FROC."""
+    card = cards[Stage.MAMMOGRAPHY]
+    text = " ".join(card.limitations)
+    assert "Box-derived training targets" in text and "Film-only data" in text
+    names = {m.name for m in card.metrics if m.dataset == "CBIS-DDSM"}
+    assert {"froc_sensitivity_at_0.5_fp", "froc_sensitivity_at_1_fp"} <= names
+    assert card.thresholds.presence is not None
+    assert card.calibration.image_malignancy == "lesion_weighted"
 
 
 @pytest.mark.parametrize("stage", list(SHIPPED))

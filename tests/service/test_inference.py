@@ -341,3 +341,20 @@ def test_real_wrong_stage_inputs(registry: Registry, shared_data: Path) -> None:
     seg = shared_data / "dicom" / "seg_image_sm_dots.dcm"
     with pytest.raises(NotAnImageError):
         analyse("histopathology", [seg], registry=registry)
+
+
+def test_lesion_weighted_malignancy_lets_the_likely_lesion_pixels_speak() -> None:
+    """``Calibration.image_malignancy = lesion_weighted``: the image's malignancy is the lesion
+    malignancy map averaged with the lesion probabilities as weights; no lesion probability at
+    all keeps the image head's value."""
+    from service.inference.pipeline import lesion_weighted_malignancy
+
+    mask = np.zeros((8, 8), np.float32)
+    mask[2:4, 2:4] = 1.0  # a sure lesion of 4 pixels
+    mask[6, 6] = 0.5  # a doubtful pixel
+    lesion_map = np.full((8, 8), 0.1, np.float32)
+    lesion_map[2:4, 2:4] = 0.9
+    value = lesion_weighted_malignancy(mask, lesion_map, fallback=0.3)
+    assert value == pytest.approx((4 * 0.9 + 0.5 * 0.1) / 4.5)
+    assert lesion_weighted_malignancy(np.zeros((8, 8), np.float32), lesion_map, 0.3) == 0.3
+    assert lesion_weighted_malignancy(mask, None, 0.3) == 0.3

@@ -102,3 +102,25 @@ def test_detection_objective_hits_most_lesions_within_the_false_mark_budget() ->
     assert none.val["false_marks_per_image"] == 0.0
     # the segmentation objective (no budget) reports no detection figures
     assert "lesion_sensitivity" not in choose(cases, temperature=1.0, min_area=16).val
+
+
+def test_lesion_weighted_image_malignancy_is_thresholded_on_its_own_score() -> None:
+    """With ``image_malignancy="lesion_weighted"`` the threshold is chosen on the score the
+    service derives from the lesions, not on the image head (here useless: the same logit)."""
+    from training.operating_point import LOGIT_CENTRES
+
+    def weighted(logit: float) -> np.ndarray:
+        hist = np.zeros(len(LOGIT_CENTRES))
+        hist[int(np.argmin(np.abs(LOGIT_CENTRES - logit)))] = 50.0  # lesion pixels' weight
+        return hist
+
+    cases = [_case(label, 100, [(100, 80, 0.97)], 0.0) for label in (1, 1, 0, 0)]
+    for case, logit in zip(cases, (3.0, 2.0, -2.0, -3.0), strict=True):
+        case.weighted_logits = weighted(logit)
+    head = choose(cases, temperature=1.0, min_area=16)
+    assert head.val["malignancy_balanced_accuracy"] == 0.5  # one logit for all: no separation
+    derived = choose(cases, temperature=1.0, min_area=16, image_malignancy="lesion_weighted")
+    assert derived.val["malignancy_balanced_accuracy"] == 1.0
+    assert derived.val["image_malignancy"] == "lesion_weighted"
+    lesion_t = derived.lesion_temperature or 1.0
+    assert 1 / (1 + np.exp(2.0 / lesion_t)) < derived.malignancy < 1 / (1 + np.exp(-2.0 / lesion_t))

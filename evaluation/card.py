@@ -6,7 +6,9 @@ evaluated data set (the split file, its sha256, class counts), its ``metrics`` t
 figures at the original resolution (``resolution="original"``) with their 95 % intervals. Of the
 earlier card's figures, measured inside training at the model's input size, only the paper-
 comparison ones without an original-resolution counterpart stay (``PAPER_FIGURES``), labelled
-``resolution="model_input"``.
+``resolution="model_input"``. Evaluated on a reduced-precision runtime (``--runtime
+openvino-bf16``), the new version keeps the card's figures and lists the runtime in
+``reduced_precision`` with this report's figures instead (:func:`reduced_precision_draft`).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from __future__ import annotations
 import hashlib
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from evaluation.lesions import FP_RATES
 from models_registry.card import (
@@ -25,9 +27,14 @@ from models_registry.card import (
     Metric,
     ModelCard,
     OnnxExport,
+    ReducedPrecision,
     Task,
 )
+from models_registry.errors import InvalidCardError
 from models_registry.registry import Registry
+
+if TYPE_CHECKING:
+    from service.inference.runtime_choice import Selection
 
 PAPER_FIGURES = frozenset({"miou_fg_bg", "miou_fg_bg_pooled", "pixel_accuracy"})
 EVALUATED_NOTE = (
@@ -121,8 +128,10 @@ def split_facts(path: Path, subset: str, ids: list[str], classes: dict[str, str]
     }
 
 
-def carded_draft(card: ModelCard, report: dict[str, Any]) -> CardDraft:
-    """A draft of ``card`` whose test metrics and evaluation sets come from ``report``."""
+def report_figures(
+    card: ModelCard, report: dict[str, Any]
+) -> tuple[list[EvaluationSet], list[Metric]]:
+    """The evaluation sets and card metrics of ``report`` (one set per data set)."""
     names = metric_names(card)
     sets, metrics = [], []
     for section in report["datasets"]:
@@ -134,6 +143,12 @@ def carded_draft(card: ModelCard, report: dict[str, Any]) -> CardDraft:
             metric = _metric(names.get(key, key), figure, evaluation)
             if metric is not None:
                 metrics.append(metric)
+    return sets, metrics
+
+
+def carded_draft(card: ModelCard, report: dict[str, Any]) -> CardDraft:
+    """A draft of ``card`` whose test metrics and evaluation sets come from ``report``."""
+    sets, metrics = report_figures(card, report)
     keys = {(e.dataset, e.split, e.protocol) for e in sets}
     fresh = {m.name for m in metrics}
     for old in card.metrics:
@@ -157,6 +172,56 @@ def carded_draft(card: ModelCard, report: dict[str, Any]) -> CardDraft:
     )
 
 
+def reduced_precision_draft(
+    card: ModelCard, report: dict[str, Any], selection: Selection
+) -> dict[str, Any]:
+    """A draft of ``card`` listing ``selection``'s reduced-precision runtime in
+    ``reduced_precision``: ``report``'s figures (breastdx evaluate on that runtime, on the
+    card's own evaluation sets) and gate bounds loosened from its measured gate
+    (``models_registry.parity.loosened``). The card's validation refuses a loss above 0.01.
+
+    Raises:
+        InvalidCardError: the report covers data the card's figures were not measured on, or
+            the runtime was not gated.
+    """
+    from models_registry.parity import card_tolerance, loosened
+
+    measured = next((t.parity for t in selection.trials if t.runtime is selection.runtime), None)
+    if measured is None:
+        raise InvalidCardError(f"{selection.runtime.value} was not gated: nothing to record")
+    sets, metrics = report_figures(card, report)
+    own = {_same_cases(e) for e in card.evaluation_sets}
+    for evaluation in sets:
+        if _same_cases(evaluation) not in own:
+            raise InvalidCardError(
+                f"{card.ref}: {evaluation.dataset} {evaluation.split} (split sha256 "
+                f"{evaluation.split_file_sha256[:12]}) is not one of the card's evaluation sets; "
+                "evaluate the runtime on the data and split of the card's own figures"
+            )
+    bounds = loosened(measured, card_tolerance(card))
+    gate = measured.to_card().model_copy(
+        update={"tolerance": bounds.prob, "min_mask_agreement": bounds.mask_agreement}
+    )
+    entry = ReducedPrecision(
+        runtime=selection.runtime, device=selection.device, gate=gate, metrics=metrics
+    )
+    kept = [v for v in card.reduced_precision if v.runtime is not selection.runtime]
+    body = card.model_dump(mode="json", exclude={"name", "version", "registered_at", "onnx"})
+    fp16 = {"parity": card.onnx.fp16.parity.model_dump(mode="json")} if card.onnx.fp16 else None
+    return {
+        **body,
+        "onnx": {"opset": card.onnx.opset, "fp16": fp16},
+        "reduced_precision": [v.model_dump(mode="json") for v in [*kept, entry]],
+    }
+
+
+def _same_cases(evaluation: EvaluationSet) -> tuple[str, ...]:
+    """What makes two evaluations cover the same cases (the data's folder may differ)."""
+    counts = ",".join(f"{k}={v}" for k, v in sorted(evaluation.class_counts.items()))
+    split = evaluation.split_file_sha256
+    return (evaluation.dataset, evaluation.split, evaluation.protocol.value, split, counts)
+
+
 def register_evaluated(
     registry: Registry,
     card: ModelCard,
@@ -164,9 +229,20 @@ def register_evaluated(
     *,
     target: Registry | None = None,
     alias: str | None = None,
+    selection: Selection | None = None,
 ) -> ModelCard:
-    """Register the model's ONNX file again as a new version carrying ``report``'s figures."""
-    draft = carded_draft(card, report)
+    """Register the model's ONNX file again as a new version carrying ``report``'s figures:
+    as its test metrics, or, where ``selection`` ran a reduced-precision runtime, as that
+    runtime's ``reduced_precision`` entry.
+
+    Raises:
+        InvalidCardError: the new card does not validate (e.g. a loss above 0.01).
+    """
+    draft: CardDraft | dict[str, Any]
+    if selection is not None and selection.runtime.reduced_precision:
+        draft = reduced_precision_draft(card, report, selection)
+    else:
+        draft = carded_draft(card, report)
     loaded = registry.load(card.ref)
     fp16_path = None
     if card.onnx.fp16 is not None:

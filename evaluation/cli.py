@@ -1,14 +1,19 @@
 """``breastdx evaluate``: score a registered model on labelled local data at original resolution.
 
     breastdx evaluate --stage ultrasound DATA [DATA...] --out DIR [--model NAME@VERSION]
-        [--format F] [--split FILE --subset test] [--register [--register-store DIR]
-        [--alias production]]
+        [--format F] [--split FILE --subset test] [--runtime RUNTIME]
+        [--register [--register-store DIR] [--alias production]]
 
 Each DATA folder is one data set, its format recognised from the layout (``--format`` names it):
 BUSI, BUS-BRA, CBIS-DDSM (COCO boxes), mini-MIAS, IDC or a hospital CSV (docs/evaluation.md).
 Every case runs through the service's pipeline; ``DIR/report.json``, ``DIR/report.html`` and
 ``DIR/plots/`` hold the figures; ``DIR/cache/`` the scored cases (a re-run resumes). With
 ``--register`` a new version of the model is registered whose card carries these figures.
+The model runs on ``--runtime`` (default ``onnxruntime``: the reference runtime, on which card
+figures are measured; ``BREASTDX_RUNTIME`` is not read), even one the card does not allow yet;
+the report names it. ``--runtime openvino-bf16 --register`` lists that reduced-precision
+runtime on the new card with these figures, refused where a Dice or AUC figure is more than
+0.01 below the card's own (docs/deployment.md, "Runtimes").
 
 Exit 0: every case scored; 1: a case was skipped (bad image, missing or mismatched mask) or the
 model is unusable; 2: bad usage or a data folder in no known format.
@@ -22,16 +27,21 @@ import shlex
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from breastdx.errors import BreastdxError
 from evaluation import formats
 from evaluation.cases import Case
 from evaluation.figures import N_BOOT
-from models_registry.card import ModelCard, Stage
+from models_registry.card import Runtime, Stage
 from models_registry.registry import Registry
+from service.inference.runtime_choice import RUNTIME_CHOICES
+
+if TYPE_CHECKING:
+    from service.inference import ModelRunner, RunnerOptions
 
 PROG = "breastdx evaluate"
+REGISTRABLE = (Runtime.ONNXRUNTIME.value, *(r.value for r in Runtime if r.reduced_precision))
 logger = logging.getLogger(__name__)
 
 
@@ -56,6 +66,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--limit", type=int, help="only the first N cases (a quick look)")
     parser.add_argument("--n-boot", type=int, default=N_BOOT, help="bootstrap resamples")
     parser.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads")
+    parser.add_argument(
+        "--runtime",
+        choices=RUNTIME_CHOICES,
+        default=Runtime.ONNXRUNTIME.value,
+        help="inference runtime (default: onnxruntime, the reference card figures are measured on)",
+    )
     parser.add_argument("--register", action="store_true", help="register a re-carded version")
     parser.add_argument("--register-store", type=Path, help="store for --register (the model's)")
     parser.add_argument("--alias", help="alias for the registered version, e.g. production")
@@ -135,12 +151,13 @@ def _registry(stores: list[str] | None) -> Registry:
 
 
 def _evaluate_one(
-    root: Path, args: argparse.Namespace, registry: Registry, card: ModelCard
+    root: Path, args: argparse.Namespace, registry: Registry, runner: ModelRunner
 ) -> dict[str, Any]:
     from evaluation import report
     from evaluation.card import split_facts
     from evaluation.run import CaseCache, Progress, Skipped, evaluate_cases
-    from service.inference import RunnerOptions
+
+    card = runner.card
 
     fmt = formats.get_format(args.format) if args.format else formats.detect_format(root)
     cases = formats.read_cases(root, fmt)
@@ -167,9 +184,9 @@ def _evaluate_one(
         stage=Stage(args.stage),
         registry=registry,
         model_ref=card.ref,
-        cache=CaseCache(args.out, card.onnx.sha256),
+        cache=CaseCache(args.out, card.onnx.sha256, runner.runtime),
         progress=Progress(len(cases), fmt.display),
-        options=RunnerOptions(intra_op_threads=args.threads),
+        options=runner_options(args),
     )
     skipped += [
         Skipped(m, dataset, "not_in_data", f"split {args.split} names {m!r}, absent from {root}")
@@ -190,8 +207,20 @@ def _evaluate_one(
     return section
 
 
+def runner_options(args: argparse.Namespace) -> RunnerOptions:
+    """``--threads`` and ``--runtime`` as the runner takes them; a runtime named here runs even
+    where the card does not allow it or it misses the parity gate (the report names it, with
+    its gate figures): evaluating it is how a card comes to allow it."""
+    from service.inference import RunnerOptions
+    from service.inference.runtime_choice import parse_runtime
+
+    runtime = parse_runtime(args.runtime)
+    return RunnerOptions(intra_op_threads=args.threads, runtime=runtime, measuring=True)
+
+
 def _run(args: argparse.Namespace, command: str) -> int:
     from evaluation import report, report_html
+    from service.inference import get_runner
     from service.inference.pipeline import default_model_ref
 
     registry = _registry(args.store)
@@ -201,9 +230,13 @@ def _run(args: argparse.Namespace, command: str) -> int:
             f"{PROG}: model {card.ref} serves {card.stage.value}, not {args.stage}", file=sys.stderr
         )
         return 2
+    runner = get_runner(card.ref, registry, runner_options(args))  # a runtime error: exit 1
+    print(f"{PROG}: {card.ref} runs on {runner.selection.describe()}", file=sys.stderr)
     args.out.mkdir(parents=True, exist_ok=True)
-    sections = [_evaluate_one(root, args, registry, card) for root in args.data]
-    document = report.report_document(card, command, sections, args.n_boot)
+    sections = [_evaluate_one(root, args, registry, runner) for root in args.data]
+    document = report.report_document(
+        card, command, sections, args.n_boot, runtime=report.runtime_section(runner.selection)
+    )
     report.write_json(args.out, document)
     report_html.write_html(args.out, document)
     print(f"{PROG}: {card.ref}: report {args.out / 'report.html'}", file=sys.stderr)
@@ -212,8 +245,15 @@ def _run(args: argparse.Namespace, command: str) -> int:
         from evaluation.card import register_evaluated
 
         target = Registry([args.register_store]) if args.register_store else None
-        new = register_evaluated(registry, card, document, target=target, alias=args.alias)
-        print(f"{PROG}: registered {new.ref} with the evaluated figures", file=sys.stderr)
+        new = register_evaluated(
+            registry, card, document, target=target, alias=args.alias, selection=runner.selection
+        )
+        listed = (
+            f"{runner.runtime.value} in reduced_precision, "
+            if runner.runtime.reduced_precision
+            else ""
+        )
+        print(f"{PROG}: registered {new.ref} with {listed}the evaluated figures", file=sys.stderr)
     return 1 if skipped else 0
 
 
@@ -227,6 +267,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--register takes the whole split, not --limit")
     if args.register and not args.split:
         parser.error("--register needs --split: a card's figures name their test split")
+    if args.register and args.runtime not in REGISTRABLE:
+        parser.error(
+            "--register takes the figures of onnxruntime (the card's own) or of a "
+            f"reduced-precision runtime ({', '.join(REGISTRABLE[1:])}), not {args.runtime}"
+        )
     if args.out.exists() and not args.out.is_dir():
         parser.error("--out must be a folder")
     logging.basicConfig(level=args.log_level, format="%(levelname)s %(name)s: %(message)s")

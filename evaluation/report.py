@@ -11,7 +11,7 @@ import json
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
@@ -25,6 +25,9 @@ from evaluation.score import truth_mask
 from imaging import decode
 from imaging.postprocess import to_uint8
 from models_registry.card import ModelCard, Stage
+
+if TYPE_CHECKING:
+    from service.inference.runtime_choice import Selection
 
 REPORT_FORMAT = "breastdx.evaluation/1"
 GALLERY = 12
@@ -166,8 +169,23 @@ def write_plots(
     return files
 
 
+def runtime_section(selection: Selection) -> dict[str, Any]:
+    """The runtime that ran the model, as the report records it: what was asked for, what ran,
+    and each runtime tried (parity against ONNX Runtime on CPU, time)."""
+    return {
+        "requested": str(selection.requested),
+        "runtime": selection.runtime.value,
+        "device": selection.device,
+        "trials": [trial.describe() for trial in selection.trials],
+    }
+
+
 def report_document(
-    card: ModelCard, command: str, datasets: list[dict[str, Any]], n_boot: int
+    card: ModelCard,
+    command: str,
+    datasets: list[dict[str, Any]],
+    n_boot: int,
+    runtime: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     from breastdx import __version__
 
@@ -185,6 +203,7 @@ def report_document(
             "task": card.task.value,
             "thresholds": card.thresholds.model_dump(),
             "temperature": card.calibration.temperature,
+            "runtime": runtime,
         },
         "resolution": "original: masks mapped back to each image's own rows and columns",
         "bootstrap": {

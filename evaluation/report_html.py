@@ -117,6 +117,12 @@ def _dataset(folder: Path, ds: dict[str, Any]) -> str:
     return "\n".join(parts)
 
 
+def _runtime(runtime: dict[str, Any] | None) -> str:
+    if not runtime:
+        return ""
+    return f", run on {escape(runtime['runtime'])} ({escape(runtime['device'])})"
+
+
 def write_html(folder: Path, document: dict[str, Any]) -> Path:
     model = document["model"]
     body = "\n".join(_dataset(folder, ds) for ds in document["datasets"])
@@ -126,8 +132,9 @@ def write_html(folder: Path, document: dict[str, Any]) -> Path:
 <style>{STYLE}</style></head><body>
 <h1>Evaluation of {escape(model["ref"])} ({escape(model["stage"])})</h1>
 <p class=warn>{escape(DISCLAIMER)}</p>
-<p>Model file sha256 <code>{model["sha256"]}</code>; created {escape(document["created"])} by
-breastdx {escape(document["breastdx_version"])}. Figures at the {escape(document["resolution"])}.
+<p>Model file sha256 <code>{model["sha256"]}</code>{_runtime(model.get("runtime"))}; created
+{escape(document["created"])} by breastdx {escape(document["breastdx_version"])}. Figures at the
+{escape(document["resolution"])}.
 95 % percentile bootstrap intervals ({document["bootstrap"]["n_boot"]} resamples, seed
 {document["bootstrap"]["seed"]}).</p>
 <p>Command: <code>{escape(document["command"])}</code></p>

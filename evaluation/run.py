@@ -1,10 +1,11 @@
 """Run the service's inference path over the cases of a data set, resumably.
 
 Cases go through ``service.inference.analyse_each`` (what ``breastdx predict`` and the API run)
-in chunks; each scored case is appended at once to ``<out>/cache/<model sha256>.jsonl``, keyed by
-data set and case id, so an interrupted run picks up where it stopped and a re-run with the same
-model file scores nothing twice. A case whose image or truth cannot be used is skipped with a
-message naming the file; skipped cases are not cached (a re-run tries them again).
+in chunks; each scored case is appended at once to ``<out>/cache/<model sha256>.jsonl`` (another
+runtime than ONNX Runtime: ``<sha256>.<runtime>.jsonl``), keyed by data set and case id, so an
+interrupted run picks up where it stopped and a re-run with the same model file and runtime
+scores nothing twice. A case whose image or truth cannot be used is skipped with a message
+naming the file; skipped cases are not cached (a re-run tries them again).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Any, TextIO
 from breastdx.errors import BreastdxError
 from evaluation.cases import Case
 from evaluation.score import score_case
-from models_registry.card import Stage
+from models_registry.card import Runtime, Stage
 from models_registry.registry import Registry
 from service.inference import Analysis, RunnerOptions, analyse_each
 
@@ -43,10 +44,15 @@ class Skipped:
 
 
 class CaseCache:
-    """Scored cases of one model file, one JSON line each, appended as they are scored."""
+    """Scored cases of one model file on one runtime, one JSON line each, appended as they are
+    scored: ``cache/<sha256>.jsonl`` on ONNX Runtime, ``cache/<sha256>.<runtime>.jsonl`` on
+    another (a runtime's figures never mix with another's)."""
 
-    def __init__(self, folder: Path, model_sha256: str) -> None:
-        self.path = folder / "cache" / f"{model_sha256}.jsonl"
+    def __init__(
+        self, folder: Path, model_sha256: str, runtime: Runtime = Runtime.ONNXRUNTIME
+    ) -> None:
+        suffix = "" if runtime is Runtime.ONNXRUNTIME else f".{runtime.value}"
+        self.path = folder / "cache" / f"{model_sha256}{suffix}.jsonl"
         self.records: dict[tuple[str, str], dict[str, Any]] = {}
         if self.path.is_file():
             for line in self.path.read_text(encoding="utf-8").splitlines():

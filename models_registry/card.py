@@ -33,6 +33,7 @@ SCHEMA_PATH = Path(__file__).resolve().parent / "schema" / "model-card.schema.js
 ONNX_FILE: Final = "model.onnx"
 FP16_FILE: Final = "model.fp16.onnx"
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
+MAX_PRECISION_LOSS: Final = 0.01  # Dice/AUC a reduced-precision runtime may lose (issue 16)
 
 DEFAULT_INTENDED_USE = (
     "Research and software development only: locating suspicious lesions and scoring "
@@ -99,6 +100,12 @@ class Runtime(StrEnum):
 
     ONNXRUNTIME = "onnxruntime"  # ONNX Runtime: CUDA provider where offered, else CPU
     OPENVINO = "openvino"  # OpenVINO on CPU, float32 inference precision
+    OPENVINO_BF16 = "openvino-bf16"  # OpenVINO on CPU, bfloat16 inference precision
+
+    @property
+    def reduced_precision(self) -> bool:
+        """Computes below float32: a card allows it only through ``reduced_precision``."""
+        return self is Runtime.OPENVINO_BF16
 
 
 class EvaluationProtocol(StrEnum):
@@ -251,6 +258,55 @@ class RuntimeParity(_Frozen):
     parity: Parity
 
 
+class ReducedPrecision(_Frozen):
+    """A reduced-precision runtime this file may run on, with the figures that show it loses
+    at most 0.01 of each Dice and AUC figure the card holds (breastdx evaluate)."""
+
+    runtime: Runtime
+    device: Text = Field(description='where it ran, e.g. "CPU"')
+    gate: Parity = Field(
+        description="ONNX Runtime on CPU vs this runtime on the parity gate's inputs; its "
+        "tolerance and min_mask_agreement bound this runtime's load-time gate"
+    )
+    metrics: list[Metric] = Field(
+        min_length=1,
+        description="breastdx evaluate on this runtime, on the same cases as the card's own "
+        "metrics (same name, data set, split, protocol and n)",
+    )
+
+    def check_loss(self, reference: list[Metric]) -> None:
+        """Raise ``ValueError`` unless every Dice and AUC figure of ``reference`` measured at the
+        original resolution has its counterpart here, on as many units, at most
+        :data:`MAX_PRECISION_LOSS` lower."""
+        own = {(m.name, m.dataset, m.split, m.protocol): m for m in self.metrics}
+        guarded = [m for m in reference if _loss_guarded(m)]
+        if not guarded:
+            raise ValueError(
+                f"reduced_precision {self.runtime.value}: the card holds no Dice or AUC figure "
+                "measured by breastdx evaluate to compare it with"
+            )
+        for ref in guarded:
+            mine = own.get((ref.name, ref.dataset, ref.split, ref.protocol))
+            where = f"{ref.name} on {ref.dataset} {ref.split}"
+            if mine is None or mine.n != ref.n:
+                raise ValueError(
+                    f"reduced_precision {self.runtime.value}: no {where} figure on the card's "
+                    f"{ref.n} units; evaluate it on the card's own split"
+                )
+            if ref.value - mine.value > MAX_PRECISION_LOSS:
+                raise ValueError(
+                    f"reduced_precision {self.runtime.value}: {where} is {mine.value:.4f} "
+                    f"against {ref.value:.4f} in float32, a loss above {MAX_PRECISION_LOSS}"
+                )
+
+
+def _loss_guarded(metric: Metric) -> bool:
+    """Dice and AUC figures measured by ``breastdx evaluate`` (the reduced-precision rule)."""
+    return metric.resolution == "original" and (
+        metric.name == "dice" or metric.name.endswith("auc")
+    )
+
+
 class Fp16Export(_Frozen):
     parity: Parity
 
@@ -309,6 +365,11 @@ class _CardBody(_CardBase):
         "torch; None (cards older than this field): ONNX Runtime, and any other installed "
         "runtime that passes the load-time parity gate against ONNX Runtime on CPU",
     )
+    reduced_precision: list[ReducedPrecision] = Field(
+        default_factory=list,
+        description="reduced-precision runtimes this file may run on, each with its gate "
+        "tolerance and its breastdx evaluate figures (at most 0.01 below each Dice and AUC)",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
@@ -321,11 +382,21 @@ class _CardBody(_CardBase):
                     "runtimes must include onnxruntime: ONNX Runtime on CPU is the reference "
                     "every other runtime is checked against"
                 )
+            if any(r.runtime.reduced_precision for r in self.runtimes):
+                raise ValueError(
+                    "runtimes lists float32 runtimes only; a reduced-precision one belongs in "
+                    "reduced_precision, with its evaluated figures"
+                )
+        _require_unique("reduced_precision", [v.runtime.value for v in self.reduced_precision])
+        for variant in self.reduced_precision:
+            if not variant.runtime.reduced_precision:
+                raise ValueError(f"reduced_precision lists {variant.runtime.value}, a float32 one")
+            variant.check_loss(self.metrics)
         _require_unique("output roles", [o.role.value for o in self.outputs])
         _require_unique("labels", self.labels)
         keys = [(e.dataset, e.split, e.protocol.value) for e in self.evaluation_sets]
         _require_unique("evaluation sets (dataset, split, protocol)", keys)
-        for metric in self.metrics:
+        for metric in [*self.metrics, *(m for v in self.reduced_precision for m in v.metrics)]:
             if (metric.dataset, metric.split, metric.protocol.value) not in keys:
                 raise ValueError(
                     f"metric {metric.name!r} names ({metric.dataset}, {metric.split}, "
@@ -337,8 +408,16 @@ class _CardBody(_CardBase):
         return "the card draft"
 
     def allows(self, runtime: Runtime) -> bool:
-        """True when the card lets ``runtime`` run it (no list: every runtime, gate permitting)."""
+        """True when the card lets ``runtime`` run it: a reduced-precision one where
+        ``reduced_precision`` lists it, another where ``runtimes`` does (no list: every one,
+        gate permitting)."""
+        if runtime.reduced_precision:
+            return self.reduced_variant(runtime) is not None
         return self.runtimes is None or any(r.runtime is runtime for r in self.runtimes)
+
+    def reduced_variant(self, runtime: Runtime) -> ReducedPrecision | None:
+        """The ``reduced_precision`` entry of ``runtime``, if listed."""
+        return next((v for v in self.reduced_precision if v.runtime is runtime), None)
 
     def preprocess_config(self) -> PreprocessConfig:
         """``input.preprocess`` validated as ``imaging.preprocess.PreprocessConfig``.

@@ -9,23 +9,26 @@ temperature 1) and are compared:
 Export (``training.parity``) compares torch with each runtime on real test images; the runtime
 gate (:func:`gate`) compares a runtime with ONNX Runtime on CPU, the reference every card's
 ``parity`` was measured against, on inputs made from the card's input spec
-(:func:`gate_inputs`), within the card's own tolerance (:func:`card_tolerance`).
+(:func:`gate_inputs`), within the card's own tolerance (:func:`card_tolerance`; for a
+reduced-precision runtime, the looser bounds its card entry records, made by :func:`loosened`).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from models_registry.card import ModelCard, Parity
+from models_registry.card import ModelCard, Parity, Runtime
 from models_registry.runtime import CPU_ONLY, Session, open_session, run_batched
 
 MASK_OUTPUT = "mask_logits"
 SOFTMAX_OUTPUTS = frozenset({"class_logits"})
 MASK_THRESHOLD = 0.5
 GATE_IMAGES = 4
+GATE_MARGIN = 2.0  # a reduced-precision runtime's gate bounds: twice what was measured
 
 Outputs = dict[str, np.ndarray]
 
@@ -123,9 +126,11 @@ def compare(
     return ParityReport(label, diff, agreement, n_images, tolerance)
 
 
-def card_tolerance(card: ModelCard) -> Tolerance:
-    """The bounds the card's own export parity was held to (float32 bounds where unrecorded)."""
-    recorded = card.parity
+def card_tolerance(card: ModelCard, runtime: Runtime | None = None) -> Tolerance:
+    """The bounds the card's own export parity was held to (float32 bounds where unrecorded);
+    for a reduced-precision ``runtime`` the card lists, the looser gate bounds listed with it."""
+    variant = card.reduced_variant(runtime) if runtime is not None else None
+    recorded = variant.gate if variant is not None else card.parity
     return Tolerance(
         prob=recorded.tolerance if recorded.tolerance is not None else FP32_TOLERANCE.prob,
         mask_agreement=recorded.min_mask_agreement
@@ -174,10 +179,29 @@ def gate(
     """``candidate`` vs the ONNX Runtime CPU ``reference`` on ``batch``, within the card's
     tolerance."""
     label = f"onnxruntime (CPU) vs {candidate.label}"
+    tolerance = card_tolerance(card, candidate.runtime)
     try:
         outputs = session_outputs(candidate, card, batch)
-        return compare(reference, outputs, card_tolerance(card), label)
+        return compare(reference, outputs, tolerance, label)
     except OutputsDifferError as exc:  # a runtime that changes outputs fails the gate outright
-        return ParityReport(
-            f"{label} ({exc})", float("inf"), None, len(batch), card_tolerance(card)
-        )
+        return ParityReport(f"{label} ({exc})", float("inf"), None, len(batch), tolerance)
+
+
+def loosened(report: ParityReport, floor: Tolerance, margin: float = GATE_MARGIN) -> Tolerance:
+    """Gate bounds for a reduced-precision runtime from its measured ``report``: ``margin``
+    times the measured difference (rounded up to one significant digit) and disagreement,
+    never tighter than ``floor`` (the card's float32 bounds)."""
+    prob = max(floor.prob, _round_up(margin * report.max_abs_prob_diff))
+    agreement = floor.mask_agreement
+    if report.mask_agreement is not None:
+        loose = 1.0 - margin * (1.0 - report.mask_agreement)
+        agreement = min(agreement, math.floor(loose * 1e4) / 1e4)
+    return Tolerance(prob=prob, mask_agreement=max(0.0, agreement))
+
+
+def _round_up(value: float) -> float:
+    """``value`` rounded up to one significant digit (``6.6e-3`` -> ``7e-3``)."""
+    if value <= 0.0 or not math.isfinite(value):
+        return value
+    scale = 10.0 ** math.floor(math.log10(value))
+    return math.ceil(value / scale - 1e-9) * scale

@@ -6,6 +6,9 @@
   and ``PERFORMANCE_HINT LATENCY``. On CPUs with bf16 units OpenVINO's default precision is
   bfloat16, which moved the shipped models' probabilities by up to 1e-2 (docs/deployment.md,
   "Runtimes"); float32 keeps them within 1e-6 of ONNX Runtime.
+- ``openvino-bf16``: the same at ``INFERENCE_PRECISION_HINT bf16`` (reduced precision: a card
+  allows it only with its evaluated figures, ``ModelCard.reduced_precision``). On a CPU without
+  bf16 units OpenVINO computes in float32 instead.
 
 Both runtimes are imported lazily: a process pays only for the ones it opens. A runtime that is
 not installed raises :class:`RuntimeUnavailableError`.
@@ -35,7 +38,12 @@ OPENVINO_CONFIG: Mapping[str, str] = {
     "INFERENCE_PRECISION_HINT": "f32",
     "PERFORMANCE_HINT": "LATENCY",
 }
-_MODULES = {Runtime.ONNXRUNTIME: "onnxruntime", Runtime.OPENVINO: "openvino"}
+OPENVINO_PRECISION: Mapping[Runtime, str] = {Runtime.OPENVINO: "f32", Runtime.OPENVINO_BF16: "bf16"}
+_MODULES = {
+    Runtime.ONNXRUNTIME: "onnxruntime",
+    Runtime.OPENVINO: "openvino",
+    Runtime.OPENVINO_BF16: "openvino",
+}
 
 
 @dataclass(frozen=True)
@@ -90,15 +98,18 @@ def installed(runtime: Runtime) -> bool:
     return True
 
 
-def installed_runtimes() -> tuple[Runtime, ...]:
-    """The runtimes this environment can open, ONNX Runtime first."""
-    return tuple(r for r in Runtime if installed(r))
+def installed_runtimes(*, reduced_precision: bool = False) -> tuple[Runtime, ...]:
+    """The float32 runtimes this environment can open, ONNX Runtime first; with
+    ``reduced_precision`` the reduced-precision ones too."""
+    return tuple(
+        r for r in Runtime if (reduced_precision or not r.reduced_precision) and installed(r)
+    )
 
 
 def runtime_version(runtime: Runtime) -> str:
     """The installed version of ``runtime``'s package."""
     module = _module(runtime)
-    return str(module.get_version() if runtime is Runtime.OPENVINO else module.__version__)
+    return str(module.__version__ if runtime is Runtime.ONNXRUNTIME else module.get_version())
 
 
 def default_providers() -> tuple[str, ...]:
@@ -134,13 +145,16 @@ class OrtSession(Session):
 
 
 class OpenVinoSession(Session):
-    """OpenVINO on CPU: one compiled model, a pool of infer requests (one per concurrent run)."""
+    """OpenVINO on CPU: one compiled model, a pool of infer requests (one per concurrent run);
+    ``runtime`` names its precision (``openvino``: f32, ``openvino-bf16``: bf16)."""
 
-    runtime = Runtime.OPENVINO
     device = OPENVINO_DEVICE
 
-    def __init__(self, path: Path, options: RuntimeOptions) -> None:
-        config = dict(OPENVINO_CONFIG)
+    def __init__(
+        self, path: Path, options: RuntimeOptions, runtime: Runtime = Runtime.OPENVINO
+    ) -> None:
+        self.runtime = runtime
+        config = {**OPENVINO_CONFIG, "INFERENCE_PRECISION_HINT": OPENVINO_PRECISION[runtime]}
         if options.threads > 0:
             config["INFERENCE_NUM_THREADS"] = str(options.threads)
         core = _openvino_core()  # RuntimeUnavailableError where OpenVINO does not import
@@ -183,9 +197,9 @@ def open_session(
         RuntimeLoadError: the runtime refused the file.
     """
     options = options or RuntimeOptions()
-    if runtime is Runtime.OPENVINO:
-        return OpenVinoSession(Path(path), options)
-    return OrtSession(Path(path), options)
+    if runtime is Runtime.ONNXRUNTIME:
+        return OrtSession(Path(path), options)
+    return OpenVinoSession(Path(path), options, runtime)
 
 
 def run_batched(

@@ -1,7 +1,7 @@
 """``breastdx predict``: analyse images with a registered model and write the results.
 
     breastdx predict --stage ultrasound scan1.png scan2.dcm --out results/ \\
-        [--model NAME[@ALIAS|@VERSION]] [--store DIR]...
+        [--model NAME[@ALIAS|@VERSION]] [--store DIR]... [--runtime auto|onnxruntime|...]
 
 For each input ``<stem>.mask.png`` (original geometry, 0/255), ``<stem>.overlay.png`` and
 ``<stem>.json`` (an ``AnalysisResult``) are written to ``--out`` and one JSON line is printed.
@@ -12,6 +12,8 @@ outputs cannot be built keeps its analysis and is reported as failed (exit 1).
 An input that fails (undecodable, not an image, wrong stage) gets ``<stem>.error.json`` and a
 line ``breastdx predict: NAME: CODE: message`` on stderr; the others are still analysed. Exit 0
 when every input was analysed, 1 when any failed (or the model could not be used), 2 on bad usage.
+The model runs on ``--runtime`` (default: ``BREASTDX_RUNTIME``, as the service; unset: ``auto``;
+docs/deployment.md, "Runtimes"); each result names the runtime that ran it.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from breastdx.errors import BreastdxError
 from imaging.record import ImageFormat
 from models_registry.card import Stage
 from models_registry.registry import Registry
+from service.inference.runtime_choice import RUNTIME_CHOICES, parse_runtime
 
 if TYPE_CHECKING:
     from service.inference.result import Analysis
@@ -46,6 +49,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--store", action="append", help="model store (repeatable)")
     parser.add_argument("--fp16", action="store_true", help="run the model's fp16 variant")
     parser.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads")
+    parser.add_argument(
+        "--runtime",
+        choices=RUNTIME_CHOICES,
+        help="inference runtime (default: BREASTDX_RUNTIME, else auto: the fastest that passes "
+        "the parity gate)",
+    )
     parser.add_argument("--overlap", type=float, default=0.0, help="histopathology tile overlap")
     parser.add_argument("--aggregate", choices=["max", "top_k_mean"], default="top_k_mean")
     parser.add_argument("--top-k", type=int, default=3, help="windows in top_k_mean")
@@ -72,17 +81,29 @@ def _registry(stores: list[str] | None) -> Registry:
     return Registry(stores) if stores else Registry.default()
 
 
+def _runtime(args: argparse.Namespace) -> str:
+    """``--runtime``, else ``BREASTDX_RUNTIME`` (the service's setting, default auto).
+
+    Raises:
+        SettingsError: a ``BREASTDX_*`` variable does not parse.
+    """
+    from service.config import Settings, load_settings
+
+    return str(args.runtime or load_settings(Settings, "BREASTDX_").runtime)
+
+
 def _run(args: argparse.Namespace) -> int:
     from service.inference import Aggregate, RunnerOptions, TileOptions, analyse_each
     from service.inference.render import write_outputs
 
     registry = _registry(args.store)
+    runtime = parse_runtime(_runtime(args))
     outcomes = analyse_each(
         args.stage,
         list(args.inputs),
         registry=registry,
         model_ref=args.model,
-        options=RunnerOptions(intra_op_threads=args.threads, fp16=args.fp16),
+        options=RunnerOptions(intra_op_threads=args.threads, fp16=args.fp16, runtime=runtime),
         tiles=TileOptions(
             overlap=args.overlap, aggregate=Aggregate(args.aggregate), top_k=args.top_k
         ),
@@ -106,6 +127,7 @@ def _run(args: argparse.Namespace) -> int:
             "input": path.name,
             "files": {kind: str(file) for kind, file in files.items()},
             "model": result.model.ref,
+            "runtime": result.model.runtime,
             "malignancy": result.malignancy.model_dump() if result.malignancy else None,
             "lesions": len(result.lesions),
             "warnings": result.warnings,

@@ -80,11 +80,12 @@ class Settings(BaseSettings):
         description="ONNX Runtime threads spin-wait between runs: a little lower model latency "
         "on cores of their own, CPU taken from the web server and post-processing otherwise",
     )
-    runtime: Literal["auto", "onnxruntime", "openvino"] = Field(
+    runtime: Literal["auto", "onnxruntime", "openvino", "openvino-bf16"] = Field(
         default="auto",
-        description="inference runtime per model: onnxruntime, openvino, or auto (the fastest "
-        "installed one the card allows that passes the parity gate against ONNX Runtime on "
-        "CPU, measured at load; docs/deployment.md, 'Runtimes')",
+        description="inference runtime per model: onnxruntime, openvino, openvino-bf16 (only "
+        "models whose card lists it in reduced_precision), or auto (the fastest installed one "
+        "the card allows that passes the parity gate against ONNX Runtime on CPU, chosen at "
+        "start; docs/deployment.md, 'Runtimes')",
     )
     batch_window_ms: float | None = Field(
         default=None,

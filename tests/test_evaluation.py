@@ -153,6 +153,31 @@ def test_a_rerun_resumes_from_the_cache(store: Path, tmp_path: Path) -> None:
     )
 
 
+def test_the_runtime_is_named_and_keeps_its_own_cache(
+    store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--runtime`` (default onnxruntime, whatever ``BREASTDX_RUNTIME`` says): the report names
+    it, and each runtime's scored cases are cached apart."""
+    data = make_busi(tmp_path / "busi")
+    out = tmp_path / "out"
+    monkeypatch.setenv("BREASTDX_RUNTIME", "openvino")  # the service's setting: not read here
+    code, reference = _evaluate(store, out, "--stage", "ultrasound", str(data))
+    assert code == 0 and reference["model"]["runtime"]["runtime"] == "onnxruntime"
+    code, other = _evaluate(store, out, "--stage", "ultrasound", str(data), "--runtime", "openvino")
+    assert code == 0
+    assert other["model"]["runtime"]["runtime"] == "openvino"
+    assert other["model"]["runtime"]["device"] == "CPU"
+    assert "openvino (CPU): parity passed" in other["model"]["runtime"]["trials"][0]
+    dice = [r["datasets"][0]["segmentation"]["dice"]["value"] for r in (reference, other)]
+    assert dice[0] == dice[1]  # float32 on both: the same masks on these block images
+    sha = reference["model"]["sha256"]
+    assert sorted(p.name for p in (out / "cache").glob("*.jsonl")) == [
+        f"{sha}.jsonl",
+        f"{sha}.openvino.jsonl",
+    ]
+    assert "run on openvino (CPU)" in (out / "report.html").read_text()
+
+
 # --- CBIS-DDSM as COCO boxes: FROC by hand --------------------------------------------------------
 
 

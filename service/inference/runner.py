@@ -66,7 +66,9 @@ class RunnerOptions:
     on a small machine takes the cores the rest of the request needs; the service turns it off
     (``Settings.ort_spinning``). ``runtime``: ``onnxruntime`` (the default: the reference every
     card's figures were measured on, no gate), another :class:`Runtime` or ``"auto"``; the
-    service passes ``BREASTDX_RUNTIME``.
+    service and ``breastdx predict`` pass ``BREASTDX_RUNTIME``, ``breastdx evaluate`` its
+    ``--runtime`` with ``measuring`` (an explicit runtime runs where the card does not allow
+    it or it misses the gate, its figures recorded: ``runtime_choice.select_session``).
     """
 
     intra_op_threads: int = 0
@@ -74,6 +76,7 @@ class RunnerOptions:
     fp16: bool = False
     providers: tuple[str, ...] | None = None  # ONNX Runtime; None: default_providers()
     runtime: RuntimeRequest = Runtime.ONNXRUNTIME
+    measuring: bool = False  # breastdx evaluate: run an explicit runtime the card does not allow
 
     def runtime_options(self) -> RuntimeOptions:
         return RuntimeOptions(
@@ -203,7 +206,9 @@ def _select(card: ModelCard, path: Path, options: RunnerOptions, key: tuple[Any,
     previous = _CHOICES.get(choice_key) if options.runtime == AUTO else None
     if previous is not None:
         return reopen(previous, path, options.runtime_options())
-    selection = select_session(card, path, options.runtime, options.runtime_options())
+    selection = select_session(
+        card, path, options.runtime, options.runtime_options(), measuring=options.measuring
+    )
     if options.runtime == AUTO:
         _CHOICES[choice_key] = selection
     return selection

@@ -1,9 +1,10 @@
 """Which runtime runs a model in this process: asked for by name, or ``auto``.
 
-- An explicit runtime (``onnxruntime``, ``openvino``) must be installed, allowed by the card and,
-  unless it is ONNX Runtime on CPU itself, pass the parity gate against ONNX Runtime on CPU
-  (``models_registry.parity.gate``); otherwise loading fails with a typed error
-  (:class:`RuntimeUnavailableError`, :class:`RuntimeNotAllowedError`,
+- An explicit runtime (``onnxruntime``, ``openvino``, ``openvino-bf16``) must be installed,
+  allowed by the card (a reduced-precision one only where the card lists it in
+  ``reduced_precision``) and, unless it is ONNX Runtime on CPU itself, pass the parity gate
+  against ONNX Runtime on CPU (``models_registry.parity.gate``); otherwise loading fails with
+  a typed error (:class:`RuntimeUnavailableError`, :class:`RuntimeNotAllowedError`,
   :class:`RuntimeParityError`): never a silent fallback.
 - ``auto`` opens every installed runtime the card allows, drops those that miss the gate (a
   warning names the figures) and, where more than one passes, times those on the gate inputs
@@ -11,7 +12,8 @@
   CPU alone is kept untimed.
 
 The gate runs on :data:`~models_registry.parity.GATE_IMAGES` inputs made from the card's input
-spec through its own preprocessing; the card's tolerance bounds the figures.
+spec through its own preprocessing; the card's tolerance bounds the figures (for a
+reduced-precision runtime, the looser bounds its ``reduced_precision`` entry records).
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ logger = logging.getLogger(__name__)
 
 AUTO: Final = "auto"
 RuntimeRequest = Runtime | Literal["auto"]
+RUNTIME_CHOICES: Final = (AUTO, *(r.value for r in Runtime))  # as the CLIs and settings name them
 TIMED_RUNS = 3
 
 
@@ -102,27 +105,35 @@ class Selection:
 
 
 def select_session(
-    card: ModelCard, path: Path, requested: RuntimeRequest, options: RuntimeOptions
+    card: ModelCard,
+    path: Path,
+    requested: RuntimeRequest,
+    options: RuntimeOptions,
+    *,
+    measuring: bool = False,
 ) -> Selection:
     """Open ``path`` on the runtime ``requested`` names, or on the fastest that passes (auto).
 
+    ``measuring`` (``breastdx evaluate``): an explicit runtime runs even where the card does
+    not allow it or it misses the gate; its gate figures are kept in the trials.
+
     Raises:
         RuntimeUnavailableError: an explicit runtime that is not installed.
-        RuntimeNotAllowedError: an explicit runtime the card does not list.
+        RuntimeNotAllowedError: an explicit runtime the card does not allow.
         RuntimeParityError: an explicit runtime that misses the gate.
         RuntimeLoadError: a runtime refused the file.
     """
     if requested == AUTO:
         return _auto(card, path, options)
-    if not card.allows(requested):
-        allowed = [r.runtime.value for r in card.runtimes or []]
+    if not card.allows(requested) and not measuring:
+        allowed = [r.value for r in Runtime if card.allows(r)]
         raise RuntimeNotAllowedError(card.ref, requested.value, allowed)
     session = open_session(path, requested, options)
     if _is_reference(session):
         return Selection(requested, session, ())
     batch = gate_inputs(card)
     report = gate(card, session, _reference(card, path, batch, options), batch)
-    if not report.ok:
+    if not report.ok and not measuring:
         raise RuntimeParityError(card.ref, session.label, report.describe())
     return Selection(requested, session, (Trial(session.runtime, session.device, report, None),))
 
@@ -162,7 +173,7 @@ def _auto(card: ModelCard, path: Path, options: RuntimeOptions) -> Selection:
     reference_session = open_session(path, Runtime.ONNXRUNTIME, _cpu(options))
     reference = session_outputs(reference_session, card, batch)
     sessions = [reference_session]
-    for runtime in installed_runtimes():
+    for runtime in installed_runtimes(reduced_precision=True):
         if card.allows(runtime) and not _opens_reference(runtime, options):
             sessions.append(open_session(path, runtime, options))  # ONNX Runtime on CUDA too
     trials = [Trial(reference_session.runtime, reference_session.device, None, None)]

@@ -16,6 +16,7 @@ from models_registry.card import (
     CardDraft,
     ModelCard,
     OnnxArtifact,
+    Runtime,
     Stage,
     Task,
     parse_card,
@@ -167,3 +168,61 @@ def test_schema_describes_the_card(tmp_path: Path) -> None:
     assert schema["additionalProperties"] is False
     assert set(schema["required"]) >= {"name", "version", "input", "outputs", "onnx", "parity"}
     assert schema["properties"]["card_schema_version"]["const"] == CARD_SCHEMA_VERSION
+
+
+# --- reduced precision: allowed only with evaluated figures within 0.01 -------------------------
+
+EVALUATED = [
+    {"name": "dice", "value": 0.73, "n": 98, "dataset": "BUSI", "split": "test",
+     "protocol": "leakage_safe", "resolution": "original"},
+    {"name": "malignancy_auc", "value": 0.96, "n": 98, "dataset": "BUSI", "split": "test",
+     "protocol": "leakage_safe", "resolution": "original"},
+    {"name": "hd95_px", "value": 41.6, "n": 98, "dataset": "BUSI", "split": "test",
+     "protocol": "leakage_safe", "resolution": "original"},
+]  # fmt: skip
+GATE = {"max_abs_prob_diff": 3e-3, "mask_agreement": 0.9995, "n_images": 4, "tolerance": 7e-3,
+        "min_mask_agreement": 0.999}  # fmt: skip
+
+
+def variant(**changes: float) -> dict[str, Any]:
+    """An ``openvino-bf16`` entry whose figures are the card's, some changed by name."""
+    metrics = [{**m, "value": changes.get(m["name"], m["value"])} for m in EVALUATED]
+    return {"runtime": "openvino-bf16", "device": "CPU", "gate": GATE, "metrics": metrics}
+
+
+def test_a_reduced_precision_runtime_is_allowed_only_where_listed() -> None:
+    plain = CardDraft.model_validate(draft_dict(metrics=EVALUATED))
+    assert plain.runtimes is None and plain.allows(Runtime.OPENVINO)
+    assert not plain.allows(Runtime.OPENVINO_BF16)  # no list: float32 runtimes only
+    listed = CardDraft.model_validate(
+        draft_dict(metrics=EVALUATED, reduced_precision=[variant(dice=0.721, hd95_px=60.0)])
+    )
+    assert listed.allows(Runtime.OPENVINO_BF16)  # 0.009 below: within the rule
+    entry = listed.reduced_variant(Runtime.OPENVINO_BF16)
+    assert entry is not None and entry.gate.tolerance == 7e-3
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        (variant(dice=0.7189), "dice on BUSI test is 0.7189 against 0.7300 in float32, a loss"),
+        (variant(malignancy_auc=0.9), "malignancy_auc on BUSI test is 0.9000 against 0.9600"),
+        ({**variant(), "metrics": variant()["metrics"][:1]}, "no malignancy_auc on BUSI test"),
+        ({**variant(), "runtime": "openvino"}, "reduced_precision lists openvino, a float32 one"),
+    ],
+)
+def test_reduced_precision_needs_figures_within_the_loss_rule(
+    entry: dict[str, Any], message: str
+) -> None:
+    assert message in error_text(metrics=EVALUATED, reduced_precision=[entry])
+
+
+def test_reduced_precision_needs_an_evaluated_dice_or_auc_on_the_card() -> None:
+    text = error_text(reduced_precision=[variant()])  # the card holds dice_fg from training only
+    assert "no Dice or AUC figure measured by breastdx evaluate" in text
+
+
+def test_runtimes_lists_float32_runtimes_only() -> None:
+    listed = [{"runtime": name, "device": "CPU", "parity": GATE}
+              for name in ("onnxruntime", "openvino-bf16")]  # fmt: skip
+    assert "a reduced-precision one belongs in reduced_precision" in error_text(runtimes=listed)

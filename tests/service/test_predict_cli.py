@@ -83,6 +83,36 @@ def test_predict_all_good_exits_zero_and_keeps_stems_apart(store: Path, tmp_path
     assert data["histopathology"]["grid"]["windows"] == 24  # type: ignore[index]
 
 
+def test_predict_runs_on_the_runtime_asked_for(
+    store: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--runtime``, else ``BREASTDX_RUNTIME``; the printed line and the result name it."""
+    scan = write(tmp_path / "in", "scan.png", ultrasound_png(0, (100, 140)))
+    argv = ["--stage", "ultrasound", str(scan), "--store", str(store)]
+
+    def predict(name: str, *extra: str) -> dict[str, object]:
+        assert main([*argv, "--out", str(tmp_path / name), *extra]) == 0
+        line: dict[str, object] = json.loads(capsys.readouterr().out)
+        model = json.loads((tmp_path / name / "scan.json").read_text())["model"]
+        assert model["runtime"] == line["runtime"]
+        return model  # type: ignore[no-any-return]
+
+    monkeypatch.setenv("BREASTDX_RUNTIME", "onnxruntime")
+    default = predict("default")
+    assert default["runtime"] == "onnxruntime"
+    openvino = predict("flag", "--runtime", "openvino")
+    assert openvino == {**default, "runtime": "openvino", "device": "CPU"}
+    monkeypatch.setenv("BREASTDX_RUNTIME", "openvino")
+    assert predict("env")["runtime"] == "openvino"
+    assert predict("both", "--runtime", "onnxruntime")["runtime"] == "onnxruntime"
+    monkeypatch.setenv("BREASTDX_RUNTIME", "tensorrt")
+    assert main([*argv, "--out", str(tmp_path / "bad")]) == 1
+    assert "invalid_settings" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as usage:
+        main([*argv, "--out", str(tmp_path / "bad"), "--runtime", "tensorrt"])
+    assert usage.value.code == 2
+
+
 def test_predict_is_a_breastdx_command(store: Path, tmp_path: Path) -> None:
     source = write(tmp_path, "scan.png", ultrasound_png(5))
     argv = ["predict", "--stage", "ultrasound", str(source), "--out", str(tmp_path / "out")]

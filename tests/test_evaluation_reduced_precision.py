@@ -1,0 +1,97 @@
+"""Reduced precision as an evaluated variant, end to end on the tiny ultrasound model.
+
+``breastdx evaluate --runtime openvino-bf16`` runs a runtime the card does not allow yet and
+names it in the report; with ``--register`` the new version lists it in ``reduced_precision``
+with these figures and gate bounds loosened from its measured gate; then, and only then, the
+runner opens it by name, ``auto`` gates and times it, and ``models verify`` checks it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from models_registry.card import Runtime
+from models_registry.errors import RuntimeNotAllowedError
+from models_registry.registry import Registry
+from models_registry.runtime import OpenVinoSession, installed_runtimes
+from models_registry.store import DirectoryStore
+from service.inference import clear_runners, get_runner
+from service.inference.runner import RunnerOptions
+from service.inference.runtime_choice import AUTO
+from tests.service.jobs_support import build_store
+from tests.test_evaluation import _evaluate, _split, make_busi
+
+BF16 = Runtime.OPENVINO_BF16
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    clear_runners()
+    return build_store(tmp_path_factory.mktemp("models"))
+
+
+@pytest.fixture(autouse=True)
+def _fresh_runners() -> None:
+    clear_runners()
+
+
+def test_openvino_bf16_is_opened_only_where_asked() -> None:
+    assert BF16 not in installed_runtimes()  # export and benchmarks: float32 runtimes
+    assert BF16 in installed_runtimes(reduced_precision=True)
+
+
+def test_evaluate_lists_a_reduced_precision_runtime_only_from_its_figures(
+    store: Path, tmp_path: Path
+) -> None:
+    data = make_busi(tmp_path / "busi")
+    ids = ["benign (1)", "malignant (1)", "normal (1)", "normal (2)"]
+    classes = dict(zip(ids, ["benign", "malignant", "normal", "normal"], strict=True))
+    split = _split(tmp_path / "us.json", [(i, "test") for i in ids], classes)
+    target = tmp_path / "ship"
+    args = ["--stage", "ultrasound", str(data), "--split", str(split)]
+    register = ["--register", "--register-store", str(target), "--alias", "production"]
+    code, _ = _evaluate(store, tmp_path / "fp32", *args, "--model", "us-tiny@1", *register)
+    assert code == 0  # us-tiny@1 in the target: figures measured on onnxruntime
+    shipped = Registry([DirectoryStore(target)])
+    with pytest.raises(RuntimeNotAllowedError, match="not 'openvino-bf16'"):
+        get_runner("us-tiny@1", shipped, RunnerOptions(runtime=BF16))
+
+    code, report = _evaluate(target, tmp_path / "bf16", *args, "--runtime", "openvino-bf16",
+                             *register)  # fmt: skip
+    assert code == 0
+    ran = report["model"]["runtime"]
+    assert ran["runtime"] == "openvino-bf16" and ran["device"] == "CPU"
+    assert ran["trials"][0].startswith("openvino-bf16 (CPU): parity ")  # measured, not refused
+    card = shipped.card("us-tiny@production")
+    assert card.version == 2 and card.metrics == shipped.card("us-tiny@1").metrics
+    entry = card.reduced_variant(BF16)
+    assert entry is not None and entry.device == "CPU"
+    dice = {m.name: m for m in entry.metrics}["dice"]
+    assert dice.value == report["datasets"][0]["segmentation"]["dice"]["value"] and dice.n == 2
+    assert entry.gate.tolerance is not None
+    assert entry.gate.tolerance >= max(2 * entry.gate.max_abs_prob_diff, 1e-4)  # loosened
+
+    runner = get_runner("us-tiny@2", shipped, RunnerOptions(runtime=BF16))
+    assert isinstance(runner.session, OpenVinoSession) and runner.runtime is BF16
+    (trial,) = runner.selection.trials
+    assert trial.parity is not None and trial.parity.ok
+    assert trial.parity.tolerance.prob == entry.gate.tolerance  # the card's looser bound
+    auto = get_runner("us-tiny@2", shipped, RunnerOptions(runtime=AUTO))
+    tried = {t.runtime: t for t in auto.selection.trials}
+    assert set(tried) == {Runtime.ONNXRUNTIME, Runtime.OPENVINO, BF16}
+    assert tried[BF16].passed and tried[BF16].model_ms is not None  # auto considers it
+    (verified,) = shipped.verify("us-tiny@2", runtimes=True)
+    checks = {c.name: c for c in verified.checks}
+    assert verified.ok and "runtime openvino-bf16" in checks
+
+
+def test_register_takes_the_reference_or_a_reduced_precision_runtime(
+    store: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["--stage", "ultrasound", str(tmp_path), "--split", str(tmp_path / "s.json")]
+    with pytest.raises(SystemExit) as usage:
+        _evaluate(store, tmp_path / "out", *args, "--runtime", "openvino", "--register")
+    assert usage.value.code == 2
+    assert "not openvino" in capsys.readouterr().err

@@ -28,7 +28,7 @@ from models_registry.registry import Registry
 from service.config import Settings, get_settings
 from service.dicom.identity import to_bytes
 from service.errors import JobNotFoundError
-from service.inference.pipeline import default_model_ref
+from service.inference import pin_model
 from service.jobs.backend import service_registry
 from service.jobs.service import get_job, submit_analysis
 from service.jobs.state import JobRecord, JobState, Origin
@@ -79,7 +79,7 @@ class Submitter:
 
     def model_ref(self, stage: Stage) -> str:
         """``name@version`` of the model that serves ``stage`` now."""
-        return self.registry.card(default_model_ref(stage, self.registry)).ref
+        return pin_model(stage, self.registry).ref
 
     def submit(self, data: bytes, header: Dataset, stage: Stage) -> Submission:
         """Claim and submit one instance; a claimed one is a duplicate (not analysed again).

@@ -62,3 +62,18 @@ def test_frames_at_or_below_the_threshold_are_untouched() -> None:
     chw, geometry, _ = preprocess_decoded(decoded, CONFIG)
     reference, expected = preprocess(decoded.display(0), CONFIG)
     assert np.array_equal(chw, reference) and geometry == expected
+
+
+def test_a_frame_and_display_at_hand_give_the_same_input() -> None:
+    """A caller that picked the frame and built its display image (the service's input check)
+    gets what ``preprocess_decoded`` makes alone; a frame that is reduced still takes its
+    display image from the reduced pixels."""
+    for hw in ((300, 200), (5000, 6000)):
+        decoded = raster_record(ImageFormat.PNG, _large(hw))
+        alone, geometry, index = preprocess_decoded(decoded, CONFIG)
+        display = decoded.display(0)
+        at_hand = preprocess_decoded(decoded, CONFIG, frame_index=0, display=display)
+        assert np.array_equal(at_hand[0], alone) and at_hand[1:] == (geometry, index)
+        dark = preprocess_decoded(decoded, CONFIG, frame_index=0, display=np.zeros_like(display))
+        reduced = hw[0] * hw[1] > REDUCE_ABOVE_PIXELS
+        assert np.array_equal(dark[0], alone) == reduced  # used unless the frame is reduced

@@ -290,3 +290,32 @@ def test_card_in_the_wrong_folder_is_refused(two_versions: Registry, store_dir: 
     (store_dir / "tiny" / "3" / "card.json").write_bytes(source.read_bytes())
     with pytest.raises(InvalidCardError, match="describes tiny@2"):
         two_versions.card("tiny@3")
+
+
+def test_a_card_is_read_again_once_its_file_changed(
+    two_versions: Registry, store_dir: Path
+) -> None:
+    """Cards are kept parsed by file (a version never changes), yet a file replaced or edited
+    in place is read anew: a tampered card is never served from memory."""
+    assert two_versions.card("tiny@1").intended_use != "changed"
+    path = store_dir / "tiny" / "1" / "card.json"
+    body = json.loads(path.read_text()) | {"intended_use": "changed"}
+    path.chmod(0o644)
+    path.write_text(json.dumps(body))
+    assert two_versions.card("tiny@1").intended_use == "changed"
+    path.write_text("{not json")
+    with pytest.raises(InvalidCardError):
+        two_versions.card("tiny@1")
+
+
+def test_the_default_registry_reads_its_own_settings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BREASTDX_MODEL_STORE", str(tmp_path / "primary"))
+    monkeypatch.setenv(EXTRA_STORES_ENV, f"{tmp_path / 'extra'}")
+    uris = [store.uri for store in Registry.default().stores]
+    assert uris == [(tmp_path / "primary").as_uri(), (tmp_path / "extra").as_uri()]
+    given = [store.uri for store in Registry.default(tmp_path / "mine").stores]
+    assert given == [(tmp_path / "mine").as_uri(), (tmp_path / "extra").as_uri()]
+    monkeypatch.delenv("BREASTDX_MODEL_STORE")
+    assert Registry.default().stores[0].uri == SHIPPED_STORE.as_uri()

@@ -36,6 +36,9 @@ COMMANDS: dict[str, Command] = {
     "evaluate": Command(
         "evaluation.cli:main", "score a model on labelled local data; report.json and .html"
     ),
+    "quantize": Command(
+        "evaluation.cli_quantize:main", "add an int8 file to a model, calibrated on training data"
+    ),
     "grid": Command("training.grid.cli:main", "run the paper's experiment grid and its reports"),
     "serve": Command(
         "service.cli:serve_main", "run the HTTP API (in process, or queued with Redis)"

@@ -7,7 +7,8 @@ figures at the original resolution (``resolution="original"``) with their 95 % i
 earlier card's figures, measured inside training at the model's input size, only the paper-
 comparison ones without an original-resolution counterpart stay (``PAPER_FIGURES``), labelled
 ``resolution="model_input"``. Evaluated on a reduced-precision runtime (``--runtime
-openvino-bf16``), the new version keeps the card's figures and lists the runtime in
+openvino-bf16``, ``openvino-int8``, ``onnxruntime-int8``), the new version keeps the card's
+figures (and its int8 file) and lists the runtime in
 ``reduced_precision`` with this report's figures instead (:func:`reduced_precision_draft`).
 """
 
@@ -24,6 +25,7 @@ from models_registry.card import (
     EvaluationProtocol,
     EvaluationSet,
     Fp16Export,
+    Int8Export,
     Metric,
     ModelCard,
     OnnxExport,
@@ -163,9 +165,10 @@ def carded_draft(card: ModelCard, report: dict[str, Any]) -> CardDraft:
         EVALUATED_NOTE
     ]
     fp16 = Fp16Export(parity=card.onnx.fp16.parity) if card.onnx.fp16 else None
+    int8 = Int8Export(quantization=card.onnx.int8.quantization) if card.onnx.int8 else None
     return CardDraft(
         name=card.name,
-        onnx=OnnxExport(opset=card.onnx.opset, fp16=fp16),
+        onnx=OnnxExport(opset=card.onnx.opset, fp16=fp16, int8=int8),
         metrics=metrics,
         evaluation_sets=sets,
         **body,
@@ -208,9 +211,12 @@ def reduced_precision_draft(
     kept = [v for v in card.reduced_precision if v.runtime is not selection.runtime]
     body = card.model_dump(mode="json", exclude={"name", "version", "registered_at", "onnx"})
     fp16 = {"parity": card.onnx.fp16.parity.model_dump(mode="json")} if card.onnx.fp16 else None
+    int8 = None
+    if card.onnx.int8 is not None:
+        int8 = {"quantization": card.onnx.int8.quantization.model_dump(mode="json")}
     return {
         **body,
-        "onnx": {"opset": card.onnx.opset, "fp16": fp16},
+        "onnx": {"opset": card.onnx.opset, "fp16": fp16, "int8": int8},
         "reduced_precision": [v.model_dump(mode="json") for v in [*kept, entry]],
     }
 
@@ -247,6 +253,7 @@ def register_evaluated(
     fp16_path = None
     if card.onnx.fp16 is not None:
         fp16_path = registry.load(card.ref, fp16=True).onnx_path
+    int8_path = loaded.onnx_path.with_name(card.onnx.int8.file) if card.onnx.int8 else None
     return (target or registry).register(
-        card.name, loaded.onnx_path, draft, fp16_path=fp16_path, alias=alias
+        card.name, loaded.onnx_path, draft, fp16_path=fp16_path, int8_path=int8_path, alias=alias
     )

@@ -25,6 +25,7 @@ import argparse
 import logging
 import shlex
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -276,16 +277,22 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--out must be a folder")
     logging.basicConfig(level=args.log_level, format="%(levelname)s %(name)s: %(message)s")
     command = shlex.join(["breastdx", "evaluate", *(sys.argv[1:] if argv is None else argv)])
+    return exit_code(PROG, lambda: _run(args, command))
+
+
+def exit_code(prog: str, run: Callable[[], int]) -> int:
+    """``run()``, its errors printed as ``prog: code: message``: exit 2 for data or a split
+    that cannot be used, 1 for the model, the store, a registration or a file."""
     try:
-        return _run(args, command)
+        return run()
     except (formats.UnknownLayoutError, SplitUseError) as exc:
-        print(f"{PROG}: {exc.code}: {exc.message}", file=sys.stderr)
+        print(f"{prog}: {exc.code}: {exc.message}", file=sys.stderr)
         return 2
     except BreastdxError as exc:  # the model, the store, a registration
-        print(f"{PROG}: {exc.code}: {exc.message}", file=sys.stderr)
+        print(f"{prog}: {exc.code}: {exc.message}", file=sys.stderr)
         return 1
     except OSError as exc:
-        print(f"{PROG}: cannot read or write {exc.filename}: {exc.strerror}", file=sys.stderr)
+        print(f"{prog}: cannot read or write {exc.filename}: {exc.strerror}", file=sys.stderr)
         return 1
 
 

@@ -32,6 +32,7 @@ CARD_SCHEMA_VERSION: Final = 1
 SCHEMA_PATH = Path(__file__).resolve().parent / "schema" / "model-card.schema.json"
 ONNX_FILE: Final = "model.onnx"
 FP16_FILE: Final = "model.fp16.onnx"
+INT8_FILE: Final = "model.int8.onnx"
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
 MAX_PRECISION_LOSS: Final = 0.01  # Dice/AUC a reduced-precision runtime may lose (issue 16)
 
@@ -101,11 +102,23 @@ class Runtime(StrEnum):
     ONNXRUNTIME = "onnxruntime"  # ONNX Runtime: CUDA provider where offered, else CPU
     OPENVINO = "openvino"  # OpenVINO on CPU, float32 inference precision
     OPENVINO_BF16 = "openvino-bf16"  # OpenVINO on CPU, bfloat16 inference precision
+    ONNXRUNTIME_INT8 = "onnxruntime-int8"  # ONNX Runtime on CPU, the card's int8 file
+    OPENVINO_INT8 = "openvino-int8"  # OpenVINO on CPU, the card's int8 file
 
     @property
     def reduced_precision(self) -> bool:
         """Computes below float32: a card allows it only through ``reduced_precision``."""
-        return self is Runtime.OPENVINO_BF16
+        return self is not Runtime.ONNXRUNTIME and self is not Runtime.OPENVINO
+
+    @property
+    def int8(self) -> bool:
+        """Runs the card's int8 file (``onnx.int8``, :data:`INT8_FILE`), not ``model.onnx``."""
+        return self in (Runtime.ONNXRUNTIME_INT8, Runtime.OPENVINO_INT8)
+
+    @property
+    def engine(self) -> Runtime:
+        """The float32 runtime whose package runs it (``onnxruntime`` or ``openvino``)."""
+        return Runtime.ONNXRUNTIME if self.value.startswith("onnxruntime") else Runtime.OPENVINO
 
 
 class EvaluationProtocol(StrEnum):
@@ -318,11 +331,44 @@ class Fp16Artifact(_Frozen):
     parity: Parity
 
 
+class Quantization(_Frozen):
+    """How ``model.int8.onnx`` was made from ``model.onnx``: post-training static quantisation,
+    calibrated on training images through the card's own preprocessing (``breastdx quantize``)."""
+
+    method: Literal["static_qdq"] = Field(
+        default="static_qdq",
+        description="QuantizeLinear/DequantizeLinear pairs around int8 weights and uint8 "
+        "activations, scales fixed by calibration (ONNX Runtime and OpenVINO run it in int8)",
+    )
+    tool: Text = Field(description='e.g. "onnxruntime.quantization 1.32.0"')
+    weights: Literal["int8"] = "int8"
+    activations: Literal["uint8"] = "uint8"
+    per_channel: bool = True
+    calibration_method: Literal["minmax", "percentile", "entropy"] = "minmax"
+    calibration: Text = Field(description="the images the scales were fitted on")
+    n_calibration_images: int = Field(ge=1)
+    excluded_nodes: list[str] = Field(
+        default_factory=list, description="nodes kept in float32 (e.g. the first convolution)"
+    )
+
+
+class Int8Export(_Frozen):
+    quantization: Quantization
+
+
+class Int8Artifact(_Frozen):
+    file: Literal["model.int8.onnx"] = INT8_FILE
+    sha256: Sha256
+    size_bytes: int = Field(ge=1)
+    quantization: Quantization
+
+
 class OnnxExport(_Frozen):
     """What the exporter knows about the ONNX file; the registry adds hash and size."""
 
     opset: int = Field(ge=7)
     fp16: Fp16Export | None = None
+    int8: Int8Export | None = None
 
 
 class OnnxArtifact(_Frozen):
@@ -331,6 +377,7 @@ class OnnxArtifact(_Frozen):
     size_bytes: int = Field(ge=1)
     opset: int = Field(ge=7)
     fp16: Fp16Artifact | None = None
+    int8: Int8Artifact | None = None
 
 
 class _CardBase(_Frozen):
@@ -388,9 +435,15 @@ class _CardBody(_CardBase):
                     "reduced_precision, with its evaluated figures"
                 )
         _require_unique("reduced_precision", [v.runtime.value for v in self.reduced_precision])
+        onnx = getattr(self, "onnx", None)  # OnnxExport (draft) or OnnxArtifact (card)
         for variant in self.reduced_precision:
             if not variant.runtime.reduced_precision:
                 raise ValueError(f"reduced_precision lists {variant.runtime.value}, a float32 one")
+            if variant.runtime.int8 and (onnx is None or onnx.int8 is None):
+                raise ValueError(
+                    f"reduced_precision lists {variant.runtime.value}, but the card has no int8 "
+                    f"file (onnx.int8): make one with 'breastdx quantize'"
+                )
             variant.check_loss(self.metrics)
         _require_unique("output roles", [o.role.value for o in self.outputs])
         _require_unique("labels", self.labels)

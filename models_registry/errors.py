@@ -172,7 +172,8 @@ class RuntimeUnavailableError(RegistryError):
         super().__init__(
             f"runtime {runtime!r} is not installed in this environment ({reason}); install the "
             "'serve' extra (pip install -c constraints.txt -e '.[serve]') or choose another "
-            "runtime (BREASTDX_RUNTIME=auto|onnxruntime|openvino|openvino-bf16)",
+            "runtime (BREASTDX_RUNTIME=auto|onnxruntime|openvino|openvino-bf16|onnxruntime-int8|"
+            "openvino-int8)",
             runtime=runtime,
         )
 

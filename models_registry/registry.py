@@ -21,9 +21,11 @@ from typing import Any
 
 from models_registry.card import (
     FP16_FILE,
+    INT8_FILE,
     ONNX_FILE,
     CardDraft,
     Fp16Artifact,
+    Int8Artifact,
     ModelCard,
     OnnxArtifact,
     parse_card,
@@ -211,6 +213,10 @@ class Registry:
             raise RegistryError(f"{card.ref} has no fp16 variant", model=card.name)
         path = store.onnx_path(found.name, found.version, artifact.file)
         _check_integrity(card, path, artifact.file, artifact.sha256)
+        if card.onnx.int8 is not None and not fp16:  # the int8 runtimes open it beside path
+            int8 = card.onnx.int8
+            int8_path = store.onnx_path(found.name, found.version, int8.file)
+            _check_integrity(card, int8_path, int8.file, int8.sha256)
         logger.info("model loaded", extra={"model": card.ref, "file": artifact.file})
         return LoadedModel(card=card, onnx_path=path, fp16=fp16)
 
@@ -221,6 +227,7 @@ class Registry:
         draft: CardDraft | Mapping[str, Any],
         *,
         fp16_path: Path | None = None,
+        int8_path: Path | None = None,
         alias: str | None = None,
         check_contract: bool = True,
     ) -> ModelCard:
@@ -238,9 +245,10 @@ class Registry:
         validate_name(name)
         if alias is not None:
             validate_alias(alias)
-        draft = _as_draft(draft, name, fp16_path)
+        draft = _as_draft(draft, name, fp16_path, int8_path)
         draft.preprocess_config()
         files = {ONNX_FILE: Path(onnx_path)} | ({FP16_FILE: Path(fp16_path)} if fp16_path else {})
+        files |= {INT8_FILE: Path(int8_path)} if int8_path else {}
         for file, path in files.items():
             if not path.is_file():
                 raise StoreError(f"{file} source {path} is not a file")
@@ -293,8 +301,9 @@ class Registry:
             checks.append(Check("card", True, f"schema version {card.card_schema_version}"))
             card.preprocess_config()
             checks.append(Check("preprocess", True, "imaging.preprocess.PreprocessConfig"))
-            artifacts: list[OnnxArtifact | Fp16Artifact] = [card.onnx]
+            artifacts: list[OnnxArtifact | Fp16Artifact | Int8Artifact] = [card.onnx]
             artifacts += [card.onnx.fp16] if card.onnx.fp16 else []
+            artifacts += [card.onnx.int8] if card.onnx.int8 else []
             for artifact in artifacts:
                 path = store.onnx_path(name, version, artifact.file)
                 _check_integrity(card, path, artifact.file, artifact.sha256)
@@ -316,7 +325,9 @@ def _check_integrity(card: ModelCard, path: Path, file: str, expected: str) -> N
         raise ModelIntegrityError(card.name, card.version, file, expected, actual)
 
 
-def _as_draft(draft: CardDraft | Mapping[str, Any], name: str, fp16: Path | None) -> CardDraft:
+def _as_draft(
+    draft: CardDraft | Mapping[str, Any], name: str, fp16: Path | None, int8: Path | None = None
+) -> CardDraft:
     if not isinstance(draft, CardDraft):
         draft = parse_card(CardDraft, draft, source=f"the card draft for {name!r}")
     if draft.name is not None and draft.name != name:
@@ -324,6 +335,11 @@ def _as_draft(draft: CardDraft | Mapping[str, Any], name: str, fp16: Path | None
     if (draft.onnx.fp16 is None) != (fp16 is None):
         raise InvalidCardError(
             "an fp16 file and the card's onnx.fp16 parity figures go together: give both or neither"
+        )
+    if (draft.onnx.int8 is None) != (int8 is None):
+        raise InvalidCardError(
+            "an int8 file and the card's onnx.int8 quantisation facts go together: give both or "
+            "neither"
         )
     return draft
 
@@ -349,11 +365,20 @@ def _card_from_draft(
         fp16 = Fp16Artifact(
             sha256=sha256_file(path), size_bytes=path.stat().st_size, parity=draft.onnx.fp16.parity
         )
+    int8 = None
+    if draft.onnx.int8 is not None:
+        path = files[INT8_FILE]
+        int8 = Int8Artifact(
+            sha256=sha256_file(path),
+            size_bytes=path.stat().st_size,
+            quantization=draft.onnx.int8.quantization,
+        )
     onnx = OnnxArtifact(
         sha256=sha256_file(files[ONNX_FILE]),
         size_bytes=files[ONNX_FILE].stat().st_size,
         opset=draft.onnx.opset,
         fp16=fp16,
+        int8=int8,
     )
     body = draft.model_dump(exclude={"name", "onnx"})
     return ModelCard(name=name, version=version, registered_at=datetime.now(UTC), onnx=onnx, **body)

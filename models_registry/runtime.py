@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from models_registry.card import Runtime
+from models_registry.card import INT8_FILE, Runtime
 from models_registry.errors import RuntimeLoadError, RuntimeUnavailableError
 
 GPU_PROVIDER = "CUDAExecutionProvider"
@@ -38,12 +38,13 @@ OPENVINO_CONFIG: Mapping[str, str] = {
     "INFERENCE_PRECISION_HINT": "f32",
     "PERFORMANCE_HINT": "LATENCY",
 }
-OPENVINO_PRECISION: Mapping[Runtime, str] = {Runtime.OPENVINO: "f32", Runtime.OPENVINO_BF16: "bf16"}
-_MODULES = {
-    Runtime.ONNXRUNTIME: "onnxruntime",
-    Runtime.OPENVINO: "openvino",
-    Runtime.OPENVINO_BF16: "openvino",
+# int8: the quantised layers run in int8 whatever the hint; the rest stays float32
+OPENVINO_PRECISION: Mapping[Runtime, str] = {
+    Runtime.OPENVINO: "f32",
+    Runtime.OPENVINO_BF16: "bf16",
+    Runtime.OPENVINO_INT8: "f32",
 }
+_MODULES = {runtime: runtime.engine.value for runtime in Runtime}
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,7 @@ class Session(ABC):
 
     runtime: Runtime
     device: str  # e.g. "CUDAExecutionProvider", "CPUExecutionProvider", "CPU"
+    path: Path  # the file it runs (an int8 runtime: the model's int8 sibling)
 
     @abstractmethod
     def run(self, names: Sequence[str], feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
@@ -109,7 +111,8 @@ def installed_runtimes(*, reduced_precision: bool = False) -> tuple[Runtime, ...
 def runtime_version(runtime: Runtime) -> str:
     """The installed version of ``runtime``'s package."""
     module = _module(runtime)
-    return str(module.__version__ if runtime is Runtime.ONNXRUNTIME else module.get_version())
+    onnxruntime = runtime.engine is Runtime.ONNXRUNTIME
+    return str(module.__version__ if onnxruntime else module.get_version())
 
 
 def default_providers() -> tuple[str, ...]:
@@ -121,9 +124,10 @@ def default_providers() -> tuple[str, ...]:
 class OrtSession(Session):
     """ONNX Runtime; ``session`` is the ``onnxruntime.InferenceSession``."""
 
-    runtime = Runtime.ONNXRUNTIME
-
-    def __init__(self, path: Path, options: RuntimeOptions) -> None:
+    def __init__(
+        self, path: Path, options: RuntimeOptions, runtime: Runtime = Runtime.ONNXRUNTIME
+    ) -> None:
+        self.runtime, self.path = runtime, path
         ort = _module(Runtime.ONNXRUNTIME)
         settings = ort.SessionOptions()
         settings.intra_op_num_threads = max(0, options.threads)
@@ -153,7 +157,7 @@ class OpenVinoSession(Session):
     def __init__(
         self, path: Path, options: RuntimeOptions, runtime: Runtime = Runtime.OPENVINO
     ) -> None:
-        self.runtime = runtime
+        self.runtime, self.path = runtime, path
         config = {**OPENVINO_CONFIG, "INFERENCE_PRECISION_HINT": OPENVINO_PRECISION[runtime]}
         if options.threads > 0:
             config["INFERENCE_NUM_THREADS"] = str(options.threads)
@@ -197,9 +201,16 @@ def open_session(
         RuntimeLoadError: the runtime refused the file.
     """
     options = options or RuntimeOptions()
-    if runtime is Runtime.ONNXRUNTIME:
-        return OrtSession(Path(path), options)
-    return OpenVinoSession(Path(path), options, runtime)
+    path = artifact_path(Path(path), runtime)
+    if runtime.engine is Runtime.ONNXRUNTIME:
+        return OrtSession(path, options, runtime)
+    return OpenVinoSession(path, options, runtime)
+
+
+def artifact_path(path: Path, runtime: Runtime) -> Path:
+    """The file ``runtime`` runs for the model whose main file is ``path``: its int8 sibling
+    (:data:`INT8_FILE`, written by ``breastdx quantize``) for an int8 runtime, else ``path``."""
+    return path.with_name(INT8_FILE) if runtime.int8 else path
 
 
 def run_batched(

@@ -43,7 +43,14 @@ from urllib.request import url2pathname
 
 from pydantic import TypeAdapter, ValidationError
 
-from models_registry.card import FP16_FILE, NAME_PATTERN, ONNX_FILE, ModelCard, read_card
+from models_registry.card import (
+    FP16_FILE,
+    INT8_FILE,
+    NAME_PATTERN,
+    ONNX_FILE,
+    ModelCard,
+    read_card,
+)
 from models_registry.errors import (
     DuplicateVersionError,
     InvalidCardError,
@@ -57,7 +64,7 @@ EXTRA_STORES_ENV = "BREASTDX_EXTRA_MODEL_STORES"  # comma-separated paths or URI
 CARD_FILE = "card.json"
 ALIASES_FILE = "aliases.json"
 STAGING_DIR = ".staging"
-VERSION_FILES = frozenset({ONNX_FILE, FP16_FILE})
+VERSION_FILES = frozenset({ONNX_FILE, FP16_FILE, INT8_FILE})
 _VERSION_DIR = re.compile(r"^[1-9][0-9]*$")
 _NAME = re.compile(NAME_PATTERN)
 _ALIASES = TypeAdapter(dict[str, int])

@@ -80,10 +80,13 @@ class Settings(BaseSettings):
         description="ONNX Runtime threads spin-wait between runs: a little lower model latency "
         "on cores of their own, CPU taken from the web server and post-processing otherwise",
     )
-    runtime: Literal["auto", "onnxruntime", "openvino", "openvino-bf16"] = Field(
+    runtime: Literal[
+        "auto", "onnxruntime", "openvino", "openvino-bf16", "onnxruntime-int8", "openvino-int8"
+    ] = Field(
         default="auto",
-        description="inference runtime per model: onnxruntime, openvino, openvino-bf16 (only "
-        "models whose card lists it in reduced_precision), or auto (the fastest installed one "
+        description="inference runtime per model: onnxruntime, openvino, or a reduced-precision "
+        "one (openvino-bf16; onnxruntime-int8 and openvino-int8, which run the card's int8 file) "
+        "for models whose card lists it in reduced_precision; or auto (the fastest installed one "
         "the card allows that passes the parity gate against ONNX Runtime on CPU, chosen at "
         "start; docs/deployment.md, 'Runtimes')",
     )

@@ -160,6 +160,13 @@ def carded_draft(card: ModelCard, report: dict[str, Any]) -> CardDraft:
     body = card.model_dump(
         exclude={"name", "version", "registered_at", "onnx", "metrics", "evaluation_sets"}
     )
+    # a reduced-precision entry compares itself with these figures: it stays only where every
+    # figure it holds was measured on one of the new evaluation sets (else: evaluate it again)
+    body["reduced_precision"] = [
+        v.model_dump()
+        for v in card.reduced_precision
+        if all((m.dataset, m.split, m.protocol) in keys for m in v.metrics)
+    ]
     kept = [i for i in card.limitations if _OLD_BASELINE not in i and i != EVALUATED_NOTE]
     body["limitations"] = [i.replace(_TORCH_FIGURES, _TORCH_FIGURES_NOW) for i in kept] + [
         EVALUATED_NOTE

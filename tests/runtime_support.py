@@ -25,10 +25,12 @@ def shipped_card(name: str = SHIPPED_ULTRASOUND) -> tuple[ModelCard, Path]:
 
 def register_copy(store: Path, name: str = SHIPPED_ULTRASOUND, **changes: Any) -> Registry:
     """A registry at ``store`` holding the shipped ``name`` as version 1 (``production``), its
-    card changed by ``changes`` (top-level card fields, e.g. ``parity`` or ``runtimes``)."""
+    card changed by ``changes`` (top-level card fields, e.g. ``parity`` or ``runtimes``). The
+    copy allows the float32 runtimes only (no ``reduced_precision`` entry, whatever the shipped
+    card lists) unless ``changes`` gives one."""
     card, onnx_path = shipped_card(name)
     body = card.model_dump(mode="json", exclude={"name", "version", "registered_at", "onnx"})
-    draft = {**body, "onnx": {"opset": card.onnx.opset}, **changes}
+    draft = {**body, "onnx": {"opset": card.onnx.opset}, "reduced_precision": [], **changes}
     registry = Registry([store])
     registry.register(name, onnx_path, draft, alias=PRODUCTION)
     return registry

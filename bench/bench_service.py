@@ -19,6 +19,10 @@ Images: a real one per stage from ``../shared/data`` when present (BUSI, mini-MI
 generated one. Models: the shipped store (``models_registry/store``) when it holds any, else
 ``--store``. Redis DB 13 is flushed before and after the queued runs.
 
+Bare pipeline (``bare_pipeline_rps``): the same image through ``analyse_each`` in a plain loop,
+16 in flight on the in-process service's job threads, no HTTP; ``throughput_vs_bare_c16`` is
+each mode's throughput at concurrency 16 over it.
+
 ``--json FILE`` writes every figure of the run (see :func:`report`); ``--soak 0`` (the default)
 skips the soak. The servers run with the environment's ``BREASTDX_RUNTIME`` (default auto).
 
@@ -64,6 +68,7 @@ from models_registry.registry import Registry  # noqa: E402
 from models_registry.runtime import CPU_PROVIDER, installed_runtimes  # noqa: E402
 from models_registry.store import DirectoryStore  # noqa: E402
 from service.config import Settings  # noqa: E402
+from service.inference import analyse_each  # noqa: E402
 from service.inference import histopathology as histo  # noqa: E402
 from service.inference.pipeline import default_model_ref  # noqa: E402
 from service.inference.runner import RunnerOptions, get_runner  # noqa: E402
@@ -164,6 +169,7 @@ class ModelTimes:
     batch: tuple[int, ...]
     per_runtime: dict[str, float]
     ort_default_ms: float
+    bare_rps: float = float("nan")  # the pipeline alone at concurrency 16 (bare_pipeline_rps)
 
     def speedups(self) -> dict[str, float]:
         base = self.per_runtime[BASELINE]
@@ -197,6 +203,30 @@ def time_runtimes(
         per_runtime[runtime.value] = model_only_ms(registry, ref, batch, options)
     default = model_only_ms(registry, ref, batch, RunnerOptions(runtime=Runtime.ONNXRUNTIME))
     return ModelTimes(ref, tuple(batch.shape), per_runtime, default)
+
+
+def bare_pipeline_rps(
+    stage: Stage, image: bytes, registry: Registry, ref: str, requests: int, concurrency: int = 16
+) -> float:
+    """Requests/s of the pipeline alone (decode, stage check, preprocessing, model,
+    post-processing: ``analyse_each``) over ``requests`` copies of ``image``, ``concurrency`` in
+    flight on as many threads as the in-process service runs jobs (``inprocess_workers``), with
+    its session options; no HTTP, no job store. The in-process and queued throughputs at
+    ``concurrency`` are compared with it."""
+    settings = Settings()
+    options = runner_options(settings)
+
+    def one(_: int) -> None:
+        outcome = analyse_each(stage, [image], registry=registry, model_ref=ref, options=options,
+                               max_pixels=settings.max_pixels)[0]  # fmt: skip
+        if isinstance(outcome, Exception):
+            raise outcome
+
+    with ThreadPoolExecutor(max_workers=settings.inprocess_workers) as pool:
+        list(pool.map(one, range(2)))  # warm-up
+        start = time.perf_counter()
+        list(pool.map(one, range(requests)))  # the pool holds the rest queued: all in flight
+        return requests / (time.perf_counter() - start)
 
 
 def submit(client: httpx.Client, stage: str, image: bytes, wait: bool = True) -> httpx.Response:
@@ -412,6 +442,7 @@ def stage_figures(levels: list[Level], stage: str, times: ModelTimes) -> dict[st
     queued = p50.get((stage, "queued", 1), float("nan"))
     runtime = served_runtime(levels, stage)
     served = times.served_ms(runtime)
+    top = {(lv.mode): lv.throughput for lv in levels if lv.stage == stage and lv.concurrency == 16}
     return {
         "model": times.ref,
         "batch": list(times.batch),
@@ -423,22 +454,28 @@ def stage_figures(levels: list[Level], stage: str, times: ModelTimes) -> dict[st
         "overhead_ms": local - served,
         "e2e_over_model": local / min(served, times.ort_default_ms),
         "queue_overhead_ms": queued - local,
+        "bare_pipeline_rps_c16": times.bare_rps,
+        "throughput_vs_bare_c16": {
+            mode: rps / times.bare_rps for mode, rps in top.items() if times.bare_rps > 0
+        },
     }
 
 
 def print_targets(levels: list[Level], model_ms: dict[str, ModelTimes]) -> None:
     """Model-only time per runtime, speed-up over ONNX Runtime on CPU, the runtime the server
     ran, overhead (e2e p50 - its model-only p50, concurrency 1, in process), queue overhead."""
-    row = "{:<15} {:<26} {:<40} {:<10} {:>11} {:>15} {:>11}"
+    row = "{:<15} {:<26} {:<40} {:<10} {:>11} {:>15} {:>11} {:>9} {:>24}"
     heads = ("stage", "model", "model-only ms (x vs ORT CPU)", "served", "overhead ms",
-             "e2e p50/model", "queue ms")  # fmt: skip
+             "e2e p50/model", "queue ms", "bare rps", "c16 vs bare")  # fmt: skip
     print("\n" + row.format(*heads))
     for stage, times in model_ms.items():
         fig = stage_figures(levels, stage, times)
         speed = fig["speedup_vs_onnxruntime_cpu"]
         runtimes = ", ".join(f"{k} {v:.2f} ({speed[k]:.2f}x)" for k, v in fig["model_ms"].items())
+        ratios = ", ".join(f"{m} {r:.0%}" for m, r in fig["throughput_vs_bare_c16"].items())
         cells = (fig["served_runtime"], f"{fig['overhead_ms']:.1f}",
-                 f"{fig['e2e_over_model']:.2f}x", f"{fig['queue_overhead_ms']:.1f}")  # fmt: skip
+                 f"{fig['e2e_over_model']:.2f}x", f"{fig['queue_overhead_ms']:.1f}",
+                 f"{times.bare_rps:.1f}", ratios or "-")  # fmt: skip
         print(row.format(stage, times.ref, runtimes, *cells))
 
 
@@ -523,6 +560,10 @@ def main(argv: list[str] | None = None) -> int:
         help="runtimes to time model-only (ONNX Runtime on CPU is always the baseline)",
     )
     parser.add_argument("--json", type=Path, metavar="FILE", help="write every figure here")
+    parser.add_argument(
+        "--no-bare", dest="bare", action="store_false",
+        help="skip the bare pipeline's throughput (the concurrency-16 reference)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     runtimes = [Runtime(r) for r in args.runtimes.split(",") if r]
     store = default_store(args.store)
@@ -536,6 +577,10 @@ def main(argv: list[str] | None = None) -> int:
         ref = str(registry.resolve(default_model_ref(Stage(stage), registry)))
         batch = model_batch(Stage(stage), image, registry, ref)
         model_ms[stage] = time_runtimes(registry, ref, batch, runtimes)
+        if args.bare:
+            model_ms[stage].bare_rps = bare_pipeline_rps(
+                Stage(stage), image, registry, ref, args.requests
+            )
         print(f"# {stage}: {origin}, model batch {tuple(batch.shape)}")
     levels, soaked = [], None
     with tempfile.TemporaryDirectory(prefix="bench-service-") as tmp:

@@ -1,0 +1,47 @@
+"""Smoke test of ``bench/bench_service.py``: one short run, in process and queued, on the tiny
+test models; every figure the issue names is in its ``--json`` and holds together."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO_ROOT
+from tests.service import jobs_support as js
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)  # two server sets start one after the other; minutes when loaded
+def test_bench_service_writes_every_figure(tmp_path: Path) -> None:
+    store = js.build_store(tmp_path)
+    report = tmp_path / "service.json"
+    command = [sys.executable, "bench/bench_service.py", "--store", str(store), "--stages",
+               "ultrasound", "--requests", "4", "--concurrency", "1,16", "--runtimes",
+               "onnxruntime,openvino", "--json", str(report)]  # fmt: skip
+    done = subprocess.run(
+        command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=800, check=False
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    figures = json.loads(report.read_text(encoding="utf-8"))
+    us = figures["stages"]["ultrasound"]
+    assert us["model"] == "us-tiny@1"
+    assert set(us["model_ms"]) == {"onnxruntime_cpu", "onnxruntime", "openvino"}
+    assert us["speedup_vs_onnxruntime_cpu"]["onnxruntime_cpu"] == 1.0
+    assert us["served_runtime"] in {"onnxruntime", "openvino"}
+    levels = {(lv["mode"], lv["concurrency"]): lv for lv in figures["levels"]}
+    assert set(levels) == {(m, c) for m in ("inprocess", "queued") for c in (1, 16)}
+    assert all(lv["errors"] == 0 and lv["n"] == 4 for lv in levels.values())
+    local = levels[("inprocess", 1)]["p50_ms"]
+    assert math.isclose(us["overhead_ms"], local - us["served_model_ms"], rel_tol=1e-9)
+    assert us["bare_pipeline_rps_c16"] > 0
+    ratios = us["throughput_vs_bare_c16"]
+    assert set(ratios) == {"inprocess", "queued"}
+    for mode, ratio in ratios.items():
+        rps = levels[(mode, 16)]["throughput_rps"]
+        assert math.isclose(ratio, rps / us["bare_pipeline_rps_c16"], rel_tol=1e-9)
+    assert figures["soak"] is None  # --soak 0, the default, skips it

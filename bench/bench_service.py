@@ -6,8 +6,9 @@ For every stage: ``breastdx serve`` in process (no Redis), then ``breastdx serve
 ``Prefer: wait=30`` (polling ``Location`` on 202), timed from send to result. ``pipeline`` is the
 server's own ``timings_ms.total`` of the result. Model-only: ``ModelRunner.run`` on the very batch
 the pipeline builds for the same image, in this process, in the same run, with the service's
-session options (``runner_options(Settings())``) on each runtime of ``--runtimes`` (ONNX Runtime
-on its CPU provider is the baseline: ``speedup_vs_onnxruntime_cpu``) and with ONNX Runtime's
+session options (``runner_options(Settings())``) on each runtime of ``--runtimes`` that the card
+allows (default: every installed one, reduced-precision ones included; ONNX Runtime on its CPU
+provider is the baseline: ``speedup_vs_onnxruntime_cpu``) and with ONNX Runtime's
 defaults; the ratio e2e / model-only is taken against the faster of the service's options and
 ONNX Runtime's defaults on the runtime the server reported in its results (``model.runtime``).
 ``overhead_ms``: in-process e2e p50 at concurrency 1 minus that runtime's model-only p50. Queue
@@ -194,7 +195,10 @@ def time_runtimes(
         runtime=Runtime.ONNXRUNTIME,
     )
     per_runtime = {BASELINE: model_only_ms(registry, ref, batch, cpu)}
+    card = registry.card(ref)
     for runtime in runtimes:
+        if not card.allows(runtime):  # e.g. a reduced-precision one the card does not list
+            continue
         options = RunnerOptions(
             intra_op_threads=service.intra_op_threads,
             allow_spinning=service.allow_spinning,
@@ -556,8 +560,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--soak-stage", default=Stage.ULTRASOUND.value)
     parser.add_argument(
         "--runtimes",
-        default=",".join(r.value for r in installed_runtimes()),
-        help="runtimes to time model-only (ONNX Runtime on CPU is always the baseline)",
+        default=",".join(r.value for r in installed_runtimes(reduced_precision=True)),
+        help="runtimes to time model-only where the card allows them (ONNX Runtime on CPU is "
+        "always the baseline)",
     )
     parser.add_argument("--json", type=Path, metavar="FILE", help="write every figure here")
     parser.add_argument(

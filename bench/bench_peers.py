@@ -16,8 +16,11 @@ is a placeholder that refuses to install (``bench/constraints-bench.txt``).
 The client is one ``httpx.Client``: per server, ``--warmup`` requests, then ``--requests`` POSTs
 of the same image as a multipart ``file`` part at each concurrency level (breastdx with
 ``Prefer: wait=30``), timed from send to the full answer; every answer's malignancy probability
-must equal breastdx's (else the request counts as an error). ``--rounds`` repeats the sequence of
-servers and pools the figures (a loaded machine drifts; the final run wants the idle machine).
+must equal breastdx's (else the request counts as an error). Every server runs each stage's model
+on one runtime (``BREASTDX_RUNTIME``): ``--runtime``, or with ``auto`` the one breastdx's own
+choice settles on in the bench process, resolved once per stage and pinned for all. ``--rounds``
+repeats the sequence of servers and pools the figures (a loaded machine drifts; the final run
+wants the idle machine).
 
 Needs the bench environment (``make bench-peers`` makes ``.venv-bench`` and runs this):
 ``.venv-bench/bin/python bench/bench_peers.py [--stages ultrasound] [--requests 60]
@@ -211,7 +214,7 @@ def _environment(
 
 @contextmanager
 def running(
-    server: Server, stage: str, store: Path, parallel: int, tmp: Path
+    server: Server, stage: str, store: Path, parallel: int, tmp: Path, runtime: str = "auto"
 ) -> Iterator[tuple[httpx.Client, int]]:
     """The server in its own session on a free port, ready: a client on it, its pid."""
     port = free_port()
@@ -219,7 +222,7 @@ def running(
     fill = {"port": str(port), "python": python, "bentoml": str(Path(python).parent / "bentoml")}
     command = [part.format(**fill) for part in server.command]
     log = tmp / f"{server.name}-{stage}.log"
-    env = _environment(server, stage, store, parallel, tmp)
+    env = _environment(server, stage, store, parallel, tmp) | {"BREASTDX_RUNTIME": runtime}
     with log.open("wb") as out:
         proc = subprocess.Popen(
             command, cwd=server.cwd, env=env, stdout=out, stderr=out, start_new_session=True
@@ -337,13 +340,38 @@ def measure(
         cell.batch_sizes.append(answer[2])
 
 
-def reference(stage: str, image: bytes, store: Path) -> float:
-    """breastdx's own malignancy probability for ``image`` (every server must answer it)."""
+def stage_runtime(stage: str, store: Path, requested: str) -> str:
+    """The runtime every server runs ``stage``'s model on: ``requested``, or (``auto``) the one
+    breastdx's own choice settles on in this process, made once here so that every server and
+    the reference run the same one (a choice made in each process could differ where two
+    runtimes time alike, and their answers then differ in the last digits)."""
+    from models_registry.card import Stage
+    from models_registry.registry import Registry
+    from models_registry.store import DirectoryStore
+    from service.inference import get_runner
+    from service.inference.pipeline import default_model_ref
+    from service.inference.runner import RunnerOptions
+    from service.inference.runtime_choice import AUTO, parse_runtime
+
+    if requested != AUTO:
+        return requested
+    registry = Registry([DirectoryStore(store)])
+    ref = default_model_ref(Stage(stage), registry)
+    return get_runner(ref, registry, RunnerOptions(runtime=parse_runtime(AUTO))).runtime.value
+
+
+def reference(stage: str, image: bytes, store: Path, runtime: str) -> float:
+    """breastdx's own malignancy probability for ``image`` on ``runtime`` (every server runs the
+    same runtime and must answer it)."""
     from models_registry.registry import Registry
     from models_registry.store import DirectoryStore
     from service.inference import analyse
+    from service.inference.runner import RunnerOptions
+    from service.inference.runtime_choice import parse_runtime
 
-    analysis = analyse(stage, [image], registry=Registry([DirectoryStore(store)]))[0]
+    options = RunnerOptions(runtime=parse_runtime(runtime))
+    registry = Registry([DirectoryStore(store)])
+    analysis = analyse(stage, [image], registry=registry, options=options)[0]
     probability = analysis.result.malignancy.probability if analysis.result.malignancy else None
     return float(probability if probability is not None else np.nan)
 
@@ -354,12 +382,15 @@ def run(args: argparse.Namespace) -> list[Cell]:
     with tempfile.TemporaryDirectory(prefix="bench-peers-") as tmp:
         for stage in args.stages.split(","):
             image, origin = stage_image(stage)
-            expected = reference(stage, image, args.store)
-            print(f"# {stage}: {origin} ({len(image)} bytes), malignancy {expected:.4f}")
+            runtime = stage_runtime(stage, args.store, args.runtime)
+            args.stage_runtimes[stage] = runtime
+            expected = reference(stage, image, args.store, runtime)
+            print(f"# {stage}: {origin} ({len(image)} bytes), runtime {runtime}, "
+                  f"malignancy {expected:.4f}")  # fmt: skip
             for round_ in range(args.rounds):
                 for name in args.servers.split(","):
                     server = SERVERS[name]
-                    started = running(server, stage, args.store, args.parallel, Path(tmp))
+                    started = running(server, stage, args.store, args.parallel, Path(tmp), runtime)
                     with started as (client, pid):
                         for _ in range(args.warmup):
                             one_request(client, server, stage, image)
@@ -502,6 +533,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--parallel", type=int, default=2, help="analyses at a time per server")
+    parser.add_argument(
+        "--runtime", default="auto",
+        help="runtime every server runs (BREASTDX_RUNTIME); auto: breastdx's choice in the bench "
+        "process, made once per stage and pinned for every server",
+    )  # fmt: skip
     parser.add_argument("--json", type=Path, help="write every figure of the run here")
     args = parser.parse_args(argv)
     unknown = [s for s in args.servers.split(",") if s not in SERVERS]
@@ -519,6 +555,7 @@ def main(argv: list[str] | None = None) -> int:
         f"# {args.requests} requests per cell, {args.rounds} round(s), {args.parallel} analyses "
         f"at a time per server, {args.warmup} warm-up requests"
     )
+    args.stage_runtimes = {}  # filled by run(): the runtime each stage ran on
     cells = run(args)
     print()
     print_table(cells)
@@ -528,7 +565,8 @@ def main(argv: list[str] | None = None) -> int:
         report = {
             "command": " ".join([Path(sys.argv[0]).name, *(argv or sys.argv[1:])]),
             "machine": about,
-            "settings": {k: str(v) for k, v in vars(args).items()},
+            "settings": {k: str(v) for k, v in vars(args).items() if k != "stage_runtimes"},
+            "runtimes": args.stage_runtimes,
             "cells": [c.figures() for c in cells],
             "targets": found,
         }

@@ -16,11 +16,10 @@ is a placeholder that refuses to install (``bench/constraints-bench.txt``).
 The client is one ``httpx.Client``: per server, ``--warmup`` requests, then ``--requests`` POSTs
 of the same image as a multipart ``file`` part at each concurrency level (breastdx with
 ``Prefer: wait=30``), timed from send to the full answer; every answer's malignancy probability
-must equal breastdx's (else the request counts as an error). Every server runs each stage's model
-on one runtime (``BREASTDX_RUNTIME``): ``--runtime``, or with ``auto`` the one breastdx's own
-choice settles on in the bench process, resolved once per stage and pinned for all. ``--rounds``
-repeats the sequence of servers and pools the figures (a loaded machine drifts; the final run
-wants the idle machine).
+must equal breastdx's own on the runtime the answer names (else the request counts as an error;
+each server makes its own ``BREASTDX_RUNTIME`` choice, default auto, and each cell records the
+runtimes that answered). ``--rounds`` repeats the sequence of
+servers and pools the figures (a loaded machine drifts; the final run wants the idle machine).
 
 Needs the bench environment (``make bench-peers`` makes ``.venv-bench`` and runs this):
 ``.venv-bench/bin/python bench/bench_peers.py [--stages ultrasound] [--requests 60]
@@ -40,10 +39,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import cache
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -142,6 +143,7 @@ class Cell:
     errors: int = 0
     wall_s: float = 0.0
     cpu_s: float = 0.0  # CPU time of the server's processes while the cell ran
+    runtimes: Counter[str] = field(default_factory=Counter)  # model.runtime of the answers
 
     def p_ms(self, q: float) -> float | None:
         return float(np.percentile(self.latencies_s, q)) * 1000.0 if self.latencies_s else None
@@ -164,6 +166,7 @@ class Cell:
             "server_cpu_ms_per_request": (
                 self.cpu_s * 1000.0 / len(self.latencies_s) if self.latencies_s else None
             ),
+            "runtimes": dict(self.runtimes),
         }
 
 
@@ -214,7 +217,7 @@ def _environment(
 
 @contextmanager
 def running(
-    server: Server, stage: str, store: Path, parallel: int, tmp: Path, runtime: str = "auto"
+    server: Server, stage: str, store: Path, parallel: int, tmp: Path
 ) -> Iterator[tuple[httpx.Client, int]]:
     """The server in its own session on a free port, ready: a client on it, its pid."""
     port = free_port()
@@ -222,7 +225,7 @@ def running(
     fill = {"port": str(port), "python": python, "bentoml": str(Path(python).parent / "bentoml")}
     command = [part.format(**fill) for part in server.command]
     log = tmp / f"{server.name}-{stage}.log"
-    env = _environment(server, stage, store, parallel, tmp) | {"BREASTDX_RUNTIME": runtime}
+    env = _environment(server, stage, store, parallel, tmp)
     with log.open("wb") as out:
         proc = subprocess.Popen(
             command, cwd=server.cwd, env=env, stdout=out, stderr=out, start_new_session=True
@@ -286,7 +289,8 @@ def tree_cpu_s(root: int) -> float:
     return sum(times.get(pid, 0) for pid in tree) / os.sysconf("SC_CLK_TCK")
 
 
-Answer = tuple[float, float, int] | None  # (seconds, malignancy probability, batch size)
+# (seconds, malignancy probability, batch size, the runtime that ran the model)
+Answer = tuple[float, float, int, str] | None
 
 
 def one_request(client: httpx.Client, server: Server, stage: str, image: bytes) -> Answer:
@@ -307,7 +311,8 @@ def one_request(client: httpx.Client, server: Server, stage: str, image: bytes) 
         return None
     result = body["result"][0]
     probability = (result.get("malignancy") or {}).get("probability")
-    return seconds, float(probability if probability is not None else np.nan), result["batch_size"]
+    value = float(probability if probability is not None else np.nan)
+    return seconds, value, result["batch_size"], result["model"]["runtime"]
 
 
 def measure(
@@ -316,7 +321,7 @@ def measure(
     cell: Cell,
     image: bytes,
     requests: int,
-    expected: float | None,
+    expected: Callable[[str], float] | None,
     server_pid: int,
 ) -> None:
     """``requests`` requests, ``cell.concurrency`` at a time, added to ``cell``."""
@@ -331,38 +336,20 @@ def measure(
     for answer in answers:
         agrees = answer is not None and (
             expected is None
-            or np.isclose(answer[1], expected, rtol=1e-4, atol=1e-5, equal_nan=True)
+            or np.isclose(answer[1], expected(answer[3]), rtol=1e-4, atol=1e-5, equal_nan=True)
         )
         if answer is None or not agrees:
             cell.errors += 1
             continue
         cell.latencies_s.append(answer[0])
         cell.batch_sizes.append(answer[2])
-
-
-def stage_runtime(stage: str, store: Path, requested: str) -> str:
-    """The runtime every server runs ``stage``'s model on: ``requested``, or (``auto``) the one
-    breastdx's own choice settles on in this process, made once here so that every server and
-    the reference run the same one (a choice made in each process could differ where two
-    runtimes time alike, and their answers then differ in the last digits)."""
-    from models_registry.card import Stage
-    from models_registry.registry import Registry
-    from models_registry.store import DirectoryStore
-    from service.inference import get_runner
-    from service.inference.pipeline import default_model_ref
-    from service.inference.runner import RunnerOptions
-    from service.inference.runtime_choice import AUTO, parse_runtime
-
-    if requested != AUTO:
-        return requested
-    registry = Registry([DirectoryStore(store)])
-    ref = default_model_ref(Stage(stage), registry)
-    return get_runner(ref, registry, RunnerOptions(runtime=parse_runtime(AUTO))).runtime.value
+        cell.runtimes[answer[3]] += 1
 
 
 def reference(stage: str, image: bytes, store: Path, runtime: str) -> float:
-    """breastdx's own malignancy probability for ``image`` on ``runtime`` (every server runs the
-    same runtime and must answer it)."""
+    """breastdx's own malignancy probability for ``image`` on ``runtime``: every answer must
+    equal it for the runtime the answer names (each server process makes its own runtime
+    choice, ``BREASTDX_RUNTIME``; two runtimes a card allows agree only within its gate)."""
     from models_registry.registry import Registry
     from models_registry.store import DirectoryStore
     from service.inference import analyse
@@ -376,21 +363,23 @@ def reference(stage: str, image: bytes, store: Path, runtime: str) -> float:
     return float(probability if probability is not None else np.nan)
 
 
+def references(stage: str, image: bytes, store: Path) -> Callable[[str], float]:
+    """:func:`reference` per runtime, each computed once."""
+    return cache(lambda runtime: reference(stage, image, store, runtime))
+
+
 def run(args: argparse.Namespace) -> list[Cell]:
     levels = [int(c) for c in args.concurrency.split(",")]
     cells: dict[tuple[str, str, int], Cell] = {}
     with tempfile.TemporaryDirectory(prefix="bench-peers-") as tmp:
         for stage in args.stages.split(","):
             image, origin = stage_image(stage)
-            runtime = stage_runtime(stage, args.store, args.runtime)
-            args.stage_runtimes[stage] = runtime
-            expected = reference(stage, image, args.store, runtime)
-            print(f"# {stage}: {origin} ({len(image)} bytes), runtime {runtime}, "
-                  f"malignancy {expected:.4f}")  # fmt: skip
+            expected = references(stage, image, args.store)
+            print(f"# {stage}: {origin} ({len(image)} bytes)")
             for round_ in range(args.rounds):
                 for name in args.servers.split(","):
                     server = SERVERS[name]
-                    started = running(server, stage, args.store, args.parallel, Path(tmp), runtime)
+                    started = running(server, stage, args.store, args.parallel, Path(tmp))
                     with started as (client, pid):
                         for _ in range(args.warmup):
                             one_request(client, server, stage, image)
@@ -406,9 +395,9 @@ def _fmt(value: float | None, digits: int = 1) -> str:
 
 
 def print_table(cells: list[Cell]) -> None:
-    row = "{:<16} {:<15} {:>5} {:>5} {:>9} {:>9} {:>8} {:>7} {:>7} {:>6}"
+    row = "{:<16} {:<15} {:>5} {:>5} {:>9} {:>9} {:>8} {:>7} {:>7} {:>6}  {}"
     heads = ("server", "stage", "conc", "n", "p50 ms", "p95 ms", "req/s", "cpu ms", "batch")
-    print(row.format(*heads, "errors"))
+    print(row.format(*heads, "errors", "runtime"))
     for cell in cells:
         f = cell.figures()
         print(
@@ -423,6 +412,7 @@ def print_table(cells: list[Cell]) -> None:
                 _fmt(f["server_cpu_ms_per_request"]),
                 _fmt(f["mean_batch_size"], 2),
                 f["errors"],
+                ",".join(sorted(cell.runtimes)) or "-",
             )
         )
 
@@ -533,11 +523,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--parallel", type=int, default=2, help="analyses at a time per server")
-    parser.add_argument(
-        "--runtime", default="auto",
-        help="runtime every server runs (BREASTDX_RUNTIME); auto: breastdx's choice in the bench "
-        "process, made once per stage and pinned for every server",
-    )  # fmt: skip
     parser.add_argument("--json", type=Path, help="write every figure of the run here")
     args = parser.parse_args(argv)
     unknown = [s for s in args.servers.split(",") if s not in SERVERS]
@@ -555,7 +540,6 @@ def main(argv: list[str] | None = None) -> int:
         f"# {args.requests} requests per cell, {args.rounds} round(s), {args.parallel} analyses "
         f"at a time per server, {args.warmup} warm-up requests"
     )
-    args.stage_runtimes = {}  # filled by run(): the runtime each stage ran on
     cells = run(args)
     print()
     print_table(cells)
@@ -565,8 +549,7 @@ def main(argv: list[str] | None = None) -> int:
         report = {
             "command": " ".join([Path(sys.argv[0]).name, *(argv or sys.argv[1:])]),
             "machine": about,
-            "settings": {k: str(v) for k, v in vars(args).items() if k != "stage_runtimes"},
-            "runtimes": args.stage_runtimes,
+            "settings": {k: str(v) for k, v in vars(args).items()},
             "cells": [c.figures() for c in cells],
             "targets": found,
         }

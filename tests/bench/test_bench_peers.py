@@ -58,8 +58,9 @@ def test_bench_peers_measures_every_server(tmp_path: Path) -> None:
         assert 0 < cell["p50_ms"] <= cell["p95_ms"] and cell["throughput_rps"] > 0
         assert cell["server_cpu_ms_per_request"] >= 0  # clock ticks of 10 ms: may read 0
     assert any(cell["server_cpu_ms_per_request"] > 0 for cell in cells.values())
-    assert set(figures["runtimes"]) == {"ultrasound"}  # one runtime per stage, pinned for all
-    assert figures["runtimes"]["ultrasound"] in {"onnxruntime", "openvino"}
+    for cell in cells.values():  # every answer names the runtime it was checked against
+        assert sum(cell["runtimes"].values()) == 3
+        assert set(cell["runtimes"]) <= {"onnxruntime", "openvino"}
     assert cells[("breastdx", 1)]["mean_batch_size"] == 1.0
     ultrasound = figures["targets"]["ultrasound"]
     assert ultrasound["best_peer"] in {"litserve", "bentoml"}

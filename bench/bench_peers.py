@@ -1,11 +1,11 @@
 """breastdx beside serving peers: the same model, the same work per request, the same client.
 
 Servers, each alone on the machine in its own subprocess on a free loopback port, one after the
-other: ``breastdx serve`` in process (no Redis) as ``.venv-serve`` runs it (asyncio loop, h11:
-uvloop and httptools hidden), the same with uvloop and httptools (``breastdx-uvloop``), the same
-with micro-batching forced on (``breastdx-batch``: ``BREASTDX_BATCH_WINDOW_MS``, max batch 16,
-which raises the job threads to 16) and, to tell the two apart, 16 job threads without batching
-(``breastdx-threads``),
+other: ``breastdx serve`` in process (no Redis) as ``.venv-serve`` runs it (uvloop and
+httptools, which the ``api`` extra installs), the same with both hidden so that uvicorn falls
+back to asyncio and h11 (``breastdx-h11``), the same with micro-batching forced on
+(``breastdx-batch``: ``BREASTDX_BATCH_WINDOW_MS``, max batch 16, which raises the job threads to
+16) and, to tell the two apart, 16 job threads without batching (``breastdx-threads``),
 LitServe and BentoML (``bench/peers/``). Every peer runs breastdx's own request work
 (``bench/peers/common.py``: ``analyse_each`` on the stage's production model with the service's
 ONNX Runtime options, then the mask and display PNGs that breastdx stores per job) with
@@ -92,18 +92,13 @@ def _breastdx(name: str, *env: tuple[str, str], hide_uvloop: bool = False) -> Se
 SERVERS = {
     server.name: server
     for server in (
-        _breastdx("breastdx", hide_uvloop=True),
-        _breastdx("breastdx-uvloop"),
-        _breastdx(
-            "breastdx-threads",
-            ("BREASTDX_INPROCESS_WORKERS", str(BATCH_MAX)),
-            hide_uvloop=True,
-        ),
+        _breastdx("breastdx"),
+        _breastdx("breastdx-h11", hide_uvloop=True),
+        _breastdx("breastdx-threads", ("BREASTDX_INPROCESS_WORKERS", str(BATCH_MAX))),
         _breastdx(
             "breastdx-batch",
             ("BREASTDX_BATCH_WINDOW_MS", str(BATCH_WINDOW_MS)),
             ("BREASTDX_MAX_BATCH", str(BATCH_MAX)),
-            hide_uvloop=True,
         ),
         Server(
             "litserve",
@@ -204,12 +199,12 @@ def _environment(
         **dict(server.env),
     }
     env.pop("BREASTDX_REDIS_URL", None)
-    if server.hide_uvloop:  # as .venv-serve has it: uvicorn falls back to asyncio and h11
+    if server.hide_uvloop:  # uvicorn falls back to asyncio and h11
         hidden = tmp / "hidden"
         for module in ("uvloop", "httptools"):
             (hidden / module).mkdir(parents=True, exist_ok=True)
             (hidden / module / "__init__.py").write_text(
-                f"raise ImportError('{module} hidden by bench_peers: .venv-serve has none')\n"
+                f"raise ImportError('{module} hidden by bench_peers (breastdx-h11)')\n"
             )
         env["PYTHONPATH"] = f"{hidden}{os.pathsep}{ROOT}"
     return env

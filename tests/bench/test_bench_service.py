@@ -45,3 +45,18 @@ def test_bench_service_writes_every_figure(tmp_path: Path) -> None:
         rps = levels[(mode, 16)]["throughput_rps"]
         assert math.isclose(ratio, rps / us["bare_pipeline_rps_c16"], rel_tol=1e-9)
     assert figures["soak"] is None  # --soak 0, the default, skips it
+
+
+def test_bench_variants_times_every_runtime_the_card_allows(tmp_path: Path) -> None:
+    store = js.build_store(tmp_path)
+    command = [sys.executable, "bench/bench_variants.py", "--store", str(store), "--model",
+               "idc-tiny", "--batch", "4", "--seconds", "0.2"]  # fmt: skip
+    done = subprocess.run(
+        command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300, check=False
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("# idc-tiny@1: input (4, 3, 32, 32)")
+    timed = {line.split()[0]: line for line in lines[1:]}
+    assert set(timed) == {"onnxruntime", "openvino"}  # no reduced-precision entry on the card
+    assert " 1.00x  (model.onnx, CPUExecutionProvider" in timed["onnxruntime"]

@@ -123,4 +123,6 @@ def test_lesion_weighted_image_malignancy_is_thresholded_on_its_own_score() -> N
     assert derived.val["malignancy_balanced_accuracy"] == 1.0
     assert derived.val["image_malignancy"] == "lesion_weighted"
     lesion_t = derived.lesion_temperature or 1.0
+    # the threshold separates the derived scores: above the benign films (logit -2), below the
+    # malignant ones (logit 2), each through the lesion temperature
     assert 1 / (1 + np.exp(2.0 / lesion_t)) < derived.malignancy < 1 / (1 + np.exp(-2.0 / lesion_t))

@@ -13,7 +13,10 @@ by its expired lease and retried or failed (``service.jobs.reconcile``), which e
 checks at start and every ``maintenance_interval_s``. Scale with more worker processes (one per
 GPU, or per few cores). Each worker also runs RQ's scheduler (needed for retry intervals) in a
 forked child that dies with the worker (``PR_SET_PDEATHSIG``): a worker killed with SIGKILL
-leaves no scheduler behind holding the scheduler lock. Liveness for ``/readyz`` is a
+leaves no scheduler behind holding the scheduler lock, and a worker whose scheduler lock was
+held at start (another worker's, or a dying one's) tries for it again every
+``SCHEDULER_RETRY_S`` while it runs, not only at RQ's maintenance interval: a retry scheduled
+while its worker died is enqueued within seconds. Liveness for ``/readyz`` is a
 short-lived heartbeat key (``service.heartbeat``), which also registers the worker again with
 RQ after Redis comes back empty.
 """
@@ -25,6 +28,7 @@ import logging
 import os
 import signal
 import threading
+import time
 from collections.abc import Sequence
 
 import redis
@@ -56,6 +60,7 @@ logger = logging.getLogger(__name__)
 
 
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
+SCHEDULER_RETRY_S = 5  # how often a worker without a running scheduler tries for the locks
 
 
 def die_with_parent(parent_pid: int, sig: int = signal.SIGTERM) -> bool:
@@ -90,6 +95,47 @@ class OrphanFreeScheduler(RQScheduler):
 class BreastdxWorker(SimpleWorker):
     """Jobs run in this process, on the sessions it loaded once."""
 
+    _next_scheduler_try = 0.0
+    _burst = False
+
+    def dequeue_job_and_maintain_ttl(  # type: ignore[no-untyped-def]  # RQ's signature
+        self, timeout, max_idle_time=None
+    ):
+        """RQ's, waking at least every ``SCHEDULER_RETRY_S`` while idle (each wake beats the
+        worker's heartbeat, where :meth:`take_over_scheduling` runs)."""
+        if timeout is not None:  # None: burst, which never blocks
+            timeout = min(timeout, SCHEDULER_RETRY_S)
+        return super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
+
+    def heartbeat(self, *args, **kwargs):  # type: ignore[no-untyped-def]  # RQ's signature
+        result = super().heartbeat(*args, **kwargs)
+        self.take_over_scheduling()
+        return result
+
+    def take_over_scheduling(self) -> None:
+        """Start a scheduler for the queues whose lock has come free, at most every
+        ``SCHEDULER_RETRY_S``. RQ itself tries only at its maintenance interval (a minute here), so
+        a worker started while a killed worker's scheduler still held the lock would leave that
+        queue's scheduled retries waiting a minute. Main thread only: the scheduler is forked,
+        and dies with the thread that forked it."""
+        scheduler = self.scheduler
+        if scheduler is None or self._burst:  # burst: scheduled jobs enqueued once, at start
+            return
+        if threading.current_thread() is not threading.main_thread():
+            return
+        process = scheduler._process
+        if process is not None and process.is_alive():
+            return
+        now = time.monotonic()
+        if now < self._next_scheduler_try:
+            return
+        self._next_scheduler_try = now + SCHEDULER_RETRY_S
+        try:
+            if scheduler.acquire_locks(auto_start=True):
+                logger.info("scheduler started for %s", ", ".join(sorted(scheduler.acquired_locks)))
+        except redis.RedisError:
+            logger.warning("scheduler locks not taken; will retry", exc_info=True)
+
     def _start_scheduler(
         self,
         burst: bool = False,
@@ -98,6 +144,7 @@ class BreastdxWorker(SimpleWorker):
         log_format: str = DEFAULT_LOGGING_FORMAT,
     ) -> None:
         """RQ's own, with the scheduler that dies with this worker."""
+        self._burst = burst
         self.scheduler = OrphanFreeScheduler(
             self.queues,
             connection=self.connection,

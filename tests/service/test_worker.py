@@ -18,6 +18,7 @@ import redis
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 from rq.job import Job, JobStatus
+from rq.scheduler import RQScheduler
 
 from service.app import create_app
 from service.config import Settings
@@ -227,3 +228,40 @@ def test_worker_killed_mid_job_is_retried_never_lost(store: Path, db: redis.Redi
         js.stop_worker(first)
         if second is not None:
             js.stop_worker(second)
+
+
+def test_worker_takes_over_a_scheduler_lock_freed_after_its_start(
+    store: Path, db: redis.Redis
+) -> None:
+    """A worker started while another scheduler held its queue's lock (a killed worker's, still
+    stopping) schedules that queue's retries once the lock comes free: within seconds, not at
+    RQ's maintenance interval (set to 10 minutes here, so only the take-over can pass)."""
+    namespace = "t-lock"
+    lock = RQScheduler.get_locking_key(f"{namespace}:mammography")
+    db.set(lock, "a-stopping-scheduler", ex=600)
+    env = js.worker_env(store, namespace, BREASTDX_MAINTENANCE_INTERVAL_S="600")
+    worker = js.start_worker(env, "--queues", "mammography")
+    model = store / "mg-flaky" / "1" / "model.onnx"
+    hidden = model.with_name("hidden.onnx")
+    model.rename(hidden)  # the first attempt fails and is scheduled for a retry 1 s later
+    try:
+        with api(store, namespace) as client:
+            job_id = submit(
+                client, "mammography", js.mammogram_png(), query="?model=mg-flaky"
+            ).json()["id"]
+
+            def retrying() -> bool:
+                body = look(client, job_id) or {}
+                return body.get("attempts") == 1 and bool(body.get("last_error"))
+
+            js.wait_until(retrying, 60, every_s=0.0)
+            hidden.rename(model)
+            assert db.get(lock) == b"a-stopping-scheduler"  # nothing took it while it was held
+            db.delete(lock)  # the stopping scheduler releases it
+            body = final(client, job_id, timeout_s=60)
+        assert body["state"] == "succeeded" and body["attempts"] == 2, body
+        assert db.get(lock) not in {None, b"a-stopping-scheduler"}  # the worker's scheduler
+    finally:
+        if hidden.exists():
+            hidden.rename(model)
+        js.stop_worker(worker)

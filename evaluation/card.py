@@ -79,6 +79,9 @@ def _figures(section: dict[str, Any]) -> dict[str, dict[str, Any]]:
         out[f"froc_sensitivity_at_{rate:g}_fp"] = point
     if detection:
         out["froc_mean_sensitivity"] = detection["mean_sensitivity"]
+    for key, figure in (detection.get("operating_point") or {}).items():
+        if isinstance(figure, dict):  # sensitivity, fp_per_image of the lesions the card reports
+            out[f"operating_point_{key}"] = figure
     return out
 
 

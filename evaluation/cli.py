@@ -156,7 +156,7 @@ def _evaluate_one(
 ) -> dict[str, Any]:
     from evaluation import report
     from evaluation.card import split_facts
-    from evaluation.run import CaseCache, Progress, Skipped, evaluate_cases
+    from evaluation.run import CaseCache, Progress, Skipped, evaluate_cases, scoring_key
 
     card = runner.card
 
@@ -185,7 +185,7 @@ def _evaluate_one(
         stage=Stage(args.stage),
         registry=registry,
         model_ref=card.ref,
-        cache=CaseCache(args.out, card.onnx.sha256, runner.runtime),
+        cache=CaseCache(args.out, card.onnx.sha256, scoring_key(card), runner.runtime),
         progress=Progress(len(cases), fmt.display),
         options=runner_options(args),
     )

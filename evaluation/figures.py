@@ -9,7 +9,10 @@ images. Undefined figures (no lesion image, one class only) are None.
   the model marked something; the false-lesion rate, the share of lesion-free images on which
   the model marked any lesion;
 - detection (mammography): FROC sensitivity at ``FP_RATES`` false positives per image and their
-  mean, under ``lesions.HIT_RULE``;
+  mean, under ``lesions.HIT_RULE``, over every region the model proposes: the lesions, then the
+  candidates the card's presence threshold dropped (each ranked by its peak probability), so
+  the curve runs past the operating point; and the operating point itself (the lesions alone:
+  sensitivity and false positives per image);
 - classification (cases with a label): ROC AUC; sensitivity, specificity, balanced accuracy and
   accuracy at the card's threshold; ECE (15 bins) and the Brier score; for histopathology also
   per patient, the patient's probability being the mean of its patches' (label: malignant if
@@ -38,7 +41,9 @@ CLASSIFICATION_KEYS = (
     "brier",
 )
 MARK_SCORE = {
-    "score": "lesions are ranked by their own detection score (the pipeline's Lesion.score)",
+    "score": "lesions are ranked by their own detection score (the pipeline's Lesion.score), "
+    "followed by the regions the card's presence threshold dropped (ranked by the same peak "
+    "probability): the curve is that of the presence threshold swept",
     "mean_probability": "lesions are ranked by their mean pixel probability (the pipeline's "
     "Lesion.mean_probability): this model's lesions carry no detection score of their own",
 }
@@ -96,8 +101,13 @@ class _Froc:
     """FROC points of a resample of images; the six points of one resample computed once."""
 
     def __init__(self, records: Sequence[Record]) -> None:
-        self.scores = [np.array([m[4] for m in r["marks"]], float) for r in records]
-        self.hits = [np.array(r["hits"], bool) for r in records]
+        self.scores = [
+            np.array([m[4] for m in [*r["marks"], *r.get("candidates", [])]], float)
+            for r in records
+        ]
+        self.hits = [np.array([*r["hits"], *r.get("candidate_hits", [])], bool) for r in records]
+        self.found = np.array([sum(r["hits"]) for r in records], float)  # at the operating point
+        self.false = np.array([len(r["hits"]) - sum(r["hits"]) for r in records], float)
         self.lesions = np.array([len(r["truth_boxes"]) for r in records])
         self._memo: dict[bytes, list[float]] = {}
 
@@ -128,6 +138,19 @@ def detection(records: Sequence[Record], n_boot: int = N_BOOT) -> dict[str, Any]
         len(rows),
         int(froc.lesions.sum()),
     )
+    operating_point = {
+        "what": "the lesions the card's thresholds report (mask and presence), the point the "
+        "service runs at",
+        "sensitivity": _ci(
+            lambda idx: float(froc.found[idx].sum() / max(froc.lesions[idx].sum(), 1)),
+            rows,
+            groups=groups,
+            n_boot=n_boot,
+        ),
+        "fp_per_image": _ci(
+            lambda idx: float(froc.false[idx].mean()), rows, groups=groups, n_boot=n_boot
+        ),
+    }
     return {
         "hit_rule": HIT_RULE,
         "mark_score": MARK_SCORE[
@@ -137,6 +160,7 @@ def detection(records: Sequence[Record], n_boot: int = N_BOOT) -> dict[str, Any]
         "n_lesions": int(froc.lesions.sum()),
         "froc": points[:-1],
         "mean_sensitivity": {k: v for k, v in points[-1].items() if k != "fp_per_image"},
+        "operating_point": operating_point,
         "curve": {
             "fp_per_image": [round(float(v), 5) for v in curve.fp_per_image],
             "sensitivity": [round(float(v), 5) for v in curve.sensitivity],

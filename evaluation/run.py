@@ -1,15 +1,19 @@
 """Run the service's inference path over the cases of a data set, resumably.
 
 Cases go through ``service.inference.analyse_each`` (what ``breastdx predict`` and the API run)
-in chunks; each scored case is appended at once to ``<out>/cache/<model sha256>.jsonl`` (another
-runtime than ONNX Runtime: ``<sha256>.<runtime>.jsonl``), keyed by data set and case id, so an
-interrupted run picks up where it stopped and a re-run with the same model file and runtime
-scores nothing twice. A case whose image or truth cannot be used is skipped with a message
-naming the file; skipped cases are not cached (a re-run tries them again).
+in chunks; each scored case is appended at once to ``<out>/cache/<model sha256>-<key>.jsonl``
+(another runtime than ONNX Runtime: ``<sha256>-<key>.<runtime>.jsonl``), keyed by data set and
+case id, so an interrupted run picks up where it stopped and a re-run with the same model file
+and runtime scores nothing twice. ``key`` (:func:`scoring_key`) covers what else decides a
+record: the card's input, outputs, thresholds and calibration (two versions of one file with
+other thresholds never share records) and ``RECORD_FORMAT``. A case whose image or truth
+cannot be used is skipped with a message naming the file; skipped cases are not cached (a re-run
+tries them again).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import sys
@@ -22,12 +26,21 @@ from typing import Any, TextIO
 from breastdx.errors import BreastdxError
 from evaluation.cases import Case
 from evaluation.score import score_case
-from models_registry.card import Runtime, Stage
+from models_registry.card import ModelCard, Runtime, Stage
 from models_registry.registry import Registry
 from service.inference import Analysis, RunnerOptions, analyse_each
 
 logger = logging.getLogger(__name__)
 CHUNK = 16
+RECORD_FORMAT = 2  # 2: candidates below the presence threshold; bump when a record changes
+
+
+def scoring_key(card: ModelCard) -> str:
+    """12 hex digits naming what, besides the ONNX file and the runtime, decides a case's
+    record: the card's input, outputs, thresholds and calibration, and ``RECORD_FORMAT``."""
+    facts = card.model_dump(mode="json", include={"input", "outputs", "thresholds", "calibration"})
+    facts["record_format"] = RECORD_FORMAT
+    return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:12]
 
 
 @dataclass(frozen=True)
@@ -44,15 +57,16 @@ class Skipped:
 
 
 class CaseCache:
-    """Scored cases of one model file on one runtime, one JSON line each, appended as they are
-    scored: ``cache/<sha256>.jsonl`` on ONNX Runtime, ``cache/<sha256>.<runtime>.jsonl`` on
-    another (a runtime's figures never mix with another's)."""
+    """Scored cases of one model file, card settings (``key``) and runtime, one JSON line each,
+    appended as they are scored: ``cache/<sha256>-<key>.jsonl`` on ONNX Runtime,
+    ``cache/<sha256>-<key>.<runtime>.jsonl`` on another (a runtime's figures never mix with
+    another's)."""
 
     def __init__(
-        self, folder: Path, model_sha256: str, runtime: Runtime = Runtime.ONNXRUNTIME
+        self, folder: Path, model_sha256: str, key: str, runtime: Runtime = Runtime.ONNXRUNTIME
     ) -> None:
         suffix = "" if runtime is Runtime.ONNXRUNTIME else f".{runtime.value}"
-        self.path = folder / "cache" / f"{model_sha256}{suffix}.jsonl"
+        self.path = folder / "cache" / f"{model_sha256}-{key}{suffix}.jsonl"
         self.records: dict[tuple[str, str], dict[str, Any]] = {}
         if self.path.is_file():
             for line in self.path.read_text(encoding="utf-8").splitlines():

@@ -104,6 +104,8 @@ def score_case(case: Case, analysis: Analysis) -> dict[str, Any]:
         if all(getattr(lesion, "score", None) is not None for lesion in result.lesions)
         else "mean_probability",
         "contours": [lesion.contour for lesion in result.lesions],
+        # regions below the card's presence threshold, ranked after the lesions in the FROC
+        "candidates": [[*c.bbox, round(float(c.score), 6)] for c in analysis.candidates],
     }
     mask = truth_mask(case, shape) if case.truth == "mask" else None
     has_lesion = bool(mask.any()) if mask is not None else case.has_lesion
@@ -119,5 +121,9 @@ def score_case(case: Case, analysis: Analysis) -> dict[str, Any]:
         boxes = truth_boxes(case, mask, shape)
         record["truth_boxes"] = [[round(v, 2) for v in box] for box in boxes]
         marks = [((m[0], m[1], m[2], m[3]), m[4]) for m in record["marks"]]
-        record["hits"] = match_marks(marks, boxes)
+        below = [((m[0], m[1], m[2], m[3]), m[4]) for m in record["candidates"]]
+        # every candidate scores below every lesion, so the lesions claim truths first and
+        # their hits are those of the lesions alone: the operating point on the whole curve
+        matched = match_marks(marks + below, boxes)
+        record["hits"], record["candidate_hits"] = matched[: len(marks)], matched[len(marks) :]
     return record

@@ -9,6 +9,8 @@ returns; the masks themselves stay outside the JSON, on ``MaskResult.mask`` / ``
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import cv2
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
@@ -41,8 +43,20 @@ class Lesion(BaseModel):
     )
 
 
+@dataclass(frozen=True)
+class Candidate:
+    """A region the presence decision dropped: above the pixel threshold and the minimum area,
+    but with a peak probability (``score``) below the presence threshold. Not a finding; kept
+    so that an evaluation can rank every region the model proposes (the FROC) and see where
+    the operating point sits on that curve."""
+
+    bbox: tuple[int, int, int, int]  # (x, y, width, height), original pixels
+    score: float  # peak probability, < the presence threshold
+
+
 class MaskResult(BaseModel):
-    """All lesions of one image; ``mask`` and ``label_map`` are kept out of the JSON."""
+    """All lesions of one image; ``mask``, ``label_map`` and ``candidates`` are kept out of the
+    JSON."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -53,6 +67,12 @@ class MaskResult(BaseModel):
     pixel_spacing_mm: tuple[float, float] | None = None
     lesions: list[Lesion]
     _label_map: np.ndarray = PrivateAttr()
+    _candidates: tuple[Candidate, ...] = PrivateAttr(default=())
+
+    @property
+    def candidates(self) -> tuple[Candidate, ...]:
+        """Regions below the presence threshold, highest score first (not findings)."""
+        return self._candidates
 
     @property
     def label_map(self) -> np.ndarray:
@@ -163,11 +183,9 @@ def postprocess_mask(
     count, labels, stats, centroids = cv2.connectedComponentsWithStats(binary, connectivity=8)
     smallest = _min_area(min_area_px, min_area_mm2, pixel_spacing_mm)
     peaks = _peaks(full, labels, stats)  # (count,)
-    kept = [
-        i
-        for i in range(1, count)
-        if stats[i, cv2.CC_STAT_AREA] >= max(1, smallest) and peaks[i] >= presence_threshold
-    ]
+    large = [i for i in range(1, count) if stats[i, cv2.CC_STAT_AREA] >= max(1, smallest)]
+    kept = [i for i in large if peaks[i] >= presence_threshold]
+    below = sorted((i for i in large if peaks[i] < presence_threshold), key=lambda i: -peaks[i])
     malignancy = None
     if malignancy_map is not None and kept:
         malignancy = geometry.to_original(
@@ -192,6 +210,13 @@ def postprocess_mask(
         lesions=lesions,
     )
     result._label_map = lookup[labels]  # (H, W) int32
+    result._candidates = tuple(
+        Candidate(
+            bbox=(int(stats[i, 0]), int(stats[i, 1]), int(stats[i, 2]), int(stats[i, 3])),
+            score=round(float(peaks[i]), 4),
+        )
+        for i in below
+    )
     return result
 
 

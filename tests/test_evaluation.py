@@ -171,10 +171,10 @@ def test_the_runtime_is_named_and_keeps_its_own_cache(
     dice = [r["datasets"][0]["segmentation"]["dice"]["value"] for r in (reference, other)]
     assert dice[0] == dice[1]  # float32 on both: the same masks on these block images
     sha = reference["model"]["sha256"]
-    assert sorted(p.name for p in (out / "cache").glob("*.jsonl")) == [
-        f"{sha}.jsonl",
-        f"{sha}.openvino.jsonl",
-    ]
+    names = sorted(p.name for p in (out / "cache").glob("*.jsonl"))
+    assert len(names) == 2 and all(name.startswith(f"{sha}-") for name in names)
+    assert names[0].endswith(".jsonl") and names[1].endswith(".openvino.jsonl")
+    assert names[0].removesuffix(".jsonl") == names[1].removesuffix(".openvino.jsonl")
     assert "run on openvino (CPU)" in (out / "report.html").read_text()
 
 
@@ -230,6 +230,43 @@ def test_cbis_coco_froc_matches_a_hand_computation(store: Path, tmp_path: Path) 
     assert det["mark_score"].startswith("lesions are ranked by")
     assert ds["segmentation"] is None and ds["bootstrap_unit"] == "patients"
     assert ds["classification"]["class_counts"] == {"malignant": 2, "benign": 1}
+
+
+def _gated_copy(store: Path, target: Path, presence: float) -> Path:
+    """``mg-tiny``'s file in a store of its own, its card's presence threshold set."""
+    loaded = Registry([DirectoryStore(store)]).load("mg-tiny@production")
+    body = loaded.card.model_dump(mode="json", exclude={"name", "version", "registered_at", "onnx"})
+    body["onnx"] = {"opset": loaded.card.onnx.opset}
+    body["thresholds"]["presence"] = presence
+    Registry([DirectoryStore(target)]).register(
+        "mg-tiny", loaded.onnx_path, body, alias="production"
+    )
+    return target
+
+
+def test_the_froc_runs_past_the_operating_point(store: Path, tmp_path: Path) -> None:
+    """A presence threshold of 0.70 reports the marks scoring 0.731 and 0.711 (a hit and a
+    false positive); the 0.690 (hit) and 0.668 regions become candidates. The FROC still ranks all
+    four (the hand computation above), the operating point is the two lesions alone, and the
+    cases scored under the two cards (one ONNX file) are cached apart."""
+    data = make_cbis(tmp_path / "cbis")
+    out = tmp_path / "out"
+    gated = _gated_copy(store, tmp_path / "gated", 0.70)
+    code, report = _evaluate(gated, out, "--stage", "mammography", str(data))
+    assert code == 0
+    det = report["datasets"][0]["detection"]
+    expected = {0.125: 1 / 3, 0.25: 1 / 3, 0.5: 2 / 3, 1.0: 2 / 3, 2.0: 2 / 3, 4.0: 2 / 3}
+    assert {p["fp_per_image"]: p["value"] for p in det["froc"]} == pytest.approx(expected, abs=1e-5)
+    point = det["operating_point"]
+    assert point["sensitivity"]["value"] == pytest.approx(1 / 3, abs=1e-5)
+    assert point["fp_per_image"]["value"] == pytest.approx(1 / 3, abs=1e-5)
+    assert "presence threshold" in det["mark_score"]
+    code, ungated = _evaluate(store, out, "--stage", "mammography", str(data))
+    assert code == 0
+    point = ungated["datasets"][0]["detection"]["operating_point"]
+    assert point["sensitivity"]["value"] == pytest.approx(2 / 3, abs=1e-5)
+    assert point["fp_per_image"]["value"] == pytest.approx(2 / 3, abs=1e-5)
+    assert len(list((out / "cache").glob("*.jsonl"))) == 2
 
 
 def test_hit_rule_needs_the_centre_or_enough_overlap() -> None:

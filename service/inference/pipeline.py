@@ -135,8 +135,10 @@ def _finish(
     )
     mask = np.where(masks.mask, 255, 0).astype(np.uint8)  # (H, W)
     if picture is not None:
-        return Analysis(result=result, mask=mask, overlay=picture)
-    return Analysis(result=result, mask=mask, display=to_uint8(item.display))
+        return Analysis(result=result, mask=mask, overlay=picture, candidates=masks.candidates)
+    return Analysis(
+        result=result, mask=mask, display=to_uint8(item.display), candidates=masks.candidates
+    )
 
 
 def _threshold(value: float) -> float:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Final, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from imaging.postprocess import Lesion, MaskResult
+from imaging.postprocess import Candidate, Lesion, MaskResult
 from imaging.postprocess import overlay as draw_overlay
 from imaging.record import DecodedImage, ImageFormat, Laterality, ViewPosition
 from models_registry.card import ModelCard, Runtime, Stage, Task
@@ -174,6 +174,9 @@ class Analysis:
             segmentation overlay is drawn on first use (``imaging.postprocess.overlay`` of
             ``display``, ``mask`` and ``result.lesions``), so a job that stores the display
             rather than the overlay PNG (``service.jobs``) never pays for drawing it.
+        candidates: the regions the presence decision dropped (``MaskResult.candidates``),
+            highest score first: not findings and not in the JSON; ``breastdx evaluate`` ranks
+            them below the lesions to draw the whole FROC.
     """
 
     def __init__(
@@ -183,10 +186,12 @@ class Analysis:
         overlay: np.ndarray | None = None,
         *,
         display: np.ndarray | None = None,
+        candidates: tuple[Candidate, ...] = (),
     ) -> None:
         if overlay is None and display is None:
             raise ValueError("an Analysis needs its overlay or the display image to draw it on")
         self.result, self.mask, self.display = result, mask, display
+        self.candidates = candidates
         self._overlay = overlay
 
     @property

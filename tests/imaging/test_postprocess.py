@@ -170,6 +170,26 @@ def test_presence_gate_keeps_only_lesions_whose_peak_reaches_it() -> None:
     assert none.lesions == [] and not none.mask.any()
 
 
+def test_regions_below_the_presence_gate_are_candidates_not_lesions() -> None:
+    prob = np.zeros((20, 20), np.float32)
+    prob[2:8, 2:8] = 0.6  # faint: below the gate
+    prob[12:18, 12:18] = 0.7
+    prob[14, 14] = 0.95  # confident: a lesion
+    prob[2:4, 14:16] = 0.8  # 4 px, faint
+    prob[10, 2:4] = 0.85  # 2 px: below the minimum area, neither lesion nor candidate
+    result = postprocess_mask(
+        prob, Geometry((20, 20)), threshold=0.5, min_area_px=3, presence_threshold=0.9
+    )
+    assert [lesion.score for lesion in result.lesions] == [0.95]
+    assert [(c.bbox, c.score) for c in result.candidates] == [  # highest score first
+        ((14, 2, 2, 2), 0.8),
+        ((2, 2, 6, 6), 0.6),
+    ]
+    assert "candidates" not in result.model_dump()  # not findings: never in the JSON
+    ungated = postprocess_mask(prob, Geometry((20, 20)), threshold=0.5, min_area_px=3)
+    assert ungated.candidates == () and len(ungated.lesions) == 3
+
+
 def test_each_lesion_gets_its_own_malignancy_from_the_map() -> None:
     prob = np.zeros((10, 10), np.float32)
     prob[1:4, 1:4] = 0.9

@@ -206,3 +206,35 @@ def test_each_lesion_gets_its_own_malignancy_from_the_map() -> None:
     assert by_score[0.9].malignancy == pytest.approx(0.85, abs=0.06)  # edges blend with 0.5
     assert by_score[0.8].malignancy == pytest.approx(0.15, abs=0.06)
     assert postprocess_mask(prob, geometry, threshold=0.5).lesions[0].malignancy is None
+
+
+def test_components_in_the_foreground_box_match_whole_image_labelling() -> None:
+    """Labelling only the box around the foreground gives what whole-image labelling gives:
+    each lesion's box, area and centroid, and the label map."""
+    rng = np.random.default_rng(7)
+    for trial in range(20):
+        prob = np.zeros((48, 40), np.float32)
+        for _ in range(rng.integers(0, 5)):
+            r, c = rng.integers(0, 44), rng.integers(0, 36)
+            prob[r : r + rng.integers(1, 12), c : c + rng.integers(1, 12)] = rng.uniform(0.6, 1)
+        geometry = Geometry((96, 80), (Resize((96, 80), (48, 40)),))
+        result = postprocess_mask(prob, geometry, threshold=0.5, min_area_px=1)
+        full = geometry.to_original(prob, interpolation=Interpolation.LINEAR)
+        count, labels, stats, centroids = cv2.connectedComponentsWithStats(
+            (full >= 0.5).astype(np.uint8), connectivity=8
+        )
+        expected = sorted(
+            (
+                tuple(int(v) for v in stats[i, :4]),
+                int(stats[i, 4]),
+                tuple(np.round(centroids[i], 2)),
+            )
+            for i in range(1, count)
+        )
+        found = sorted((lesion.bbox, lesion.area_px, lesion.centroid) for lesion in result.lesions)
+        assert found == expected, trial
+        assert np.array_equal(result.label_map > 0, labels > 0), trial
+        for lesion in result.lesions:  # each id covers exactly its component
+            x, y, w, h = lesion.bbox
+            assert int((result.label_map == lesion.id).sum()) == lesion.area_px
+            assert (result.label_map[y : y + h, x : x + w] == lesion.id).any()

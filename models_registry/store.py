@@ -34,6 +34,7 @@ import shutil
 import stat
 import tempfile
 import threading
+import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -103,6 +104,89 @@ class _CardCache:
 
 
 _CARDS = _CardCache()
+_SETTLED_NS = 2_000_000_000  # a folder changed this recently is read again (coarse clocks)
+T = TypeVar("T")
+
+
+class _FolderMemo:
+    """What was read from a model's folder (its versions, its aliases), read again only when
+    the folder or the file read changed: a new version comes in by a rename into the folder, a
+    retired one leaves it, and an alias file is replaced by a rename (or rewritten in place, which
+    moves the file's own mtime), each of which moves an mtime stamped here. A path modified in the
+    last two seconds is always read again, so a clock or file system with coarse timestamps
+    cannot hide a change made within one tick of a read. A pin then costs a ``stat`` or two per
+    folder instead of a directory scan and a JSON read."""
+
+    def __init__(self) -> None:
+        self._memo: dict[tuple[str, str], tuple[tuple[int, ...], object]] = {}
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _signature(paths: Sequence[Path]) -> tuple[int, ...] | None:
+        """mtime, inode and size of each path (-1s for a missing one); None while one of them
+        changed too recently to be trusted, or where the folder cannot be read."""
+        signature: list[int] = []
+        now = time.time_ns()
+        for path in paths:
+            try:
+                info = os.stat(path)
+            except FileNotFoundError:
+                signature += [-1, -1, -1]
+                continue
+            except OSError:
+                return None
+            if now - info.st_mtime_ns < _SETTLED_NS:
+                return None
+            signature += [info.st_mtime_ns, info.st_ino, info.st_size]
+        return tuple(signature)
+
+    def get(self, folder: Path, what: str, read: Callable[[], T], *files: Path) -> T:
+        signature = self._signature([folder, *files])
+        if signature is None:
+            return read()
+        key = (os.fspath(folder), what)
+        with self._lock:
+            cached = self._memo.get(key)
+        if cached is not None and cached[0] == signature:
+            return cached[1]  # type: ignore[return-value]  # stored by this same ``what``
+        value = read()
+        with self._lock:
+            if len(self._memo) >= _CARD_CACHE_SIZE:
+                self._memo.clear()
+            self._memo[key] = (signature, value)
+        return value
+
+
+_FOLDERS = _FolderMemo()
+
+
+def _scan_versions(folder: Path) -> tuple[int, ...]:
+    """The version numbers with a card in a model's folder, ascending."""
+    try:
+        entries = os.scandir(folder)
+    except (FileNotFoundError, NotADirectoryError):
+        return ()
+    with entries:
+        return tuple(
+            sorted(
+                int(entry.name)
+                for entry in entries
+                if _VERSION_DIR.match(entry.name)
+                and os.path.isfile(os.path.join(entry.path, CARD_FILE))
+            )
+        )
+
+
+def _read_aliases(folder: Path, name: str) -> dict[str, int]:
+    path = folder / ALIASES_FILE
+    if not path.is_file():
+        return {}
+    try:
+        return _ALIASES.validate_json(path.read_bytes())
+    except (OSError, ValidationError) as exc:
+        raise StoreError(
+            f"{name}/{ALIASES_FILE} must be a JSON object of alias -> version number"
+        ) from exc
 
 
 def validate_name(name: str) -> str:
@@ -192,17 +276,8 @@ class DirectoryStore:
     def versions(self, name: str) -> list[int]:
         if not _NAME.match(name):
             return []
-        try:
-            entries = os.scandir(self.root / name)
-        except (FileNotFoundError, NotADirectoryError):
-            return []
-        with entries:
-            return sorted(
-                int(entry.name)
-                for entry in entries
-                if _VERSION_DIR.match(entry.name)
-                and os.path.isfile(os.path.join(entry.path, CARD_FILE))
-            )
+        folder = self.root / name
+        return list(_FOLDERS.get(folder, "versions", lambda: _scan_versions(folder)))
 
     def read_card(self, name: str, version: int) -> ModelCard:
         path = self._version_dir(name, version) / CARD_FILE
@@ -245,15 +320,11 @@ class DirectoryStore:
             shutil.rmtree(tmp, ignore_errors=True)
 
     def read_aliases(self, name: str) -> dict[str, int]:
-        path = self.root / name / ALIASES_FILE
-        if not _NAME.match(name) or not path.is_file():
+        if not _NAME.match(name):
             return {}
-        try:
-            return _ALIASES.validate_json(path.read_bytes())
-        except (OSError, ValidationError) as exc:
-            raise StoreError(
-                f"{name}/{ALIASES_FILE} must be a JSON object of alias -> version number"
-            ) from exc
+        folder = self.root / name
+        read = lambda: _read_aliases(folder, name)  # noqa: E731
+        return dict(_FOLDERS.get(folder, "aliases", read, folder / ALIASES_FILE))
 
     def write_aliases(self, name: str, aliases: Mapping[str, int]) -> None:
         folder = self.root / name

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -58,6 +61,48 @@ def test_register_assigns_numbers_hash_and_size(
     assert sorted(p.name for p in stored.iterdir()) == ["card.json", "model.onnx"]
     assert json.loads((stored / "card.json").read_text())["version"] == 2
     assert (stored / "model.onnx").stat().st_mode & 0o222 == 0  # read-only
+
+
+def _settle(folder: Path, seconds_ago: int) -> None:
+    """Date the folder's mtime back, as a folder untouched for a while (the memo trusts it)."""
+    stamp = (int(time.time()) - seconds_ago) * 1_000_000_000
+    os.utime(folder, ns=(stamp, stamp))
+
+
+def test_versions_and_aliases_are_read_again_when_the_folder_changes(
+    two_versions: Registry, store_dir: Path, onnx_file: Path
+) -> None:
+    """Versions and aliases are kept per model folder while its mtime (and the alias file's)
+    holds: a pin costs a stat, not a scan and a read. They are read again once a version comes
+    or goes (the folder's mtime moves) or the alias file is replaced or edited in place."""
+    store, folder = DirectoryStore(store_dir), store_dir / "tiny"
+    aliases = folder / "aliases.json"
+    two_versions.promote("tiny", 1, "production")
+    _settle(folder, 3600)
+    _settle(aliases, 3600)
+    assert store.versions("tiny") == [1, 2] and store.read_aliases("tiny") == {"production": 1}
+    # a card file removed by hand leaves every stamp alone: the memo still lists version 2
+    card = (folder / "2" / "card.json").read_bytes()
+    (folder / "2" / "card.json").unlink()
+    _settle(folder, 3600)
+    assert store.versions("tiny") == [1, 2]
+    (folder / "2" / "card.json").write_bytes(card)
+    _settle(folder, 3600)
+    aliases.write_text('{"production": 2}')  # an edit in place, as an editor may write it
+    _settle(aliases, 3500)
+    assert store.read_aliases("tiny") == {"production": 2}
+    two_versions.promote("tiny", 2, "staging")  # an atomic replace
+    _settle(folder, 3500)
+    _settle(aliases, 3400)
+    assert store.read_aliases("tiny") == {"production": 2, "staging": 2}
+    two_versions.register("tiny", onnx_file, draft_dict())
+    _settle(folder, 3400)
+    assert store.versions("tiny") == [1, 2, 3] and two_versions.resolve("tiny@latest").version == 3
+    shutil.rmtree(folder / "3")  # a version retired by hand
+    _settle(folder, 3300)
+    assert store.versions("tiny") == [1, 2]
+    store.versions("tiny").append(9)  # callers get copies
+    assert store.versions("tiny") == [1, 2]
 
 
 def test_resolve_references(two_versions: Registry) -> None:

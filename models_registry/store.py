@@ -71,6 +71,28 @@ _NAME = re.compile(NAME_PATTERN)
 _ALIASES = TypeAdapter(dict[str, int])
 _CHUNK = 1 << 20
 _CARD_CACHE_SIZE = 1024
+T = TypeVar("T")
+
+
+class _Memo:
+    """Values by key, each kept with the signature it was read under (stat figures); a look-up
+    with another signature reads again. At most ``_CARD_CACHE_SIZE`` entries (then cleared)."""
+
+    def __init__(self) -> None:
+        self._items: dict[object, tuple[tuple[int, ...], object]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: object, signature: tuple[int, ...], read: Callable[[], T]) -> T:
+        with self._lock:
+            cached = self._items.get(key)
+        if cached is not None and cached[0] == signature:
+            return cached[1]  # type: ignore[return-value]  # stored by the same key's reader
+        value = read()
+        with self._lock:
+            if len(self._items) >= _CARD_CACHE_SIZE:
+                self._items.clear()
+            self._items[key] = (signature, value)
+        return value
 
 
 class _CardCache:
@@ -79,8 +101,7 @@ class _CardCache:
     ``stat`` per card, not a read and a validation."""
 
     def __init__(self) -> None:
-        self._cards: dict[str, tuple[tuple[int, int, int], ModelCard]] = {}
-        self._lock = threading.Lock()
+        self._memo = _Memo()
 
     def get(self, path: Path, read: Callable[[Path], ModelCard]) -> ModelCard | None:
         """The card at ``path`` (``read`` on a miss); None when there is no such file."""
@@ -90,22 +111,12 @@ class _CardCache:
             return None
         if not stat.S_ISREG(info.st_mode):
             return None
-        key, signature = os.fspath(path), (info.st_mtime_ns, info.st_size, info.st_ino)
-        with self._lock:
-            cached = self._cards.get(key)
-        if cached is not None and cached[0] == signature:
-            return cached[1]
-        card = read(path)
-        with self._lock:
-            if len(self._cards) >= _CARD_CACHE_SIZE:
-                self._cards.clear()
-            self._cards[key] = (signature, card)
-        return card
+        signature = (info.st_mtime_ns, info.st_size, info.st_ino)
+        return self._memo.get(os.fspath(path), signature, lambda: read(path))
 
 
 _CARDS = _CardCache()
 _SETTLED_NS = 2_000_000_000  # a folder changed this recently is read again (coarse clocks)
-T = TypeVar("T")
 
 
 class _FolderMemo:
@@ -118,8 +129,7 @@ class _FolderMemo:
     folder instead of a directory scan and a JSON read."""
 
     def __init__(self) -> None:
-        self._memo: dict[tuple[str, str], tuple[tuple[int, ...], object]] = {}
-        self._lock = threading.Lock()
+        self._memo = _Memo()
 
     @staticmethod
     def _signature(paths: Sequence[Path]) -> tuple[int, ...] | None:
@@ -144,17 +154,7 @@ class _FolderMemo:
         signature = self._signature([folder, *files])
         if signature is None:
             return read()
-        key = (os.fspath(folder), what)
-        with self._lock:
-            cached = self._memo.get(key)
-        if cached is not None and cached[0] == signature:
-            return cached[1]  # type: ignore[return-value]  # stored by this same ``what``
-        value = read()
-        with self._lock:
-            if len(self._memo) >= _CARD_CACHE_SIZE:
-                self._memo.clear()
-            self._memo[key] = (signature, value)
-        return value
+        return self._memo.get((os.fspath(folder), what), signature, read)
 
 
 _FOLDERS = _FolderMemo()

@@ -33,6 +33,7 @@ from service.jobs.state import JobRecord
 from service.jobs.store import DicomKind
 from service.routes.uploads import MULTIPART_BODY, read_images
 from service.schemas import AnalysisQuery, ArtefactQuery, JobPublic, ProblemPublic
+from service.security.budget import check_decoded_budget
 from service.security.keys import Principal
 
 router = APIRouter(tags=["analyses"])
@@ -91,8 +92,12 @@ async def create_analysis(
 ) -> JobPublic:
     """Submit images of one stage; 202 with the job (``Location`` names it)."""
     images = await read_images(request)
-    record = await run_in_threadpool(
-        lambda: submit_analysis(
+
+    def submit() -> JobRecord:
+        # header reads (chunk CRCs, a deflated DICOM's inflated size) before any decoding, on
+        # the thread that then submits: one hop off the event loop per request
+        check_decoded_budget(images.data, settings.max_request_decoded_bytes)
+        return submit_analysis(
             stage,
             images.data,
             settings=settings,
@@ -101,7 +106,8 @@ async def create_analysis(
             idempotency_key=idempotency_key,
             api_key_id=caller.key_id,
         )
-    )
+
+    record = await run_in_threadpool(submit)
     wait = prefer_wait(prefer, settings.max_wait_s)
     if wait:
         record = await wait_for_job(

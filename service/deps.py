@@ -16,7 +16,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Annotated
 
-from fastapi import Depends, Header, Path, Request
+from fastapi import Depends, Path, Request
 from fastapi.concurrency import run_in_threadpool
 
 from models_registry.card import Stage
@@ -69,14 +69,13 @@ def _presented_key(x_api_key: str | None, authorization: str | None) -> str | No
     return None
 
 
-async def _caller(
-    request: Request,
-    settings: SettingsDep,
-    backend: BackendDep,
-    x_api_key: Annotated[str | None, Header(include_in_schema=False)] = None,
-    authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
-) -> Principal:
-    token = _presented_key(x_api_key, authorization)
+async def _caller(request: Request) -> Principal:
+    """The caller: its key (``X-API-Key`` or ``Authorization: Bearer``) checked, its request
+    counted; settings and headers read from the request itself."""
+    settings: Settings = request.app.state.settings
+    backend = get_backend(settings)
+    headers = request.headers
+    token = _presented_key(headers.get("x-api-key"), headers.get("authorization"))
     if token is None and not settings.allow_anonymous:
         raise AuthenticationRequiredError(
             "send an API key as 'X-API-Key: <key>' or 'Authorization: Bearer <key>' "

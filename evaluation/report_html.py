@@ -87,6 +87,11 @@ def _dataset(folder: Path, ds: dict[str, Any]) -> str:
             for p in det["froc"]
         )
         rows += f"<tr><td>mean sensitivity</td>{_figure(det['mean_sensitivity'])}</tr>"
+        point = det.get("operating_point") or {}  # absent from reports written before it
+        for key, label in (("sensitivity", "sensitivity"), ("fp_per_image", "FP/image")):
+            if point.get(key):
+                rows += f"<tr><td>at the card's operating point: {label}</td>"
+                rows += f"{_figure(point[key])}</tr>"
         parts.append(
             f"<h3>Detection (FROC)</h3><p class=note>{det['n_lesions']} true lesions on "
             f"{det['n_images']} images. Hit rule: {escape(det['hit_rule'])}. "

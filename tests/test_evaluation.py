@@ -261,6 +261,8 @@ def test_the_froc_runs_past_the_operating_point(store: Path, tmp_path: Path) -> 
     assert point["sensitivity"]["value"] == pytest.approx(1 / 3, abs=1e-5)
     assert point["fp_per_image"]["value"] == pytest.approx(1 / 3, abs=1e-5)
     assert "presence threshold" in det["mark_score"]
+    html = (out / "report.html").read_text()
+    assert "at the card's operating point: FP/image</td><td>0.333" in html
     code, ungated = _evaluate(store, out, "--stage", "mammography", str(data))
     assert code == 0
     point = ungated["datasets"][0]["detection"]["operating_point"]

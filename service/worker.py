@@ -35,7 +35,6 @@ import redis
 from rq import worker_registration
 from rq.defaults import DEFAULT_LOGGING_DATE_FORMAT, DEFAULT_LOGGING_FORMAT
 from rq.scheduler import RQScheduler
-from rq.worker import SimpleWorker
 
 from breastdx.errors import BreastdxError
 from models_registry.card import Stage
@@ -54,7 +53,7 @@ from service.jobs.execute import runner_options
 from service.jobs.hooks import load_hook_modules
 from service.jobs.queue import stage_queues
 from service.jobs.reconcile import reconcile_running
-from service.worker_lanes import make_lanes
+from service.worker_lanes import PromptPubsubStop, make_lanes
 
 logger = logging.getLogger(__name__)
 
@@ -92,7 +91,7 @@ class OrphanFreeScheduler(RQScheduler):
         super().work()
 
 
-class BreastdxWorker(SimpleWorker):
+class BreastdxWorker(PromptPubsubStop):
     """Jobs run in this process, on the sessions it loaded once."""
 
     _next_scheduler_try = 0.0

@@ -34,9 +34,33 @@ from service.jobs.queue import stage_queues
 logger = logging.getLogger(__name__)
 
 LANE_DEQUEUE_TIMEOUT_S = 2
+PUBSUB_STOP_S = 2.0  # the longest a stopping worker waits for its pubsub thread
 
 
-class LaneWorker(SimpleWorker):
+class PromptPubsubStop(SimpleWorker):
+    """RQ's worker, whose pubsub thread stops within ``PUBSUB_STOP_S`` on shutdown.
+
+    RQ's ``unsubscribe`` sends UNSUBSCRIBE, then stops the pubsub thread, which (redis-py 8)
+    waits without limit for that thread to leave its ``get_message(timeout=60)``. When the
+    thread reads UNSUBSCRIBE's reply before the stop flag is set (a thread switch at the wrong
+    moment) it goes back to waiting for a message that never comes, and the worker takes a
+    minute to stop: the "about 60 s to stop on SIGTERM" seen now and then. Here the flag is set
+    first, so the reply ends the thread's wait, and the wait for it is bounded."""
+
+    def unsubscribe(self) -> None:
+        thread = self.pubsub_thread
+        if not thread:
+            return
+        thread.stop(timeout=0)  # only clears its running flag: no wait yet
+        try:
+            self.pubsub.unsubscribe()  # the reply wakes the thread, which now sees the flag
+        except redis.RedisError:
+            logger.debug("pubsub unsubscribe failed at shutdown", exc_info=True)
+        thread.join(timeout=PUBSUB_STOP_S)
+        self.pubsub.close()
+
+
+class LaneWorker(PromptPubsubStop):
     """A worker for a thread other than the main one (see the module docstring); no scheduler
     (the main worker runs it)."""
 

@@ -17,11 +17,13 @@ import pytest
 import redis
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
+from rq import Queue
 from rq.job import Job, JobStatus
 from rq.scheduler import RQScheduler
 
 from service.app import create_app
 from service.config import Settings
+from service.worker import BreastdxWorker
 from tests.service import jobs_support as js
 
 pytestmark = pytest.mark.integration
@@ -265,3 +267,25 @@ def test_worker_takes_over_a_scheduler_lock_freed_after_its_start(
         if hidden.exists():
             hidden.rename(model)
         js.stop_worker(worker)
+
+
+def test_a_stopping_worker_waits_seconds_not_a_minute_for_its_pubsub_thread(
+    db: redis.Redis,
+) -> None:
+    """The unlucky order, forced: the pubsub thread reads UNSUBSCRIBE's reply before the stop
+    flag is set and goes back to ``get_message(timeout=60)``. RQ's own ``unsubscribe`` then
+    waits that minute (measured: 60.0 s); the worker's sets the flag first."""
+    worker = BreastdxWorker([Queue("t-pubsub:ultrasound", connection=db)], connection=db)
+    worker.subscribe()
+    send = worker.pubsub.unsubscribe
+
+    def unlucky(*args: Any, **kwargs: Any) -> Any:
+        sent = send(*args, **kwargs)
+        time.sleep(0.5)  # the thread reads the reply meanwhile
+        return sent
+
+    worker.pubsub.unsubscribe = unlucky  # type: ignore[method-assign]
+    began = time.monotonic()
+    worker.unsubscribe()
+    assert time.monotonic() - began < 10
+    assert not worker.pubsub_thread.is_alive()

@@ -241,6 +241,8 @@ def _run(args: argparse.Namespace, command: str) -> int:
     report.write_json(args.out, document)
     report_html.write_html(args.out, document)
     print(f"{PROG}: {card.ref}: report {args.out / 'report.html'}", file=sys.stderr)
+    for line in report.summary_lines(document):  # 95 % intervals in brackets
+        print(line)
     skipped = sum(s["n_skipped"] for s in sections)
     if args.register:
         from evaluation.card import register_evaluated

@@ -220,3 +220,41 @@ def write_json(folder: Path, document: dict[str, Any]) -> Path:
     path = folder / "report.json"
     path.write_text(json.dumps(document, indent=1) + "\n", encoding="utf-8")
     return path
+
+
+def _figure_text(figure: dict[str, Any] | None) -> str | None:
+    if not figure or figure.get("value") is None:
+        return None
+    low, high = figure.get("ci_low"), figure.get("ci_high")
+    interval = f" ({low:.3f}-{high:.3f})" if low is not None and high is not None else ""
+    return f"{figure['value']:.3f}{interval}"
+
+
+def summary_lines(document: dict[str, Any]) -> list[str]:
+    """The headline figures of a report, one line per data set (what a terminal shows)."""
+    lines = []
+    for section in document["datasets"]:
+        parts = [f"{section['display']}: {section['n_scored']} scored"]
+        if section.get("n_skipped"):
+            parts[0] += f", {section['n_skipped']} skipped"
+        seg = section.get("segmentation") or {}
+        det = section.get("detection") or {}
+        cls = section.get("classification") or {}
+        point = det.get("operating_point") or {}
+        named = [
+            ("Dice", seg.get("dice")),
+            ("false-lesion rate", seg.get("false_lesion_rate")),
+            *(
+                (f"sensitivity at {p['fp_per_image']:g} FP/image", p)
+                for p in det.get("froc", [])
+                if p.get("fp_per_image") in (0.5, 1.0)
+            ),
+            ("sensitivity at the operating point", point.get("sensitivity")),
+            ("its FP/image", point.get("fp_per_image")),
+            ("AUC", cls.get("auc")),
+            ("balanced accuracy", cls.get("balanced_accuracy")),
+            ("ECE", cls.get("ece")),
+        ]
+        parts += [f"{name} {text}" for name, figure in named if (text := _figure_text(figure))]
+        lines.append("; ".join(parts))
+    return lines

@@ -244,7 +244,9 @@ def _gated_copy(store: Path, target: Path, presence: float) -> Path:
     return target
 
 
-def test_the_froc_runs_past_the_operating_point(store: Path, tmp_path: Path) -> None:
+def test_the_froc_runs_past_the_operating_point(
+    store: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """A presence threshold of 0.70 reports the marks scoring 0.731 and 0.711 (a hit and a
     false positive); the 0.690 (hit) and 0.668 regions become candidates. The FROC still ranks all
     four (the hand computation above), the operating point is the two lesions alone, and the
@@ -263,6 +265,9 @@ def test_the_froc_runs_past_the_operating_point(store: Path, tmp_path: Path) -> 
     assert "presence threshold" in det["mark_score"]
     html = (out / "report.html").read_text()
     assert "at the card's operating point: FP/image</td><td>0.333" in html
+    (line,) = capsys.readouterr().out.splitlines()  # the headline figures, on stdout
+    assert line.startswith("CBIS-DDSM: 3 scored; sensitivity at 0.5 FP/image 0.667")
+    assert "sensitivity at the operating point 0.333" in line and "its FP/image 0.333" in line
     code, ungated = _evaluate(store, out, "--stage", "mammography", str(data))
     assert code == 0
     point = ungated["datasets"][0]["detection"]["operating_point"]

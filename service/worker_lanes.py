@@ -51,7 +51,10 @@ class PromptPubsubStop(SimpleWorker):
         thread = self.pubsub_thread
         if not thread:
             return
-        thread.stop(timeout=0)  # only clears its running flag: no wait yet
+        try:
+            thread.stop(timeout=0)  # only clears its running flag: no wait yet
+        except TypeError:  # redis-py before 8: stop() takes no timeout and never waits
+            thread.stop()
         try:
             self.pubsub.unsubscribe()  # the reply wakes the thread, which now sees the flag
         except redis.RedisError:

@@ -54,7 +54,18 @@ _TORCH_FIGURES_NOW = (
 def metric_names(card: ModelCard) -> dict[str, str]:
     """Report key -> card metric name (a segmentation model's scores are ``malignancy_*``)."""
     prefix = "malignancy_" if card.task is Task.SEGMENTATION else ""
-    names = {k: k for k in ("dice", "iou", "hd95_px", "hd95_mm", "false_lesion_rate")}
+    names = {
+        k: k
+        for k in (
+            "dice",
+            "iou",
+            "hd95_px",
+            "hd95_mm",
+            "false_lesion_rate",
+            "unmarked_lesion_rate",
+            "dice_marked",
+        )
+    }
     for key in ("auc", "sensitivity", "specificity", "balanced_accuracy", "accuracy", "ece"):
         names[f"classification.{key}"] = prefix + key
         names[f"classification_per_patient.{key}"] = f"patient_{key}"

@@ -5,9 +5,10 @@ resample PATIENTS where the data names them (all images of a drawn patient go in
 images. Undefined figures (no lesion image, one class only) are None.
 
 - segmentation (cases with a lesion mask): mean per-image Dice and IoU over images that hold a
-  lesion; Hausdorff-95 in pixels (and mm where the pixel size is known) over those images where
-  the model marked something; the false-lesion rate, the share of lesion-free images on which
-  the model marked any lesion;
+  lesion, and that Dice split in two: the share of lesion images the model left unmarked (Dice
+  0) and the mean Dice over those it marked; Hausdorff-95 in pixels (and mm where the pixel
+  size is known) over those images where the model marked something; the false-lesion rate,
+  the share of lesion-free images on which the model marked any lesion;
 - detection (mammography): FROC sensitivity at ``FP_RATES`` false positives per image and their
   mean, under ``lesions.HIT_RULE``, over every region the model proposes: the lesions, then the
   candidates the card's presence threshold dropped (each ranked by its peak probability), so
@@ -89,6 +90,12 @@ def segmentation(records: Sequence[Record], n_boot: int = N_BOOT) -> dict[str, A
         values = np.array([np.nan if r.get(key) is None else r[key] for r in lesion], float)
         known = ~np.isnan(values)
         out[key] = _ci(_mean, values[known], groups=groups[known], n_boot=n_boot)
+    # the Dice gap split in two: lesion images left unmarked (Dice 0), and outlines where marked
+    unmarked = np.array([not r["marks"] for r in lesion], float)
+    out["unmarked_lesion_rate"] = _ci(_mean, unmarked, groups=groups, n_boot=n_boot)
+    marked = unmarked == 0
+    dice = np.array([r["dice"] for r in lesion], float)
+    out["dice_marked"] = _ci(_mean, dice[marked], groups=groups[marked], n_boot=n_boot)
     flags = np.array([r["false_lesion"] for r in free], float)
     out["false_lesion_rate"] = _ci(
         _mean, flags, groups=np.array([r["group"] for r in free]), n_boot=n_boot

@@ -243,6 +243,8 @@ def summary_lines(document: dict[str, Any]) -> list[str]:
         point = det.get("operating_point") or {}
         named = [
             ("Dice", seg.get("dice")),
+            ("unmarked lesion images", seg.get("unmarked_lesion_rate")),
+            ("Dice where marked", seg.get("dice_marked")),
             ("false-lesion rate", seg.get("false_lesion_rate")),
             *(
                 (f"sensitivity at {p['fp_per_image']:g} FP/image", p)

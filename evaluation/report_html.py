@@ -25,6 +25,8 @@ LABELS = {
     "hd95_px": "Hausdorff-95 (px)",
     "hd95_mm": "Hausdorff-95 (mm)",
     "false_lesion_rate": "False-lesion rate (lesion-free images)",
+    "unmarked_lesion_rate": "Lesion images left unmarked",
+    "dice_marked": "Dice (lesion images marked)",
     "auc": "ROC AUC",
     "sensitivity": "Sensitivity",
     "specificity": "Specificity",
@@ -79,7 +81,8 @@ def _dataset(folder: Path, ds: dict[str, Any]) -> str:
             f"{seg['n_lesion_free_images']} lesion-free; Hausdorff-95 {escape(seg['hd95_note'])}."
             "</p>"
         )
-        parts.append(_table(seg, ["dice", "iou", "hd95_px", "hd95_mm", "false_lesion_rate"]))
+        keys = ["dice", "unmarked_lesion_rate", "dice_marked", "iou", "hd95_px", "hd95_mm"]
+        parts.append(_table(seg, [*keys, "false_lesion_rate"]))
         parts.append(_image(folder, plots.get("dice_histogram"), "Dice histogram"))
     if det := ds.get("detection"):
         rows = "".join(

@@ -127,6 +127,25 @@ def test_busi_figures_match_a_hand_computation(store: Path, tmp_path: Path) -> N
     assert ds["gallery"]["worst"][0] in ("normal (2)", "malignant (1)")
 
 
+def test_the_dice_is_split_into_unmarked_lesions_and_outlines(store: Path, tmp_path: Path) -> None:
+    """A third lesion image whose lesion the model cannot see (a black image): Dice 0 there, so
+    the mean Dice (1 + 0.5 + 0) / 3 splits into 1 of 3 lesion images unmarked and Dice 0.75
+    over the two marked."""
+    data = make_busi(tmp_path / "busi")
+    base = data / "Dataset_BUSI_with_GT" / "benign"
+    _png(base / "benign (2).png", _block((64, 64)))
+    _png(base / "benign (2)_mask.png", _block((64, 64), SQUARE))
+    code, report = _evaluate(store, tmp_path / "out", "--stage", "ultrasound", str(data))
+    assert code == 0
+    seg = report["datasets"][0]["segmentation"]
+    assert seg["n_lesion_images"] == 3
+    assert seg["dice"]["value"] == pytest.approx(0.5)
+    assert seg["unmarked_lesion_rate"]["value"] == pytest.approx(1 / 3)
+    assert seg["dice_marked"]["value"] == pytest.approx(0.75)
+    assert seg["dice_marked"]["n"] == 2
+    assert "Lesion images left unmarked" in (tmp_path / "out" / "report.html").read_text()
+
+
 def test_hd95_of_the_module_equals_brute_force() -> None:
     rng = np.random.default_rng(3)
     a = cv2.circle(np.zeros((50, 60), np.uint8), (25, 20), 12, 1, -1) > 0

@@ -22,20 +22,37 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout
 
+from evaluation.cli import exit_code  # noqa: E402
 from models_registry.card import Runtime  # noqa: E402
 from models_registry.registry import Registry  # noqa: E402
 from models_registry.runtime import RuntimeOptions, installed, open_session  # noqa: E402
 from models_registry.store import SHIPPED_STORE  # noqa: E402
 
 
+def _at_least(kind: type, low: float) -> object:
+    def parse(text: str) -> object:
+        value = kind(text)
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {text}")
+        return value
+
+    return parse
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", required=True, help="NAME, NAME@ALIAS or NAME@VERSION")
     parser.add_argument("--store", type=Path, default=SHIPPED_STORE)
-    parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--seconds", type=float, default=6.0, help="timed seconds per runtime")
-    args = parser.parse_args(argv)
+    parser.add_argument("--batch", type=_at_least(int, 1), default=1)
+    parser.add_argument("--threads", type=_at_least(int, 1), default=2)
+    parser.add_argument(
+        "--seconds", type=_at_least(float, 0.0), default=6.0, help="timed seconds per runtime"
+    )
+    args = parser.parse_args(argv)  # bad usage: argparse's message, exit 2
+    return exit_code("bench_variants", lambda: _time_runtimes(args))
+
+
+def _time_runtimes(args: argparse.Namespace) -> int:
     loaded = Registry([args.store]).load(args.model)
     card = loaded.card
     shape = (args.batch, card.input.channels, *card.input.size)

@@ -60,3 +60,18 @@ def test_bench_variants_times_every_runtime_the_card_allows(tmp_path: Path) -> N
     timed = {line.split()[0]: line for line in lines[1:]}
     assert set(timed) == {"onnxruntime", "openvino"}  # no reduced-precision entry on the card
     assert " 1.00x  (model.onnx, CPUExecutionProvider" in timed["onnxruntime"]
+
+
+def test_bench_variants_answers_bad_input_with_a_message(tmp_path: Path) -> None:
+    store = js.build_store(tmp_path)
+    base = [sys.executable, "bench/bench_variants.py", "--store", str(store)]
+    cases = {
+        ("--model", "no-such-model"): (1, "bench_variants: unknown_model: unknown model"),
+        ("--model", "idc-tiny", "--batch", "0"): (2, "--batch: must be at least 1, got 0"),
+    }
+    for args, (code, message) in cases.items():
+        done = subprocess.run(
+            [*base, *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120, check=False
+        )
+        assert done.returncode == code and message in done.stderr, done.stderr[-2000:]
+        assert "Traceback" not in done.stderr

@@ -30,6 +30,9 @@ COMMANDS: dict[str, Command] = {
     "export": Command(
         "training.cli_export:main", "export a checkpoint to ONNX with parity check and model card"
     ),
+    "warm-start": Command(
+        "training.cli_warm_start:main", "rebuild a trainable state dict from an exported ONNX file"
+    ),
     "predict": Command(
         "service.cli_predict:main", "analyse images with a registered model; PNG masks and JSON"
     ),

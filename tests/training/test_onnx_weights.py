@@ -1,0 +1,167 @@
+"""Warm starts from a shipped ONNX file (``training.onnx_weights``, ``breastdx warm-start``).
+
+The exporter folds each batch norm into its convolution (and the store may keep fp16 weights
+behind ``Cast`` nodes); the rebuilt network must compute what the file computes, in eval mode
+exactly and in training mode on its calibration batch, and must refuse a file of another shape.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+import yaml
+
+from training.cli_warm_start import main
+from training.config import config_from_dict
+from training.data.synthetic import make_busi
+from training.export import ExportResult, export_checkpoint, split_images
+from training.models import load_pretrained
+from training.onnx_weights import state_from_onnx
+from training.parity import ExportError
+from training.trainer import build_model, train
+
+from . import tiny_runs
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("onnx-weights")
+
+
+@pytest.fixture(scope="module")
+def raw(folder: Path) -> dict[str, object]:
+    """The shipped U-Net's shape (depth 4) at width 8 on synthetic ultrasound images."""
+    config = tiny_runs._config("ultrasound", make_busi(folder / "data", n=12), folder / "run")
+    config["model"] = config["model"] | {"width": 8, "options": {"depth": 4}}  # type: ignore[operator]
+    return config
+
+
+@pytest.fixture(scope="module")
+def exports(raw: dict[str, object], folder: Path) -> tuple[ExportResult, ExportResult]:
+    """One trained epoch, exported as float32 and with fp16 weight storage (Cast nodes)."""
+    best = train(config_from_dict(raw)).best_checkpoint
+    images = split_images(best.parent, "test", 4)
+    full = export_checkpoint(best, folder / "full" / "model.onnx", parity_images=images)
+    small = export_checkpoint(
+        best, folder / "small" / "model.onnx", parity_images=images, weights_fp16=True
+    )
+    return full, small
+
+
+def _batch(n: int = 6, size: int = 32, seed: int = 1) -> torch.Tensor:
+    rng = np.random.default_rng(seed)
+    return torch.from_numpy(rng.random((n, 1, size, size), dtype=np.float32))  # (N, 1, H, W)
+
+
+def _onnx(path: Path, batch: torch.Tensor) -> dict[str, np.ndarray]:
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    return dict(zip(names, session.run(names, {"image": batch.numpy()}), strict=True))
+
+
+@pytest.mark.parametrize("storage", ["float32", "fp16"])
+def test_the_rebuilt_network_computes_what_the_file_computes(
+    raw: dict[str, object], exports: tuple[ExportResult, ExportResult], storage: str
+) -> None:
+    path = exports[storage == "fp16"].onnx_path
+    calibration = _batch()
+    weights = state_from_onnx(build_model(config_from_dict(raw)), path, calibration)
+    assert weights.unfolded == 2 * (1 + 4 + 4)  # a DoubleConv per level down, bottom and up
+    assert weights.by_name > 0  # heads and up-convolutions kept their names
+    fresh = build_model(config_from_dict(raw))
+    fresh.load_state_dict(weights.state)
+    fresh.eval()
+    other = _batch(seed=7)  # not the calibration batch
+    expected = _onnx(path, other)
+    with torch.no_grad():
+        got = fresh(other)
+    for name, value in expected.items():
+        np.testing.assert_allclose(got[name].numpy(), value, atol=2e-5, rtol=0)
+    norms = [m for m in fresh.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert all(float(m.running_var.min()) > 0 for m in norms)
+    assert any(float(m.running_mean.abs().max()) > 1e-3 for m in norms)  # calibrated, not zeros
+
+
+def test_training_mode_on_the_calibration_batch_matches_eval(
+    raw: dict[str, object], exports: tuple[ExportResult, ExportResult]
+) -> None:
+    """Batch statistics are the calibration statistics there, so a fine-tune starts where the
+    file is rather than from a network its own batch norms scramble."""
+    calibration = _batch(n=8)
+    model = build_model(config_from_dict(raw))
+    state_from_onnx(model, exports[0].onnx_path, calibration)
+    model.eval()
+    with torch.no_grad():
+        eval_out = model(calibration)["mask_logits"]
+        trained = copy.deepcopy(model).train()
+        for m in trained.modules():  # dropout off: only the batch norms change mode
+            if isinstance(m, torch.nn.Dropout):
+                m.eval()
+        train_out = trained(calibration)["mask_logits"]
+    np.testing.assert_allclose(train_out.numpy(), eval_out.numpy(), atol=1e-3, rtol=0)
+
+
+def test_a_file_of_another_network_is_refused(
+    raw: dict[str, object], exports: tuple[ExportResult, ExportResult]
+) -> None:
+    wider = copy.deepcopy(raw)
+    wider["model"]["width"] = 12  # type: ignore[index]
+    with pytest.raises(ExportError, match="shape"):
+        state_from_onnx(build_model(config_from_dict(wider)), exports[0].onnx_path, _batch())
+    shallower = copy.deepcopy(raw)
+    shallower["model"]["options"] = {"depth": 3}  # type: ignore[index]
+    with pytest.raises(ExportError, match=r"not this architecture|shape"):
+        state_from_onnx(build_model(config_from_dict(shallower)), exports[0].onnx_path, _batch())
+
+
+def test_the_cli_writes_a_state_a_fine_tune_starts_from(
+    raw: dict[str, object],
+    exports: tuple[ExportResult, ExportResult],
+    folder: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    config = folder / "net.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    out = folder / "base.pt"
+    code = main(
+        [
+            "--config",
+            str(config),
+            "--onnx",
+            str(exports[1].onnx_path),
+            "--out",
+            str(out),
+            "--n",
+            "6",
+        ]
+    )
+    assert code == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["calibration_images"] == 6 and summary["max_abs_diff"] < 1e-3
+    report = load_pretrained(build_model(config_from_dict(raw)), out)
+    assert not report.missing and not report.skipped and not report.unexpected
+    fine = copy.deepcopy(raw)
+    fine["model"]["pretrained"] = str(out)  # type: ignore[index]
+    fine["output_dir"] = str(folder / "fine")
+    assert train(config_from_dict(fine)).best_checkpoint.is_file()
+
+
+def test_the_cli_answers_bad_input_with_a_message(
+    raw: dict[str, object], folder: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = folder / "net2.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    missing = ["--config", str(config), "--onnx", str(folder / "nope.onnx"), "--out", "x.pt"]
+    assert main(missing) == 1
+    assert "is not a file" in capsys.readouterr().err
+    garbage = folder / "garbage.onnx"
+    garbage.write_bytes(b"not an onnx file")
+    assert main(["--config", str(config), "--onnx", str(garbage), "--out", "x.pt"]) == 1
+    assert "garbage.onnx" in capsys.readouterr().err
+    assert main(["--config", str(config), "--onnx", str(garbage), "--out", "x.pt", "--n", "1"]) == 2

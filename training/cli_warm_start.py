@@ -1,0 +1,88 @@
+"""``breastdx warm-start``: a shipped ONNX file -> a state dict a training config can start from.
+
+    breastdx warm-start --config training/configs/ship/ultrasound.yaml \\
+        --onnx models_registry/store/ultrasound-unet/5/model.onnx --out runs/base.pt [--n 48]
+
+The config names the network (it must be the one the file was exported from) and the data: ``--n``
+training images, preprocessed and augmented as in training, calibrate the batch norms that the
+export folded away (``training.onnx_weights``), and the rebuilt network is checked against the
+file with ONNX Runtime on them. Then ``breastdx train --config FINE.yaml`` with
+``model.pretrained: runs/base.pt`` fine-tunes it. Prints a JSON summary; a file that does not fit
+the network exits 1 with a message; bad usage exits 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import tempfile
+from pathlib import Path
+
+from breastdx.errors import BreastdxError
+
+PROG = "breastdx warm-start"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n")[0])
+    parser.add_argument("--config", type=Path, required=True, help="the network's training YAML")
+    parser.add_argument("--onnx", type=Path, required=True, help="the exported model.onnx")
+    parser.add_argument("--out", type=Path, required=True, help="state dict to write (torch.save)")
+    parser.add_argument("--n", type=int, default=48, help="training images that calibrate")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--tolerance", type=float, default=1e-3, help="largest output difference")
+    parser.add_argument("overrides", nargs="*", help="config overrides key=value")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.n < 2:
+        print(f"{PROG}: --n must be at least 2", file=sys.stderr)
+        return 2
+    if not args.onnx.is_file():
+        print(f"{PROG}: {args.onnx} is not a file", file=sys.stderr)
+        return 1
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    import numpy as np
+    import torch
+
+    from training.config import load_config
+    from training.onnx_weights import state_from_onnx
+    from training.torch_dataset import build_splits
+    from training.trainer import build_model
+
+    try:
+        config = load_config(args.config, args.overrides)
+        with tempfile.TemporaryDirectory() as scratch:  # build_splits writes split.json there
+            config = config.model_copy(update={"output_dir": Path(scratch)})
+            config = config.model_copy(
+                update={"model": config.model.model_copy(update={"pretrained": None})}
+            )
+            train = build_splits(config).train
+            n = min(args.n, len(train))  # type: ignore[arg-type]
+            picks = np.random.default_rng(args.seed).choice(len(train), n, replace=False)  # type: ignore[arg-type]
+            batch = torch.stack([torch.as_tensor(train[int(i)]["image"]) for i in picks]).float()
+        model = build_model(config)
+        weights = state_from_onnx(model, args.onnx, batch, check=args.tolerance)
+    except BreastdxError as exc:
+        print(f"{PROG}: {exc.code}: {exc.message}", file=sys.stderr)
+        return 1
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(weights.state, args.out)
+    summary = {
+        "out": str(args.out),
+        "onnx": str(args.onnx),
+        "by_name": weights.by_name,
+        "unfolded_batch_norms": weights.unfolded,
+        "calibration_images": n,
+        "max_abs_diff": weights.max_abs_diff,
+    }
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

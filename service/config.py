@@ -74,6 +74,12 @@ class Settings(BaseSettings):
     max_wait_s: int = Field(default=60, ge=0, description="cap of 'Prefer: wait=N'")
     inprocess_workers: int = Field(default=2, ge=1, description="threads, in-process mode")
     inprocess_max_pending: int = Field(default=32, ge=1, description="jobs, in-process mode")
+    inprocess_carry_mb: int = Field(
+        default=256,
+        ge=0,
+        description="MiB of checked images that pending in-process jobs keep from their "
+        "submission; a job past it decodes its stored bytes again",
+    )
     ort_threads: int = Field(default=0, ge=0, description="ONNX Runtime intra-op threads; 0: auto")
     ort_spinning: bool = Field(
         default=False,

@@ -113,8 +113,9 @@ class InProcessExecutor:
     """Runs ``run(job_id, attempt, checked)`` on a thread pool, retrying transient failures.
 
     ``checked``: what the job's submission check made in this process (the pinned card, the
-    checked images). The images are carried for at most ``2 x slots`` jobs at once, which
-    bounds the memory they hold; the attempts of the other jobs check the stored bytes again.
+    checked images). Pending jobs carry their images while all carried images together stay
+    within ``inprocess_carry_mb`` (decoded pixels and display images), which bounds the memory
+    they hold; the attempts of the other jobs check the stored bytes again.
     """
 
     def __init__(
@@ -128,7 +129,8 @@ class InProcessExecutor:
             max_workers=self._threads, thread_name_prefix="breastdx-job"
         )
         self._slots = threading.BoundedSemaphore(settings.inprocess_max_pending)
-        self._carrying = 0  # jobs holding checked images
+        self._carrying = 0  # bytes of the checked images jobs hold
+        self._carry_limit = settings.inprocess_carry_mb << 20
         self._lock = threading.Lock()
         self._deadlines = Deadlines()
 
@@ -150,16 +152,18 @@ class InProcessExecutor:
 
     def submit(self, job_id: str, checked: CheckedRequest | None = None) -> None:
         """Run a reserved job on the pool, its attempts given ``checked``."""
-        carries = False
+        carries = 0
         if checked is not None and checked.inputs:
+            size = sum(one.decoded.raw.nbytes + one.display.nbytes for one in checked.inputs)
             with self._lock:
-                carries = self._carrying < 2 * self.slots
-                self._carrying += carries
+                if self._carrying + size <= self._carry_limit:
+                    carries = size
+                    self._carrying += size
             if not carries:
                 checked = CheckedRequest(checked.card)  # the card alone: the images stay behind
         self._pool.submit(self._attempts, job_id, checked, carries)
 
-    def _attempts(self, job_id: str, checked: CheckedRequest | None, carries: bool) -> None:
+    def _attempts(self, job_id: str, checked: CheckedRequest | None, carries: int) -> None:
         intervals = self.settings.retry_intervals_s or [0]
         try:
             for number in range(self.settings.retry_max + 1):
@@ -179,7 +183,7 @@ class InProcessExecutor:
         finally:
             if carries:
                 with self._lock:
-                    self._carrying -= 1
+                    self._carrying -= carries
             self.release()
 
     def _timer(self, job_id: str, attempt: Attempt) -> Deadline | None:

@@ -89,13 +89,14 @@ def test_a_queue_submission_keeps_no_images(store: Path) -> None:
     assert checked.card is card and checked.inputs == ()
 
 
-def test_the_executor_carries_checked_images_for_two_jobs_a_slot(store: Path) -> None:
-    """Memory stays bounded: past 2 x slots jobs holding images, a job carries its card alone
-    (its attempt checks the stored bytes again); a finished job frees its place."""
+def test_the_executor_carries_checked_images_within_its_memory_limit(store: Path) -> None:
+    """Memory stays bounded: a job whose images would take the carried bytes past
+    ``inprocess_carry_mb`` carries its card alone (its attempt checks the stored bytes again);
+    a finished job frees its bytes."""
     registry = Registry([store])
     card = pin_model(Stage.ULTRASOUND, registry)
     policy = card.preprocess_config().frame_policy
-    one = check_input(Stage.ULTRASOUND, js.ultrasound_png(1), policy, 10**8)
+    one = check_input(Stage.ULTRASOUND, js.ultrasound_png(1, shape=(300, 320)), policy, 10**8)
     seen: dict[str, CheckedRequest | None] = {}
     release = threading.Event()
 
@@ -103,7 +104,12 @@ def test_the_executor_carries_checked_images_for_two_jobs_a_slot(store: Path) ->
         seen[job_id] = checked
         release.wait(30)
 
-    settings = Settings(model_store=store, inprocess_workers=1, inprocess_max_pending=8)
+    size = one.decoded.raw.nbytes + one.display.nbytes
+    limit_mb = -(-2 * size // (1 << 20))  # room for two of these images, not three
+    assert 2 * size <= limit_mb << 20 < 3 * size
+    settings = Settings(
+        model_store=store, inprocess_workers=1, inprocess_max_pending=8, inprocess_carry_mb=limit_mb
+    )
     executor = InProcessExecutor(settings, run)
     try:
         for i in range(4):

@@ -177,6 +177,14 @@ def _scan_versions(folder: Path) -> tuple[int, ...]:
         )
 
 
+def _scan_names(root: Path) -> tuple[str, ...]:
+    """The folders of a store's root whose names are model names, sorted."""
+    try:
+        return tuple(sorted(p.name for p in root.iterdir() if _NAME.match(p.name)))
+    except (FileNotFoundError, NotADirectoryError):
+        return ()
+
+
 def _read_aliases(folder: Path, name: str) -> dict[str, int]:
     path = folder / ALIASES_FILE
     if not path.is_file():
@@ -269,9 +277,8 @@ class DirectoryStore:
     def names(self) -> list[str]:
         if not self.root.is_dir():
             return []
-        return sorted(
-            p.name for p in self.root.iterdir() if _NAME.match(p.name) and self.versions(p.name)
-        )
+        folders = _FOLDERS.get(self.root, "names", lambda: _scan_names(self.root))
+        return [name for name in folders if self.versions(name)]
 
     def versions(self, name: str) -> list[int]:
         if not _NAME.match(name):

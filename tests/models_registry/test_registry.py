@@ -105,6 +105,30 @@ def test_versions_and_aliases_are_read_again_when_the_folder_changes(
     assert store.versions("tiny") == [1, 2]
 
 
+def test_model_names_are_read_again_when_the_store_changes(
+    two_versions: Registry, store_dir: Path, onnx_file: Path
+) -> None:
+    """The store's model names are kept while its root folder's mtime holds (a request that
+    finds its stage's model costs a stat, not a directory scan); a model folder that comes or
+    goes moves it, and a folder without versions is never a name."""
+    store = DirectoryStore(store_dir)
+    _settle(store_dir, 3600)
+    assert store.names() == ["tiny"]
+    (store_dir / "Not-A-Name").mkdir()
+    (store_dir / "empty").mkdir()  # no version yet
+    _settle(store_dir, 3500)
+    assert store.names() == ["tiny"]
+    two_versions.register("other", onnx_file, draft_dict(name="other"))
+    _settle(store_dir, 3400)
+    _settle(store_dir / "other", 3400)
+    assert store.names() == ["other", "tiny"]
+    shutil.rmtree(store_dir / "other")
+    _settle(store_dir, 3300)
+    assert store.names() == ["tiny"]
+    store.names().append("x")  # callers get copies
+    assert store.names() == ["tiny"]
+
+
 def test_resolve_references(two_versions: Registry) -> None:
     assert two_versions.resolve("tiny") == ModelVersion("tiny", 2)  # no production: latest
     assert two_versions.promote("tiny", 1, "production") is None

@@ -152,6 +152,22 @@ def test_the_cli_writes_a_state_a_fine_tune_starts_from(
     assert train(config_from_dict(fine)).best_checkpoint.is_file()
 
 
+def test_a_trainer_checkpoint_is_a_starting_state_too(
+    raw: dict[str, object], exports: tuple[ExportResult, ExportResult]
+) -> None:
+    """``make models`` fine-tunes from the first run's best.pt: its exported weights load."""
+    best = exports[0].onnx_path.parents[1] / "run" / "best.pt"
+    assert best.is_file()
+    model = build_model(config_from_dict(raw))
+    report = load_pretrained(model, best)
+    assert not report.missing and not report.skipped and not report.unexpected
+    expected = _onnx(exports[0].onnx_path, _batch())
+    model.eval()
+    with torch.no_grad():
+        got = model(_batch())["mask_logits"].numpy()
+    np.testing.assert_allclose(got, expected["mask_logits"], atol=1e-4, rtol=0)
+
+
 def test_the_cli_answers_bad_input_with_a_message(
     raw: dict[str, object], folder: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -130,11 +130,14 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         ) from exc
     if isinstance(state, Mapping) and isinstance(state.get("state_dict"), Mapping):
         state = state["state_dict"]
+    elif isinstance(state, Mapping) and isinstance(state.get("model"), Mapping):
+        state = state["model"]  # a trainer checkpoint (best.pt): its exported weights
     if not isinstance(state, Mapping) or not all(
         isinstance(v, torch.Tensor) for v in state.values()
     ):
         raise PretrainedWeightsError(
-            f"{path} must hold a state dict (name -> tensor), or {{'state_dict': ...}}",
+            f"{path} must hold a state dict (name -> tensor), {{'state_dict': ...}} or a "
+            "trainer checkpoint",
             path=str(path),
         )
     return {k.removeprefix("module."): v for k, v in state.items()}

@@ -413,6 +413,12 @@ def _limitations(run: TrainedRun) -> list[str]:
         )
     if is_synthetic(run):
         items.append("Trained on synthetic images: a test artefact, not a usable model.")
+    if run.config.model.pretrained is not None:
+        items.append(
+            f"Fine-tuned: this run started from the weights in {run.config.model.pretrained.name} "
+            "(model.pretrained: an earlier run of this network, or its shipped ONNX file rebuilt "
+            "by breastdx warm-start); the training duration on this card is this run's alone."
+        )
     return items
 
 

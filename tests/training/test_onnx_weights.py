@@ -149,7 +149,10 @@ def test_the_cli_writes_a_state_a_fine_tune_starts_from(
     fine = copy.deepcopy(raw)
     fine["model"]["pretrained"] = str(out)  # type: ignore[index]
     fine["output_dir"] = str(folder / "fine")
-    assert train(config_from_dict(fine)).best_checkpoint.is_file()
+    best = train(config_from_dict(fine)).best_checkpoint
+    images = split_images(best.parent, "test", 2)
+    card = export_checkpoint(best, folder / "fine" / "model.onnx", parity_images=images).draft
+    assert any("Fine-tuned" in item and "base.pt" in item for item in card.limitations)
 
 
 def test_a_trainer_checkpoint_is_a_starting_state_too(

@@ -174,6 +174,10 @@ def activate(values: np.ndarray, activation: Activation, temperature: float = 1.
 def get_runner(ref: str, registry: Registry, options: RunnerOptions | None = None) -> ModelRunner:
     """The process-wide runner of the version ``ref`` resolves to, created on first use.
 
+    A job pinned to ``name@version`` whose session is open gets it without a store look-up
+    (the version was in the store when the job was pinned; sessions outlive retirements until
+    the process restarts, as for aliases that move).
+
     Raises:
         UnknownModelError, UnknownAliasError, UnknownVersionError: ``ref`` names nothing.
         ModelIntegrityError: the ONNX file differs from the one registered.
@@ -181,8 +185,14 @@ def get_runner(ref: str, registry: Registry, options: RunnerOptions | None = Non
             the runtime asked for cannot run this model here (``runtime_choice``).
     """
     options = options or RunnerOptions()
-    found = registry.resolve(ref)
     stores = tuple(store.uri for store in registry.stores)
+    name, _, selector = ref.partition("@")
+    if selector.isdecimal():  # a pinned version already open needs no store look-up
+        with _LOCK:
+            runner = _SESSIONS.get((stores, name, int(selector), options))
+        if runner is not None:
+            return runner
+    found = registry.resolve(ref)
     key = (stores, found.name, found.version, options)
     with _LOCK:
         runner = _SESSIONS.get(key)

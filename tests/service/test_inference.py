@@ -95,6 +95,20 @@ def test_runner_is_created_once_per_process(registry: Registry) -> None:
     assert threads is not first and threads.ref == first.ref == "us-tiny@1"
 
 
+def test_an_open_pinned_version_is_served_without_a_store_look_up(
+    registry: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = get_runner("us-tiny@1", registry)
+
+    def no_look_up(ref: str) -> object:
+        raise AssertionError(f"the store was asked for {ref}")
+
+    monkeypatch.setattr(registry, "resolve", no_look_up)
+    assert get_runner("us-tiny@1", registry) is first
+    with pytest.raises(AssertionError, match="us-tiny@production"):
+        get_runner("us-tiny@production", registry)  # an alias may have moved: looked up
+
+
 def test_service_sessions_do_not_spin(registry: Registry) -> None:
     """The service turns ONNX Runtime's spin-waiting off unless the operator turns it on."""
     from models_registry.runtime import OrtSession

@@ -50,13 +50,17 @@ def _initializers(graph: object) -> dict[str, np.ndarray]:
     return values
 
 
-def _conv_calls(model: nn.Module, batch: torch.Tensor) -> list[nn.Conv2d]:
-    """The model's plain convolutions in the order a forward pass calls them."""
-    order: list[nn.Conv2d] = []
+def _conv_calls(
+    model: nn.Module, batch: torch.Tensor
+) -> tuple[list[nn.Conv2d], dict[nn.Conv2d, nn.BatchNorm2d]]:
+    """The model's plain convolutions in the order a forward pass calls them, and the batch
+    norm called right after each one that has one (a U-Net's ``Sequential`` blocks, a ResNet's
+    ``conv1``/``bn1`` attributes alike; the parity check catches a pairing that is wrong)."""
+    calls: list[nn.Module] = []
     hooks = [
-        m.register_forward_hook(lambda mod, _i, _o: order.append(mod))
+        m.register_forward_hook(lambda mod, _i, _o: calls.append(mod))
         for m in model.modules()
-        if type(m) is nn.Conv2d
+        if type(m) is nn.Conv2d or isinstance(m, nn.BatchNorm2d)
     ]
     try:
         with torch.no_grad():
@@ -64,19 +68,15 @@ def _conv_calls(model: nn.Module, batch: torch.Tensor) -> list[nn.Conv2d]:
     finally:
         for h in hooks:
             h.remove()
-    return order
-
-
-def _norm_after(model: nn.Module) -> dict[nn.Conv2d, nn.BatchNorm2d]:
-    """Each convolution that a batch norm follows in the same ``nn.Sequential``."""
     pairs: dict[nn.Conv2d, nn.BatchNorm2d] = {}
-    for module in model.modules():
-        if isinstance(module, nn.Sequential):
-            children = list(module)
-            for first, second in itertools.pairwise(children):
-                if type(first) is nn.Conv2d and isinstance(second, nn.BatchNorm2d):
-                    pairs[first] = second
-    return pairs
+    for first, second in itertools.pairwise(calls):
+        if (
+            type(first) is nn.Conv2d
+            and isinstance(second, nn.BatchNorm2d)
+            and second.num_features == first.out_channels
+        ):
+            pairs[first] = second
+    return [c for c in calls if type(c) is nn.Conv2d], pairs
 
 
 def state_from_onnx(
@@ -110,8 +110,7 @@ def state_from_onnx(
                 )
             own[key].copy_(torch.from_numpy(np.array(value, dtype=np.float32)))
     model.eval()
-    convs = _conv_calls(model, batch)
-    norms = _norm_after(model)
+    convs, norms = _conv_calls(model, batch)
     folded = [c for c in convs if c in norms]
     graph_convs = [
         n

@@ -107,6 +107,47 @@ def test_training_mode_on_the_calibration_batch_matches_eval(
     np.testing.assert_allclose(train_out.numpy(), eval_out.numpy(), atol=1e-3, rtol=0)
 
 
+def test_a_resnet_with_its_batch_norms_as_attributes(tmp_path: Path) -> None:
+    """ResNet50 (the histopathology model) keeps ``conv1``/``bn1`` as attributes, not in a
+    ``Sequential``: its pairs come from the call order, and the rebuilt network equals the file."""
+    import warnings
+
+    from training.models import build_model as build
+    from training.models.heads import OnnxExportWrapper
+
+    source = build("resnet50", in_channels=3, num_classes=2, input_size=32)
+    generator = torch.Generator().manual_seed(0)
+    for m in source.modules():  # trained-looking statistics, so that folding changes weights
+        if isinstance(m, torch.nn.BatchNorm2d):
+            n = m.num_features
+            m.running_mean.copy_(torch.randn(n, generator=generator) * 0.1)  # type: ignore[union-attr]
+            m.running_var.copy_(torch.rand(n, generator=generator) + 0.5)  # type: ignore[union-attr]
+            m.weight.data.copy_(torch.rand(n, generator=generator) + 0.5)
+            m.bias.data.copy_(torch.randn(n, generator=generator) * 0.1)
+    path = tmp_path / "resnet.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            OnnxExportWrapper(source).eval(),
+            (torch.zeros(2, 3, 32, 32),),
+            str(path),
+            input_names=["image"],
+            output_names=list(source.output_names),
+            dynamic_axes={"image": {0: "n"}},
+            opset_version=17,
+            dynamo=False,
+            do_constant_folding=True,
+        )
+    batch = torch.from_numpy(np.random.default_rng(2).random((4, 3, 32, 32), dtype=np.float32))
+    model = build("resnet50", in_channels=3, num_classes=2, input_size=32)
+    weights = state_from_onnx(model, path, batch)
+    assert weights.unfolded == 53  # every convolution of ResNet50 is followed by its batch norm
+    expected = _onnx(path, batch)["class_logits"]
+    with torch.no_grad():
+        got = model.eval()(batch)["class_logits"].numpy()
+    np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)
+
+
 def test_a_file_of_another_network_is_refused(
     raw: dict[str, object], exports: tuple[ExportResult, ExportResult]
 ) -> None:

@@ -8,7 +8,7 @@ training images, preprocessed and augmented as in training, calibrate the batch 
 export folded away (``training.onnx_weights``), and the rebuilt network is checked against the
 file with ONNX Runtime on them. Then ``breastdx train --config FINE.yaml`` with
 ``model.pretrained: runs/base.pt`` fine-tunes it. Prints a JSON summary; a file that does not fit
-the network exits 1 with a message; bad usage exits 2.
+the network or an --out that cannot be written exits 1 with a message; bad usage exits 2.
 """
 
 from __future__ import annotations
@@ -42,6 +42,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.n < 2:
         print(f"{PROG}: --n must be at least 2", file=sys.stderr)
         return 2
+    if not args.tolerance > 0:
+        print(f"{PROG}: --tolerance must be above 0, got {args.tolerance}", file=sys.stderr)
+        return 2
+    if args.out.is_dir():
+        print(f"{PROG}: --out {args.out} is a folder; name the file to write", file=sys.stderr)
+        return 2
     if not args.onnx.is_file():
         print(f"{PROG}: {args.onnx} is not a file", file=sys.stderr)
         return 1
@@ -70,8 +76,12 @@ def main(argv: list[str] | None = None) -> int:
     except BreastdxError as exc:
         print(f"{PROG}: {exc.code}: {exc.message}", file=sys.stderr)
         return 1
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(weights.state, args.out)
+    try:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(weights.state, args.out)
+    except (OSError, RuntimeError) as exc:  # torch reports a failed open as RuntimeError
+        print(f"{PROG}: cannot write {args.out}: {exc}", file=sys.stderr)
+        return 1
     summary = {
         "out": str(args.out),
         "onnx": str(args.onnx),

@@ -213,7 +213,10 @@ def test_a_trainer_checkpoint_is_a_starting_state_too(
 
 
 def test_the_cli_answers_bad_input_with_a_message(
-    raw: dict[str, object], folder: Path, capsys: pytest.CaptureFixture[str]
+    raw: dict[str, object],
+    exports: tuple[ExportResult, ExportResult],
+    folder: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     config = folder / "net2.yaml"
     config.write_text(yaml.safe_dump(raw))
@@ -225,3 +228,13 @@ def test_the_cli_answers_bad_input_with_a_message(
     assert main(["--config", str(config), "--onnx", str(garbage), "--out", "x.pt"]) == 1
     assert "garbage.onnx" in capsys.readouterr().err
     assert main(["--config", str(config), "--onnx", str(garbage), "--out", "x.pt", "--n", "1"]) == 2
+    good = ["--config", str(config), "--onnx", str(exports[0].onnx_path)]
+    assert main([*good, "--out", "x.pt", "--tolerance", "-1"]) == 2
+    assert "--tolerance must be above 0" in capsys.readouterr().err
+    assert main([*good, "--out", str(folder)]) == 2
+    assert "is a folder" in capsys.readouterr().err
+    blocker = folder / "a-file"
+    blocker.write_bytes(b"")
+    assert main([*good, "--out", str(blocker / "base.pt"), "--n", "2"]) == 1  # its parent is a file
+    err = capsys.readouterr().err
+    assert "cannot write" in err and "Traceback" not in err

@@ -54,6 +54,14 @@ def exports(raw: dict[str, object], folder: Path) -> tuple[ExportResult, ExportR
     return full, small
 
 
+@pytest.fixture(scope="module")
+def config_file(raw: dict[str, object], folder: Path) -> Path:
+    """The network's training config as the CLI reads it."""
+    path = folder / "net.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
 def _batch(n: int = 6, size: int = 32, seed: int = 1) -> torch.Tensor:
     rng = np.random.default_rng(seed)
     return torch.from_numpy(rng.random((n, 1, size, size), dtype=np.float32))  # (N, 1, H, W)
@@ -165,10 +173,10 @@ def test_the_cli_writes_a_state_a_fine_tune_starts_from(
     raw: dict[str, object],
     exports: tuple[ExportResult, ExportResult],
     folder: Path,
+    config_file: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    config = folder / "net.yaml"
-    config.write_text(yaml.safe_dump(raw))
+    config = config_file
     out = folder / "base.pt"
     code = main(
         [
@@ -213,13 +221,12 @@ def test_a_trainer_checkpoint_is_a_starting_state_too(
 
 
 def test_the_cli_answers_bad_input_with_a_message(
-    raw: dict[str, object],
     exports: tuple[ExportResult, ExportResult],
     folder: Path,
+    config_file: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    config = folder / "net2.yaml"
-    config.write_text(yaml.safe_dump(raw))
+    config = config_file
     missing = ["--config", str(config), "--onnx", str(folder / "nope.onnx"), "--out", "x.pt"]
     assert main(missing) == 1
     assert "is not a file" in capsys.readouterr().err

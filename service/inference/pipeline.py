@@ -30,6 +30,7 @@ from imaging.preprocess import PreprocessConfig, preprocess_decoded
 from imaging.record import DecodedImage
 from models_registry.card import ModelCard, Stage
 from models_registry.registry import Registry
+from models_registry.runtime import WORK
 from service.inference import histopathology as histo
 from service.inference.batching import BatchPolicy, run_model
 from service.inference.inputs import CheckedInput, check_input
@@ -297,14 +298,15 @@ def analyse_each(
     (``service.inference.batching``); None: this request's images alone.
     """
     request = _request(stage, registry, model_ref, options, tiles, max_pixels)
-    prepared: list[_Item | BreastdxError] = []
-    for source in inputs:
-        try:
-            prepared.append(_prepare(request, source))
-        except BreastdxError as exc:  # per input: one bad image must not fail the others
-            prepared.append(exc)
-    items = [p for p in prepared if isinstance(p, _Item)]
-    done = iter(_infer(request, items, max_batch, batching) if items else [])
+    with WORK.held():  # the runtime tells a run alone from runs competing for the cores
+        prepared: list[_Item | BreastdxError] = []
+        for source in inputs:
+            try:
+                prepared.append(_prepare(request, source))
+            except BreastdxError as exc:  # per input: one bad image must not fail the others
+                prepared.append(exc)
+        items = [p for p in prepared if isinstance(p, _Item)]
+        done = iter(_infer(request, items, max_batch, batching) if items else [])
     outcomes: list[Outcome] = [p if isinstance(p, BreastdxError) else next(done) for p in prepared]
     failed = len(prepared) - len(items)
     logger.info(

@@ -77,12 +77,14 @@ class RunnerOptions:
     providers: tuple[str, ...] | None = None  # ONNX Runtime; None: default_providers()
     runtime: RuntimeRequest = Runtime.ONNXRUNTIME
     measuring: bool = False  # breastdx evaluate: run an explicit runtime the card does not allow
+    concurrent: bool = False  # runs overlap (several jobs at once): RuntimeOptions.concurrent
 
     def runtime_options(self) -> RuntimeOptions:
         return RuntimeOptions(
             threads=max(0, self.intra_op_threads),
             spinning=self.allow_spinning,
             providers=self.providers,
+            concurrent=self.concurrent,
         )
 
 
@@ -215,7 +217,7 @@ def _select(card: ModelCard, path: Path, options: RunnerOptions, key: tuple[Any,
     choice_key = (*key[:3], options.fp16, options.providers)
     previous = _CHOICES.get(choice_key) if options.runtime == AUTO else None
     if previous is not None:
-        return reopen(previous, path, options.runtime_options())
+        return reopen(previous, card, path, options.runtime_options())
     selection = select_session(
         card, path, options.runtime, options.runtime_options(), measuring=options.measuring
     )

@@ -138,13 +138,23 @@ def select_session(
     return Selection(requested, session, (Trial(session.runtime, session.device, report, None),))
 
 
-def reopen(previous: Selection, path: Path, options: RuntimeOptions) -> Selection:
+def reopen(previous: Selection, card: ModelCard, path: Path, options: RuntimeOptions) -> Selection:
     """The runtime ``previous`` settled on, opened again with other ``options`` (threads,
-    spinning): the gate and the timing are not repeated, so a process keeps one choice per model
-    version."""
+    spinning, concurrency): the choice and its timing are not repeated, so a process keeps one
+    choice per model version; a session that now keeps a form the choice did not check
+    (``Session.forms``) is gated again.
+
+    Raises:
+        RuntimeParityError: that form misses the card's tolerance.
+    """
     if _is_reference(previous.session) and options.providers is None:
         options = _cpu(options)
     session = open_session(path, previous.runtime, options)
+    if len(session.forms()) > len(previous.session.forms()):
+        batch = gate_inputs(card)
+        report = gate(card, session, _reference(card, path, batch, options), batch)
+        if not report.ok:
+            raise RuntimeParityError(card.ref, session.label, report.describe())
     return Selection(previous.requested, session, previous.trials)
 
 
@@ -164,8 +174,7 @@ def _reference(card: ModelCard, path: Path, batch: np.ndarray, options: RuntimeO
 
 def _cpu(options: RuntimeOptions) -> RuntimeOptions:
     """``options`` on ONNX Runtime's CPU provider alone: the gate's reference."""
-    return RuntimeOptions(threads=options.threads, spinning=options.spinning,
-                          providers=(CPU_PROVIDER,))  # fmt: skip
+    return replace(options, providers=(CPU_PROVIDER,))
 
 
 def _auto(card: ModelCard, path: Path, options: RuntimeOptions) -> Selection:

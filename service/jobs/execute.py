@@ -29,6 +29,7 @@ from rq.timeouts import JobTimeoutException
 from breastdx.errors import BreastdxError
 from models_registry.card import ModelCard
 from models_registry.registry import Registry
+from models_registry.runtime import WORK
 from service.config import Settings
 from service.dicom.artefacts import dicom_artefacts
 from service.errors import JobNotFoundError
@@ -62,7 +63,14 @@ def runner_options(settings: Settings) -> RunnerOptions:
         intra_op_threads=settings.ort_threads,
         allow_spinning=settings.ort_spinning,
         runtime=parse_runtime(settings.runtime),
+        concurrent=concurrent_runs(settings) > 1,
     )
+
+
+def concurrent_runs(settings: Settings) -> int:
+    """Model runs this process may make at once: its in-process job threads, or a queue
+    worker's lanes."""
+    return settings.worker_lanes if settings.queued else job_threads(settings)
 
 
 def batch_policy(settings: Settings) -> BatchPolicy:
@@ -125,7 +133,8 @@ def execute(
     record = store.get(job_id)
     if record is None:
         raise JobNotFoundError(f"job {job_id} expired before it ran", job_id=job_id)
-    with log_context(job_id=job_id, model=record.model_ref):
+    # WORK: the whole attempt (results, PNGs, DICOM objects) counts as this thread's work
+    with log_context(job_id=job_id, model=record.model_ref), WORK.held():
         return _attempt(record, store, registry, settings, attempt, checked)
 
 

@@ -8,8 +8,11 @@ for each runtime a card allows and fails a card whose tolerance the runtime miss
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import threading
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +23,10 @@ from models_registry.cli import main as models_main
 from models_registry.errors import InvalidCardError
 from models_registry.parity import card_tolerance, compare, gate, gate_inputs, reference_outputs
 from models_registry.runtime import (
+    WORK,
     OpenVinoSession,
+    RuntimeOptions,
+    Session,
     installed_runtimes,
     open_session,
     run_batched,
@@ -66,6 +72,115 @@ def test_openvino_runs_at_float32_precision() -> None:
         "f32",
         "<Type: 'float32'>",
     }
+
+
+needs_two_cores = pytest.mark.skipif(
+    len(os.sched_getaffinity(0)) < 2, reason="one core: no second form to spread runs over"
+)
+
+
+@needs_two_cores
+@pytest.mark.parametrize("name", SHIPPED)
+def test_openvino_keeps_a_one_core_per_run_form_where_runs_overlap(name: str) -> None:
+    """``concurrent``: a THROUGHPUT form (a stream per core) beside the LATENCY one; both give
+    the outputs of the latency form (bit-identical on the shipped files) and pass the gate."""
+    card, path = shipped_card(name)
+    session = open_session(path, Runtime.OPENVINO, RuntimeOptions(concurrent=True))
+    assert isinstance(session, OpenVinoSession) and session.spread
+    latency, spread = session.forms()
+    assert str(latency._form.compiled.get_property("PERFORMANCE_HINT")) == "LATENCY"  # type: ignore[attr-defined]
+    assert str(spread._form.compiled.get_property("PERFORMANCE_HINT")) == "THROUGHPUT"  # type: ignore[attr-defined]
+    assert int(spread._form.compiled.get_property("NUM_STREAMS")) >= 2  # type: ignore[attr-defined]
+    batch = gate_inputs(card)
+    names = [o.name for o in card.outputs]
+    one = run_batched(latency, card.input.name, batch, names)
+    other = run_batched(spread, card.input.name, batch, names)
+    for output in names:
+        np.testing.assert_allclose(other[output], one[output], atol=1e-6)
+    assert gate(card, session, reference_outputs(card, path, batch), batch).ok
+
+
+def test_openvino_keeps_one_form_where_runs_do_not_overlap() -> None:
+    _, path = shipped_card()
+    for options in (RuntimeOptions(), RuntimeOptions(concurrent=True, threads=1)):
+        session = open_session(path, Runtime.OPENVINO, options)
+        assert isinstance(session, OpenVinoSession)
+        assert not session.spread and len(session.forms()) == 1
+
+
+@needs_two_cores
+def test_a_run_alone_takes_every_core_and_a_run_beside_other_work_takes_one() -> None:
+    """The latency form serves a run while no other thread works on a request; while another
+    thread holds ``WORK`` (decoding, post-processing, another run) the spread form does."""
+    card, path = shipped_card()
+    session = open_session(path, Runtime.OPENVINO, RuntimeOptions(concurrent=True))
+    assert isinstance(session, OpenVinoSession)
+    served: list[str] = []
+    for label, form in (("latency", session._latency), ("spread", session._spread)):
+        infer = form.infer  # type: ignore[union-attr]
+
+        def spy(names: Sequence[str], feeds: Mapping[str, np.ndarray], *, _l=label, _i=infer):  # type: ignore[no-untyped-def]
+            served.append(_l)
+            return _i(names, feeds)
+
+        form.infer = spy  # type: ignore[union-attr,method-assign]
+    names = [o.name for o in card.outputs]
+    feeds = {card.input.name: gate_inputs(card, n=1)}
+    with WORK.held(), WORK.held():  # nested in one thread: still one thread at work
+        assert WORK.threads() == 1
+        session.run(names, feeds)
+    working, release = threading.Event(), threading.Event()
+
+    def other_request() -> None:
+        with WORK.held():
+            working.set()
+            release.wait(10)
+
+    thread = threading.Thread(target=other_request)
+    thread.start()
+    try:
+        assert working.wait(10)
+        with WORK.held():
+            assert WORK.threads() == 2
+            session.run(names, feeds)
+    finally:
+        release.set()
+        thread.join()
+    assert WORK.threads() == 0
+    session.run(names, feeds)
+    assert served == ["latency", "spread", "latency"]
+
+
+class _TwoForms(Session):
+    """A session whose second form adds ``shift`` to the first's outputs."""
+
+    def __init__(self, inner: Session, shift: float) -> None:
+        self.runtime, self.path, self.device = inner.runtime, inner.path, inner.device
+        self.inner, self.shift = inner, shift
+
+    def run(self, names: Sequence[str], feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        return self.inner.run(names, feeds)
+
+    def forms(self) -> tuple[Session, ...]:
+        return (self, _Shifted(self.inner, self.shift))
+
+
+class _Shifted(_TwoForms):
+    def run(self, names: Sequence[str], feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        return [v + np.float32(self.shift) for v in self.inner.run(names, feeds)]
+
+    def forms(self) -> tuple[Session, ...]:
+        return (self,)
+
+
+def test_the_gate_checks_every_form_of_a_session() -> None:
+    card, path = shipped_card()
+    batch = gate_inputs(card)
+    reference = reference_outputs(card, path, batch)
+    inner = open_session(path, Runtime.OPENVINO)
+    assert gate(card, _TwoForms(inner, 0.0), reference, batch).ok
+    report = gate(card, _TwoForms(inner, 5.0), reference, batch)  # logits moved: the 2nd form
+    assert not report.ok and report.max_abs_prob_diff > card.parity.tolerance, report.describe()
 
 
 def test_a_runtime_that_does_not_import_is_a_typed_error() -> None:

@@ -7,6 +7,7 @@ The models are trained for one epoch on synthetic data and exported once per ses
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -126,6 +127,28 @@ def test_service_sessions_do_not_spin(registry: Registry) -> None:
     assert spinning is not quiet and isinstance(spinning.session, OrtSession)
     with pytest.raises(Exception, match="does not have configuration"):  # ORT's default: spin
         spinning.session.session.get_session_options().get_session_config_entry(entry)
+
+
+def test_sessions_spread_overlapping_runs_where_the_process_runs_jobs_at_once(
+    registry: Registry,
+) -> None:
+    """In process (two job threads) and a queue worker with lanes, OpenVINO keeps its
+    one-core-per-run form; a queue worker with one lane runs one job at a time and does not."""
+    from models_registry.runtime import OpenVinoSession
+    from service.config import Settings
+    from service.jobs.execute import concurrent_runs, runner_options
+
+    in_process = Settings(runtime="openvino")
+    queued = Settings(runtime="openvino", redis_url="redis://127.0.0.1:6379/15")
+    assert concurrent_runs(in_process) == 2 and runner_options(in_process).concurrent
+    assert concurrent_runs(queued) == 1 and not runner_options(queued).concurrent
+    lanes = queued.model_copy(update={"worker_lanes": 2})
+    assert runner_options(lanes).concurrent
+    session = get_runner("us-tiny", registry, runner_options(in_process)).session
+    assert isinstance(session, OpenVinoSession)
+    assert session.spread == (len(os.sched_getaffinity(0)) > 1)
+    alone = get_runner("us-tiny", registry, runner_options(queued)).session
+    assert isinstance(alone, OpenVinoSession) and not alone.spread
 
 
 def test_ultrasound_batch_gives_masks_at_original_size(registry: Registry) -> None:

@@ -107,11 +107,12 @@ class Settings(BaseSettings):
         default=16, ge=1, le=1024, description="rows (images, tile windows) per merged model run"
     )
     worker_lanes: int = Field(
-        default=1,
+        default=2,
         ge=1,
         le=64,
-        description="jobs one queue worker runs at once, in threads sharing its ONNX Runtime "
-        "sessions; more than 1 lets micro-batching merge jobs (a GPU worker)",
+        description="jobs one queue worker runs at once, in threads sharing its model sessions: "
+        "two share a 2-core CPU's cores (OpenVINO's one-core-per-run form); more let "
+        "micro-batching merge jobs (a GPU worker); 1: one job at a time",
     )
     worker_ttl_s: int = Field(default=60, ge=20, description="RQ worker heartbeat TTL")
     worker_heartbeat_ttl_s: int = Field(

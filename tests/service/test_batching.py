@@ -115,8 +115,9 @@ def test_the_window_is_off_on_the_cpu_unless_set(registry: Registry) -> None:
     threads = job_threads(Settings(batch_window_ms=5, max_batch=12, inprocess_workers=2))
     assert threads == 12  # a merged run holds only jobs that run at the same time
     assert job_threads(Settings(inprocess_workers=3)) == 3
-    queued = Settings(redis_url=js.TEST_REDIS_URL)  # a queue worker runs one job at a time
-    assert batch_policy(queued).window_ms == 0.0
+    one_lane = Settings(redis_url=js.TEST_REDIS_URL, worker_lanes=1)  # one job at a time
+    assert batch_policy(one_lane).window_ms == 0.0
+    assert batch_policy(Settings(redis_url=js.TEST_REDIS_URL)).window_ms is None  # two lanes
     assert batch_policy(Settings()).window_ms is None  # in process: by the device
     assert batch_policy(Settings(redis_url=js.TEST_REDIS_URL, batch_window_ms=2)).window_ms == 2
 

@@ -132,22 +132,23 @@ def test_service_sessions_do_not_spin(registry: Registry) -> None:
 def test_sessions_spread_overlapping_runs_where_the_process_runs_jobs_at_once(
     registry: Registry,
 ) -> None:
-    """In process (two job threads) and a queue worker with lanes, OpenVINO keeps its
-    one-core-per-run form; a queue worker with one lane runs one job at a time and does not."""
+    """In process (two job threads) and a queue worker with two lanes (both the default),
+    OpenVINO keeps its one-core-per-run form; a worker with one lane runs one job at a time and
+    does not."""
     from models_registry.runtime import OpenVinoSession
     from service.config import Settings
     from service.jobs.execute import concurrent_runs, runner_options
 
     in_process = Settings(runtime="openvino")
     queued = Settings(runtime="openvino", redis_url="redis://127.0.0.1:6379/15")
+    one_lane = queued.model_copy(update={"worker_lanes": 1})
     assert concurrent_runs(in_process) == 2 and runner_options(in_process).concurrent
-    assert concurrent_runs(queued) == 1 and not runner_options(queued).concurrent
-    lanes = queued.model_copy(update={"worker_lanes": 2})
-    assert runner_options(lanes).concurrent
+    assert concurrent_runs(queued) == 2 and runner_options(queued).concurrent
+    assert concurrent_runs(one_lane) == 1 and not runner_options(one_lane).concurrent
     session = get_runner("us-tiny", registry, runner_options(in_process)).session
     assert isinstance(session, OpenVinoSession)
     assert session.spread == (len(os.sched_getaffinity(0)) > 1)
-    alone = get_runner("us-tiny", registry, runner_options(queued)).session
+    alone = get_runner("us-tiny", registry, runner_options(one_lane)).session
     assert isinstance(alone, OpenVinoSession) and not alone.spread
 
 

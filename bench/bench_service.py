@@ -21,8 +21,10 @@ generated one. Models: the shipped store (``models_registry/store``) when it hol
 ``--store``. Redis DB 13 is flushed before and after the queued runs.
 
 Bare pipeline (``bare_pipeline_rps``): the same image through ``analyse_each`` in a plain loop,
-16 in flight on the in-process service's job threads, no HTTP; ``throughput_vs_bare_c16`` is
-each mode's throughput at concurrency 16 over it.
+16 in flight on the in-process service's job threads, no HTTP, ``--bare-requests`` images (at
+least 500 by default: it is every ratio's denominator); ``throughput_vs_bare_c16`` is each
+mode's throughput at concurrency 16 over it. ``--modes ""`` measures only the model and the bare
+pipeline.
 
 ``--json FILE`` writes every figure of the run (see :func:`report`); ``--soak 0`` (the default)
 skips the soak. The servers run with the environment's ``BREASTDX_RUNTIME`` (default auto).
@@ -507,6 +509,7 @@ def report(
         "date": datetime.now().astimezone().isoformat(timespec="seconds"),
         "runtime_setting": os.environ.get("BREASTDX_RUNTIME", "auto"),
         "requests_per_cell": args.requests,
+        "bare_requests": args.bare_requests or max(args.requests, 500),
         "stages": {stage: stage_figures(levels, stage, t) for stage, t in model_ms.items()},
         "levels": [
             {
@@ -569,12 +572,18 @@ def main(argv: list[str] | None = None) -> int:
         "--no-bare", dest="bare", action="store_false",
         help="skip the bare pipeline's throughput (the concurrency-16 reference)",
     )  # fmt: skip
+    parser.add_argument(
+        "--bare-requests", type=int, metavar="N",
+        help="images through the bare pipeline (default: --requests, at least 500: its "
+        "throughput is every ratio's denominator)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
+    bare_requests = args.bare_requests or max(args.requests, 500)
     runtimes = [Runtime(r) for r in args.runtimes.split(",") if r]
     store = default_store(args.store)
     registry = Registry([DirectoryStore(store)])
     images = {stage: stage_image(Stage(stage)) for stage in args.stages.split(",")}
-    modes = args.modes.split(",")
+    modes = [m for m in args.modes.split(",") if m]  # "": model-only and bare figures alone
     print(machine())
     print(f"# store {store}; {args.requests} requests per cell; Prefer: wait={WAIT_S}")
     model_ms = {}
@@ -584,7 +593,7 @@ def main(argv: list[str] | None = None) -> int:
         model_ms[stage] = time_runtimes(registry, ref, batch, runtimes)
         if args.bare:
             model_ms[stage].bare_rps = bare_pipeline_rps(
-                Stage(stage), image, registry, ref, args.requests
+                Stage(stage), image, registry, ref, bare_requests
             )
         print(f"# {stage}: {origin}, model batch {tuple(batch.shape)}")
     levels, soaked = [], None

@@ -22,7 +22,7 @@ def test_bench_service_writes_every_figure(tmp_path: Path) -> None:
     report = tmp_path / "service.json"
     command = [sys.executable, "bench/bench_service.py", "--store", str(store), "--stages",
                "ultrasound", "--requests", "4", "--concurrency", "1,16", "--runtimes",
-               "onnxruntime,openvino", "--json", str(report)]  # fmt: skip
+               "onnxruntime,openvino", "--bare-requests", "8", "--json", str(report)]  # fmt: skip
     done = subprocess.run(
         command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=800, check=False
     )
@@ -45,6 +45,27 @@ def test_bench_service_writes_every_figure(tmp_path: Path) -> None:
         rps = levels[(mode, 16)]["throughput_rps"]
         assert math.isclose(ratio, rps / us["bare_pipeline_rps_c16"], rel_tol=1e-9)
     assert figures["soak"] is None  # --soak 0, the default, skips it
+    assert figures["requests_per_cell"] == 4 and figures["bare_requests"] == 8
+
+
+def test_bench_service_without_modes_measures_the_model_and_the_bare_pipeline(
+    tmp_path: Path,
+) -> None:
+    """``--modes ""``: no server starts; the model-only times and the bare pipeline's
+    throughput (over at least 500 images unless ``--bare-requests`` says otherwise) remain."""
+    store = js.build_store(tmp_path)
+    report = tmp_path / "bare.json"
+    command = [sys.executable, "bench/bench_service.py", "--store", str(store), "--stages",
+               "histopathology", "--modes", "", "--runtimes", "onnxruntime", "--json",
+               str(report)]  # fmt: skip
+    done = subprocess.run(
+        command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300, check=False
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    figures = json.loads(report.read_text(encoding="utf-8"))
+    assert figures["levels"] == [] and figures["bare_requests"] == 500
+    histo = figures["stages"]["histopathology"]
+    assert histo["bare_pipeline_rps_c16"] > 0 and histo["throughput_vs_bare_c16"] == {}
 
 
 def test_bench_variants_times_every_runtime_the_card_allows(tmp_path: Path) -> None:

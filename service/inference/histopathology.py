@@ -25,8 +25,10 @@ the mask and lesions are the heatmap thresholded at the card's malignancy thresh
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
@@ -43,6 +45,10 @@ from service.inference.stages import (
     stage_rule,
 )
 
+if TYPE_CHECKING:
+    from service.inference.result import Histopathology
+
+DEFAULT_HEATMAP_ALPHA = 0.4  # the heatmap's opacity over the image
 TILE_FACTOR = 1.5
 WHITE_LUMA = 0.85
 WHITE_CHROMA = 0.1
@@ -67,7 +73,7 @@ class TileOptions:
     aggregate: Aggregate = Aggregate.TOP_K_MEAN
     top_k: int = 3
     skip_background: bool = True
-    heatmap_alpha: float = 0.4
+    heatmap_alpha: float = DEFAULT_HEATMAP_ALPHA
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.overlap <= 0.9:
@@ -229,18 +235,39 @@ def aggregate(probabilities: np.ndarray, options: TileOptions) -> float | None:
 def probability_map(plan: TilePlan, probabilities: np.ndarray) -> np.ndarray:
     """``(H, W)`` float32: each tissue window's probability over its pixels, overlaps averaged;
     NaN where no tissue window lies."""
-    total = np.zeros(plan.image_hw, np.float64)
-    count = np.zeros(plan.image_hw, np.int32)
-    for w, p in zip(plan.tissue, probabilities, strict=True):
-        total[w.y : w.y + w.height, w.x : w.x + w.width] += float(p)
-        count[w.y : w.y + w.height, w.x : w.x + w.width] += 1
+    windows = [(w.x, w.y, w.width, w.height) for w in plan.tissue]
+    return _window_map(plan.image_hw, windows, [float(p) for p in probabilities])
+
+
+def _window_map(
+    image_hw: tuple[int, int], windows: Sequence[tuple[int, int, int, int]], probs: Sequence[float]
+) -> np.ndarray:
+    """``(H, W)`` float32 of ``(x, y, width, height)`` windows' probabilities, overlaps
+    averaged, NaN outside every window."""
+    total = np.zeros(image_hw, np.float64)
+    count = np.zeros(image_hw, np.int32)
+    for (x, y, width, height), p in zip(windows, probs, strict=True):
+        total[y : y + height, x : x + width] += p
+        count[y : y + height, x : x + width] += 1
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(count > 0, total / np.maximum(count, 1), np.nan).astype(np.float32)
 
 
+def result_heatmap(display: np.ndarray, histology: Histopathology) -> np.ndarray:
+    """``(H, W, 3)`` uint8 RGB: the heatmap overlay of a result, drawn from its patches (window
+    and calibrated probability each) on the ``(H, W, 3)`` display image. Drawn when first asked
+    for (``Analysis.overlay``), from the job's stored display image and result alike, so the
+    request path pays for neither the drawing nor its PNG."""
+    windows = [(p.x, p.y, p.width, p.height) for p in histology.patches]
+    prob_map = _window_map(display.shape[:2], windows, [p.probability for p in histology.patches])
+    alpha = histology.heatmap.alpha if histology.heatmap is not None else DEFAULT_HEATMAP_ALPHA
+    return heatmap_overlay(display, prob_map, alpha)
+
+
 def heatmap_overlay(display: np.ndarray, prob_map: np.ndarray, alpha: float) -> np.ndarray:
-    """``(H, W, 3)`` uint8 RGB: the image, JET colours blended where a probability exists."""
-    rgb = to_uint8(display)
+    """``(H, W, 3)`` uint8 RGB: the image (float in [0, 1], or uint8), JET colours blended where
+    a probability exists."""
+    rgb = display.copy() if display.dtype == np.uint8 else to_uint8(display)
     if rgb.ndim == 2:
         rgb = np.repeat(rgb[:, :, None], 3, axis=2)  # (H, W, 3)
     covered = ~np.isnan(prob_map)

@@ -115,7 +115,6 @@ def _finish(
     request: _Request,
     item: _Item,
     masks: MaskResult,
-    picture: np.ndarray | None,
     probability: float | None,
     histology: Histopathology | None = None,
     batch_size: int = 1,
@@ -135,8 +134,6 @@ def _finish(
         warnings=item.warnings,
     )
     mask = np.where(masks.mask, 255, 0).astype(np.uint8)  # (H, W)
-    if picture is not None:
-        return Analysis(result=result, mask=mask, overlay=picture, candidates=masks.candidates)
     return Analysis(
         result=result, mask=mask, display=to_uint8(item.display), candidates=masks.candidates
     )
@@ -170,7 +167,7 @@ def _segmentation(
         malignancy_map=lesion_map,
     )
     item.ms["postprocess"] = _ms(start)  # the overlay is drawn when first asked for
-    return _finish(request, item, masks, None, probability, batch_size=batch_size)
+    return _finish(request, item, masks, probability, batch_size=batch_size)
 
 
 def _histopathology(
@@ -190,12 +187,11 @@ def _histopathology(
         min_area_px=card.thresholds.min_lesion_area_px,
         pixel_spacing_mm=item.decoded.metadata.pixel_spacing_mm,
     )
-    picture = histo.heatmap_overlay(item.display, prob_map, tiles.heatmap_alpha)  # (H, W, 3)
     if probability is None:
         item.warnings.append("no tissue found: every window is mostly white background")
     histology = histopathology_info(plan, window_probs, tiles)
     item.ms["postprocess"] = _ms(start)
-    return _finish(request, item, masks, picture, probability, histology, batch_size)
+    return _finish(request, item, masks, probability, histology, batch_size)  # heatmap: lazy
 
 
 def _split(values: np.ndarray | None, sizes: Sequence[int]) -> list[np.ndarray | None]:

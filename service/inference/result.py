@@ -168,12 +168,13 @@ class Analysis:
     Attributes:
         result: the JSON object.
         mask: ``(H, W)`` uint8, 0 or 255.
-        display: ``(H, W)`` or ``(H, W, 3)`` uint8, the image a segmentation overlay is drawn
-            on (None when the overlay was given ready-made, as the histopathology heatmap).
-        overlay: ``(H, W, 3)`` uint8 RGB: mask tint and contours, or the heatmap; a
-            segmentation overlay is drawn on first use (``imaging.postprocess.overlay`` of
-            ``display``, ``mask`` and ``result.lesions``), so a job that stores the display
-            rather than the overlay PNG (``service.jobs``) never pays for drawing it.
+        display: ``(H, W)`` or ``(H, W, 3)`` uint8, the image the overlay is drawn on (None
+            when the overlay was given ready-made).
+        overlay: ``(H, W, 3)`` uint8 RGB: mask tint and contours, or the histopathology
+            heatmap; drawn on first use (``imaging.postprocess.overlay`` of ``display``, ``mask``
+            and ``result.lesions``; ``histopathology.result_heatmap`` of ``display`` and
+            ``result.histopathology``), so a job that stores the display rather than the
+            overlay PNG (``service.jobs``) never pays for drawing it.
         candidates: the regions the presence decision dropped (``MaskResult.candidates``),
             highest score first: not findings and not in the JSON; ``breastdx evaluate`` ranks
             them below the lesions to draw the whole FROC.
@@ -198,7 +199,13 @@ class Analysis:
     def overlay(self) -> np.ndarray:
         if self._overlay is None:
             assert self.display is not None  # __init__ holds one of the two
-            self._overlay = draw_overlay(self.display, self.mask > 0, self.result.lesions)
+            histology = self.result.histopathology
+            if histology is not None and histology.heatmap is not None:
+                from service.inference.histopathology import result_heatmap  # imports this
+
+                self._overlay = result_heatmap(self.display, histology)
+            else:
+                self._overlay = draw_overlay(self.display, self.mask > 0, self.result.lesions)
         return self._overlay
 
 

@@ -233,9 +233,9 @@ def _shared_metrics(store: JobStore) -> SharedMetrics | None:
 
 
 def _images(analysis: Analysis) -> dict[ArtefactKind, bytes]:
-    """The mask PNG, and the overlay PNG or (segmentation) the display image it is drawn
-    from on the first GET: drawing and encoding an RGB overlay costs more than the rest of a
-    small model's post-processing, and most API clients never fetch it."""
+    """The mask PNG, and the overlay PNG or (where the Analysis has it) the display image it
+    is drawn from on the first GET: drawing and encoding an RGB overlay costs more than the rest
+    of a small model's post-processing, and most API clients never fetch it."""
     images: dict[ArtefactKind, bytes] = {"mask": mask_png(analysis)}
     if analysis.display is not None:
         images["display"] = encode_png(analysis.display, fast=True)

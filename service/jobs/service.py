@@ -285,8 +285,8 @@ def job_artefact(
 
 
 def _draw_overlay(store: JobStore, job_id: str, index: int) -> bytes | None:
-    """A segmentation's overlay, drawn from its stored display image on the first request and
-    kept for the next ones (None when the display image has expired)."""
+    """An overlay (segmentation or heatmap), drawn from its stored display image on the first
+    request and kept for the next ones (None when the display image has expired)."""
     display, mask = store.artefact(job_id, "display", index), store.artefact(job_id, "mask", index)
     results = store.results(job_id)
     if display is None or mask is None or results is None or index >= len(results):

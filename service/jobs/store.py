@@ -11,10 +11,10 @@ settings' ``namespace`` (``breastdx`` by default)::
                                                                 job ends (success or failure)
     <ns>:job:<id>:results          [AnalysisResult JSON, ...]   result_ttl_s
     <ns>:job:<id>:mask:<i>         mask PNG                     result_ttl_s
-    <ns>:job:<id>:overlay:<i>      overlay PNG                  result_ttl_s; histopathology,
-                                                                or drawn on the first GET
-    <ns>:job:<id>:display:<i>      the image the segmentation   result_ttl_s; the overlay is
-                                   overlay is drawn on (PNG)    drawn from it on request
+    <ns>:job:<id>:overlay:<i>      overlay PNG                  result_ttl_s; drawn on the
+                                                                first GET
+    <ns>:job:<id>:display:<i>      the image the overlay        result_ttl_s; the overlay is
+                                   is drawn on (PNG)            drawn from it on request
     <ns>:job:<id>:seg:<i>          DICOM SEG (file format)      result_ttl_s; DICOM inputs only
     <ns>:job:<id>:sr:<i>           DICOM SR (file format)       result_ttl_s; DICOM inputs only
     <ns>:job:<id>:dicom_error:<i>  why no SEG/SR was built      result_ttl_s; JSON {code, message}

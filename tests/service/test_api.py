@@ -18,6 +18,7 @@ from service.cli_predict import main as predict_main
 from service.config import Settings
 from service.inference.render import decode_png
 from service.inference.result import AnalysisResult
+from service.jobs.backend import get_backend
 from tests.service import jobs_support as js
 
 Files = list[tuple[str, tuple[str, bytes, str]]]
@@ -152,6 +153,42 @@ def test_large_histopathology_tile_is_tiled(client: TestClient) -> None:
     )
     histology = response.json()["result"][0]["histopathology"]
     assert histology["grid"]["window"] == [50, 50] and histology["grid"]["windows"] == 3 * 4
+
+
+def test_histopathology_heatmap_is_drawn_on_request_as_the_pipeline_draws_it(
+    store: Path,
+) -> None:
+    """A histopathology job stores its display image, not the heatmap; the first GET of
+    overlay.png draws it from that image and the result's patches: the pixels of the
+    pipeline's own ``Analysis.overlay`` (which ``breastdx predict`` writes), the tissue
+    windows painted and the white glass left as it was."""
+    from models_registry.registry import Registry
+    from service.inference import analyse
+
+    tile = js.he_patch(5, (120, 160))  # PNG bytes: 3 x 4 windows of 50 px, edges padded
+    settings = Settings(model_store=store, allow_anonymous=True)
+    with TestClient(create_app(settings)) as client:
+        response = client.post(
+            "/v1/histopathology/analyses", files=files(tile), headers={"Prefer": "wait=30"}
+        )
+        body = response.json()
+        assert body["state"] == "succeeded"
+        stored = get_backend(settings).store
+        assert stored.artefact(body["id"], "overlay", 0) is None  # not drawn yet
+        assert stored.artefact(body["id"], "display", 0) is not None
+        served = client.get(f"{body['links']['overlay']}?index=0")
+        again = client.get(f"{body['links']['overlay']}?index=0")
+        assert stored.artefact(body["id"], "overlay", 0) == served.content  # kept
+    assert served.status_code == 200 and served.headers["content-type"] == "image/png"
+    pixels = cv2.cvtColor(
+        cv2.imdecode(np.frombuffer(served.content, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB
+    )
+    own = analyse("histopathology", [tile], registry=Registry([store]))[0]
+    assert own.result.histopathology is not None and own.result.histopathology.patches
+    np.testing.assert_array_equal(pixels, own.overlay)
+    original = cv2.cvtColor(cv2.imdecode(np.frombuffer(tile, np.uint8), 1), cv2.COLOR_BGR2RGB)
+    assert (pixels != original).any(axis=2).mean() > 0.5  # the tissue windows are painted
+    assert again.content == served.content
 
 
 def test_models_lists_each_stage_production_card(client: TestClient) -> None:

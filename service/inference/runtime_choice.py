@@ -9,7 +9,10 @@
 - ``auto`` opens every installed runtime the card allows, drops those that miss the gate (a
   warning names the figures) and, where more than one passes, times those on the gate inputs
   (one warm-up run, the median of :data:`TIMED_RUNS`) and keeps the fastest; ONNX Runtime on
-  CPU alone is kept untimed.
+  CPU alone is kept untimed. Runtimes within :data:`AUTO_TIE` of the fastest count as tied and
+  the first of them in a fixed order wins (:class:`Runtime`'s: ONNX Runtime on CPU, the
+  reference, first, then float32 before reduced precision), so that processes and machines
+  whose timings differ by noise make the same choice.
 
 The gate runs on :data:`~models_registry.parity.GATE_IMAGES` inputs made from the card's input
 spec through its own preprocessing; the card's tolerance bounds the figures (for a
@@ -50,7 +53,11 @@ logger = logging.getLogger(__name__)
 AUTO: Final = "auto"
 RuntimeRequest = Runtime | Literal["auto"]
 RUNTIME_CHOICES: Final = (AUTO, *(r.value for r in Runtime))  # as the CLIs and settings name them
-TIMED_RUNS = 3
+TIMED_RUNS = 5
+# auto: a runtime no more than this much slower than the fastest ties with it (the timing of a
+# few runs on a shared machine moves by 10-30 %: docs/benchmarks.md); ties go to the first in
+# the fixed order of the candidates
+AUTO_TIE = 0.20
 
 
 def parse_runtime(value: str) -> RuntimeRequest:
@@ -202,8 +209,18 @@ def _auto(card: ModelCard, path: Path, options: RuntimeOptions) -> Selection:
     timed = batch if card.task is Task.CLASSIFICATION else batch[:1]  # a typical request
     times = [_median_ms(s, card, timed) if s in passing else None for s in sessions]
     trials = [replace(t, model_ms=ms) for t, ms in zip(trials, times, strict=True)]
-    fastest = min(passing, key=lambda s: times[sessions.index(s)] or 0.0)
-    return Selection(AUTO, fastest, tuple(trials))
+    return Selection(
+        AUTO, _fastest(passing, [times[sessions.index(s)] for s in passing]), tuple(trials)
+    )
+
+
+def _fastest(passing: list[Session], times: list[float | None]) -> Session:
+    """The first of ``passing`` (in their fixed order) whose time is within :data:`AUTO_TIE`
+    of the fastest's."""
+    best = min(t or 0.0 for t in times)
+    return next(
+        s for s, t in zip(passing, times, strict=True) if (t or 0.0) <= best * (1 + AUTO_TIE)
+    )
 
 
 def _median_ms(session: Session, card: ModelCard, batch: np.ndarray) -> float:

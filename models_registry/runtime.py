@@ -203,10 +203,10 @@ class OpenVinoSession(Session):
     starts while another run of this model is in flight, or while another thread of the process
     is working on a request (:data:`WORK`: decoding, post-processing, another model), takes it,
     so the process's work shares the cores rather than each run asking for all of them; a run
-    alone keeps the latency form. The two forms give the
-    same outputs (measured bit-identical on the shipped models; the parity gate checks both,
-    :meth:`forms`). Measured on 2 cores, two runs at a time: histopathology pipeline 1.4x and
-    ultrasound 1.12x the requests/s of the latency form alone (docs/benchmarks.md).
+    alone keeps the latency form. The two forms give the same outputs (measured bit-identical
+    on the shipped models; the parity gate checks both, :meth:`forms`). Measured on 2 cores,
+    the pipeline two at a time: histopathology about 1.15x and ultrasound about 1.13x the
+    requests/s of the latency form alone (docs/benchmarks.md).
     """
 
     device = OPENVINO_DEVICE

@@ -4,10 +4,10 @@
   it (``onnxruntime-gpu``), then ``CPUExecutionProvider``.
 - ``openvino``: OpenVINO's CPU plugin (PyPI ``openvino``) with ``INFERENCE_PRECISION_HINT f32``
   and ``PERFORMANCE_HINT LATENCY``; where runs may overlap (``RuntimeOptions.concurrent``) a
-  second compiled form with ``PERFORMANCE_HINT THROUGHPUT`` (one stream per core) serves the runs
-  that start beside other work (:class:`OpenVinoSession`). On CPUs with bf16 units OpenVINO's
-  default precision is bfloat16, which moved the shipped models' probabilities by up to 1e-2
-  (docs/deployment.md, "Runtimes"); float32 keeps them within 1e-6 of ONNX Runtime.
+  second compiled form with ``PERFORMANCE_HINT THROUGHPUT`` (a stream per overlapping run) serves
+  the runs that start beside other work (:class:`OpenVinoSession`). On CPUs with bf16 units
+  OpenVINO's default precision is bfloat16, which moved the shipped models' probabilities by up
+  to 1e-2 (docs/deployment.md, "Runtimes"); float32 keeps them within 1e-6 of ONNX Runtime.
 - ``openvino-bf16``: the same at ``INFERENCE_PRECISION_HINT bf16`` (reduced precision: a card
   allows it only with its evaluated figures, ``ModelCard.reduced_precision``). On a CPU without
   bf16 units OpenVINO computes in float32 instead.
@@ -60,14 +60,15 @@ class RuntimeOptions:
         spinning: ONNX Runtime's threads spin-wait after each run (its default); off, they
             leave the cores to the rest of the request. OpenVINO's CPU threads do not spin.
         providers: ONNX Runtime providers in order; None: :func:`default_providers`.
-        concurrent: runs may overlap (a process that runs several jobs at once): OpenVINO then
-            keeps a second form of the model for the runs that start while another is running.
+        concurrent: how many runs may overlap (the jobs a process runs at once); above 1
+            OpenVINO keeps a second form of the model, one stream per overlapping run, for the
+            runs that start while other request work is under way.
     """
 
     threads: int = 0
     spinning: bool = True
     providers: tuple[str, ...] | None = None
-    concurrent: bool = False
+    concurrent: int = 1
 
 
 CPU_ONLY = RuntimeOptions(providers=(CPU_PROVIDER,))
@@ -198,8 +199,9 @@ class OpenVinoSession(Session):
 
     One compiled model with ``PERFORMANCE_HINT LATENCY`` (one stream, every core for each run)
     and a pool of infer requests (one per concurrent run). Where runs may overlap
-    (``options.concurrent``, more than one core, no fixed single thread) a second form is compiled
-    with ``PERFORMANCE_HINT THROUGHPUT`` (one stream per core, one core per run): a run that
+    (``options.concurrent`` above 1, more than one core, no fixed single thread) a second form is
+    compiled with ``PERFORMANCE_HINT THROUGHPUT`` and one stream per overlapping run (at most one
+    per core), the cores shared out between the streams (on 2 cores: one core per run): a run that
     starts while another run of this model is in flight, or while another thread of the process
     is working on a request (:data:`WORK`: decoding, post-processing, another model), takes it,
     so the process's work shares the cores rather than each run asking for all of them; a run
@@ -219,10 +221,11 @@ class OpenVinoSession(Session):
         if options.threads > 0:
             config["INFERENCE_NUM_THREADS"] = str(options.threads)
         self._latency = _OpenVinoForm(self._compile(path, config))
-        spread = options.concurrent and options.threads != 1 and _cores() > 1
+        streams = min(options.concurrent, _cores())
+        spread = {**config, "PERFORMANCE_HINT": "THROUGHPUT", "NUM_STREAMS": str(streams)}
         self._spread = (
-            _OpenVinoForm(self._compile(path, {**config, "PERFORMANCE_HINT": "THROUGHPUT"}))
-            if spread
+            _OpenVinoForm(self._compile(path, spread))
+            if streams > 1 and options.threads != 1
             else None
         )
         self._lock = threading.Lock()

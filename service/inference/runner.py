@@ -77,7 +77,7 @@ class RunnerOptions:
     providers: tuple[str, ...] | None = None  # ONNX Runtime; None: default_providers()
     runtime: RuntimeRequest = Runtime.ONNXRUNTIME
     measuring: bool = False  # breastdx evaluate: run an explicit runtime the card does not allow
-    concurrent: bool = False  # runs overlap (several jobs at once): RuntimeOptions.concurrent
+    concurrent: int = 1  # runs that may overlap (jobs at once): RuntimeOptions.concurrent
 
     def runtime_options(self) -> RuntimeOptions:
         return RuntimeOptions(

@@ -63,7 +63,7 @@ def runner_options(settings: Settings) -> RunnerOptions:
         intra_op_threads=settings.ort_threads,
         allow_spinning=settings.ort_spinning,
         runtime=parse_runtime(settings.runtime),
-        concurrent=concurrent_runs(settings) > 1,
+        concurrent=concurrent_runs(settings),
     )
 
 

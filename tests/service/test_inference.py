@@ -142,9 +142,9 @@ def test_sessions_spread_overlapping_runs_where_the_process_runs_jobs_at_once(
     in_process = Settings(runtime="openvino")
     queued = Settings(runtime="openvino", redis_url="redis://127.0.0.1:6379/15")
     one_lane = queued.model_copy(update={"worker_lanes": 1})
-    assert concurrent_runs(in_process) == 2 and runner_options(in_process).concurrent
-    assert concurrent_runs(queued) == 2 and runner_options(queued).concurrent
-    assert concurrent_runs(one_lane) == 1 and not runner_options(one_lane).concurrent
+    assert concurrent_runs(in_process) == 2 == runner_options(in_process).concurrent
+    assert concurrent_runs(queued) == 2 == runner_options(queued).concurrent
+    assert concurrent_runs(one_lane) == 1 == runner_options(one_lane).concurrent
     session = get_runner("us-tiny", registry, runner_options(in_process)).session
     assert isinstance(session, OpenVinoSession)
     assert session.spread == (len(os.sched_getaffinity(0)) > 1)

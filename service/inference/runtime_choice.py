@@ -8,11 +8,11 @@
   :class:`RuntimeParityError`): never a silent fallback.
 - ``auto`` opens every installed runtime the card allows, drops those that miss the gate (a
   warning names the figures) and, where more than one passes, times those on the gate inputs
-  (one warm-up run, the median of :data:`TIMED_RUNS`) and keeps the fastest; ONNX Runtime on
-  CPU alone is kept untimed. Runtimes within :data:`AUTO_TIE` of the fastest count as tied and
-  the first of them in a fixed order wins (:class:`Runtime`'s: ONNX Runtime on CPU, the
-  reference, first, then float32 before reduced precision), so that processes and machines
-  whose timings differ by noise make the same choice.
+  (:data:`WARMUP_RUNS` warm-up runs, the median of :data:`TIMED_RUNS`) and keeps the fastest;
+  ONNX Runtime on CPU alone is kept untimed. Runtimes within :data:`AUTO_TIE` of the fastest
+  count as tied and the first of them in a fixed order wins (:class:`Runtime`'s: ONNX Runtime on
+  CPU, the reference, first, then float32 before reduced precision), so that processes and
+  machines whose timings differ by noise make the same choice.
 
 The gate runs on :data:`~models_registry.parity.GATE_IMAGES` inputs made from the card's input
 spec through its own preprocessing; the card's tolerance bounds the figures (for a
@@ -53,11 +53,11 @@ logger = logging.getLogger(__name__)
 AUTO: Final = "auto"
 RuntimeRequest = Runtime | Literal["auto"]
 RUNTIME_CHOICES: Final = (AUTO, *(r.value for r in Runtime))  # as the CLIs and settings name them
-TIMED_RUNS = 5
-# auto: a runtime no more than this much slower than the fastest ties with it (the timing of a
-# few runs on a shared machine moves by 10-30 %: docs/benchmarks.md); ties go to the first in
-# the fixed order of the candidates
-AUTO_TIE = 0.20
+WARMUP_RUNS = 3  # a runtime's first runs after compiling are slower (int8: by up to half)
+TIMED_RUNS = 7
+# auto: a runtime no more than this much slower than the fastest ties with it; ties go to the
+# first in the fixed order of the candidates (docs/deployment.md, "Runtimes")
+AUTO_TIE = 0.10
 
 
 def parse_runtime(value: str) -> RuntimeRequest:
@@ -225,7 +225,8 @@ def _fastest(passing: list[Session], times: list[float | None]) -> Session:
 
 def _median_ms(session: Session, card: ModelCard, batch: np.ndarray) -> float:
     names, feeds = [o.name for o in card.outputs], {card.input.name: batch}
-    session.run(names, feeds)  # warm-up: first-run allocations and kernel choice
+    for _ in range(WARMUP_RUNS):  # first-run allocations and kernel choice
+        session.run(names, feeds)
     times = []
     for _ in range(TIMED_RUNS):
         start = time.perf_counter()

@@ -115,16 +115,16 @@ class _Timed:
 
 
 def test_auto_breaks_near_ties_by_a_fixed_order() -> None:
-    """Runtimes within ``AUTO_TIE`` of the fastest tie, and the first in the candidates' fixed
-    order (reference first, float32 before reduced precision) wins: two processes whose
+    """Runtimes within ``AUTO_TIE`` (10 %) of the fastest tie, and the first in the candidates'
+    fixed order (reference first, float32 before reduced precision) wins: two processes whose
     timings differ by noise choose alike; a clearly faster runtime still wins."""
     order = [Runtime.ONNXRUNTIME, Runtime.OPENVINO, Runtime.ONNXRUNTIME_INT8, Runtime.OPENVINO_INT8]
     sessions: list[Any] = [_Timed(r) for r in order]
-    assert _fastest(sessions, [10.0, 9.0, 5.5, 5.0]).runtime is Runtime.ONNXRUNTIME_INT8
-    assert _fastest(sessions, [10.0, 9.0, 6.5, 5.0]).runtime is Runtime.OPENVINO_INT8
-    assert _fastest(sessions[:2], [10.0, 9.0]).runtime is Runtime.ONNXRUNTIME  # within 20 %
-    assert _fastest(sessions[:2], [10.0, 5.0]).runtime is Runtime.OPENVINO
-    assert 0.19 < AUTO_TIE < 0.21
+    assert _fastest(sessions, [10.0, 9.0, 5.4, 5.0]).runtime is Runtime.ONNXRUNTIME_INT8
+    assert _fastest(sessions, [10.0, 9.0, 5.6, 5.0]).runtime is Runtime.OPENVINO_INT8
+    assert _fastest(sessions[:2], [10.0, 9.5]).runtime is Runtime.ONNXRUNTIME  # within 10 %
+    assert _fastest(sessions[:2], [10.0, 8.0]).runtime is Runtime.OPENVINO
+    assert 0.09 < AUTO_TIE < 0.11
 
 
 def test_auto_chooses_at_start_not_on_the_first_request(store: Path) -> None:

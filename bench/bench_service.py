@@ -552,6 +552,17 @@ def print_phases(levels: list[Level]) -> None:
     )
 
 
+def _positive(text: str) -> int:
+    """An argparse type: an integer of at least 1 (else argparse's usage error, exit 2)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--store", type=Path, help="model store (default: the shipped one)")
@@ -573,7 +584,7 @@ def main(argv: list[str] | None = None) -> int:
         help="skip the bare pipeline's throughput (the concurrency-16 reference)",
     )  # fmt: skip
     parser.add_argument(
-        "--bare-requests", type=int, metavar="N",
+        "--bare-requests", type=_positive, metavar="N",
         help="images through the bare pipeline (default: --requests, at least 500: its "
         "throughput is every ratio's denominator)",
     )  # fmt: skip

@@ -48,7 +48,6 @@ from service.inference.stages import (
 if TYPE_CHECKING:
     from service.inference.result import Histopathology
 
-DEFAULT_HEATMAP_ALPHA = 0.4  # the heatmap's opacity over the image
 TILE_FACTOR = 1.5
 WHITE_LUMA = 0.85
 WHITE_CHROMA = 0.1
@@ -73,7 +72,7 @@ class TileOptions:
     aggregate: Aggregate = Aggregate.TOP_K_MEAN
     top_k: int = 3
     skip_background: bool = True
-    heatmap_alpha: float = DEFAULT_HEATMAP_ALPHA
+    heatmap_alpha: float = 0.4
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.overlap <= 0.9:
@@ -253,14 +252,13 @@ def _window_map(
         return np.where(count > 0, total / np.maximum(count, 1), np.nan).astype(np.float32)
 
 
-def result_heatmap(display: np.ndarray, histology: Histopathology) -> np.ndarray:
+def result_heatmap(display: np.ndarray, histology: Histopathology, alpha: float) -> np.ndarray:
     """``(H, W, 3)`` uint8 RGB: the heatmap overlay of a result, drawn from its patches (window
     and calibrated probability each) on the ``(H, W, 3)`` display image. Drawn when first asked
     for (``Analysis.overlay``), from the job's stored display image and result alike, so the
     request path pays for neither the drawing nor its PNG."""
     windows = [(p.x, p.y, p.width, p.height) for p in histology.patches]
     prob_map = _window_map(display.shape[:2], windows, [p.probability for p in histology.patches])
-    alpha = histology.heatmap.alpha if histology.heatmap is not None else DEFAULT_HEATMAP_ALPHA
     return heatmap_overlay(display, prob_map, alpha)
 
 

@@ -203,7 +203,7 @@ class Analysis:
             if histology is not None and histology.heatmap is not None:
                 from service.inference.histopathology import result_heatmap  # imports this
 
-                self._overlay = result_heatmap(self.display, histology)
+                self._overlay = result_heatmap(self.display, histology, histology.heatmap.alpha)
             else:
                 self._overlay = draw_overlay(self.display, self.mask > 0, self.result.lesions)
         return self._overlay

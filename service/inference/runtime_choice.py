@@ -138,10 +138,7 @@ def select_session(
     session = open_session(path, requested, options)
     if _is_reference(session):
         return Selection(requested, session, ())
-    batch = gate_inputs(card)
-    report = gate(card, session, _reference(card, path, batch, options), batch)
-    if not report.ok and not measuring:
-        raise RuntimeParityError(card.ref, session.label, report.describe())
+    report = _gated(card, path, session, options, enforce=not measuring)
     return Selection(requested, session, (Trial(session.runtime, session.device, report, None),))
 
 
@@ -158,11 +155,20 @@ def reopen(previous: Selection, card: ModelCard, path: Path, options: RuntimeOpt
         options = _cpu(options)
     session = open_session(path, previous.runtime, options)
     if len(session.forms()) > len(previous.session.forms()):
-        batch = gate_inputs(card)
-        report = gate(card, session, _reference(card, path, batch, options), batch)
-        if not report.ok:
-            raise RuntimeParityError(card.ref, session.label, report.describe())
+        _gated(card, path, session, options)
     return Selection(previous.requested, session, previous.trials)
+
+
+def _gated(
+    card: ModelCard, path: Path, session: Session, options: RuntimeOptions, enforce: bool = True
+) -> ParityReport:
+    """``session`` (every form of it) against ONNX Runtime on CPU on the gate inputs; with
+    ``enforce``, a miss raises :class:`RuntimeParityError`."""
+    batch = gate_inputs(card)
+    report = gate(card, session, _reference(card, path, batch, options), batch)
+    if enforce and not report.ok:
+        raise RuntimeParityError(card.ref, session.label, report.describe())
+    return report
 
 
 def _opens_reference(runtime: Runtime, options: RuntimeOptions) -> bool:

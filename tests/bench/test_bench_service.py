@@ -96,3 +96,13 @@ def test_bench_variants_answers_bad_input_with_a_message(tmp_path: Path) -> None
         )
         assert done.returncode == code and message in done.stderr, done.stderr[-2000:]
         assert "Traceback" not in done.stderr
+
+
+def test_bench_service_answers_a_bad_bare_request_count_with_a_message() -> None:
+    for bad in ("0", "-3", "many"):
+        done = subprocess.run(
+            [sys.executable, "bench/bench_service.py", "--bare-requests", bad],
+            cwd=REPO_ROOT, capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+        assert done.returncode == 2, done.stderr[-2000:]
+        assert "--bare-requests: must be" in done.stderr and "Traceback" not in done.stderr

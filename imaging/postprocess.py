@@ -46,12 +46,13 @@ class Lesion(BaseModel):
 @dataclass(frozen=True)
 class Candidate:
     """A region the presence decision dropped: above the pixel threshold and the minimum area,
-    but with a peak probability (``score``) below the presence threshold. Not a finding; kept
+    but with a peak probability (``score``) below the presence threshold, or on an image the
+    image-level presence decision found free of lesions. Not a finding; kept
     so that an evaluation can rank every region the model proposes (the FROC) and see where
     the operating point sits on that curve."""
 
     bbox: tuple[int, int, int, int]  # (x, y, width, height), original pixels
-    score: float  # peak probability, < the presence threshold
+    score: float  # peak probability
 
 
 class MaskResult(BaseModel):
@@ -71,7 +72,7 @@ class MaskResult(BaseModel):
 
     @property
     def candidates(self) -> tuple[Candidate, ...]:
-        """Regions below the presence threshold, highest score first (not findings)."""
+        """Regions the presence decision dropped, highest score first (not findings)."""
         return self._candidates
 
     @property
@@ -162,6 +163,7 @@ def postprocess_mask(
     pixel_spacing_mm: tuple[float, float] | None = None,
     presence_threshold: float = 0.0,
     malignancy_map: np.ndarray | None = None,
+    present: bool = True,
 ) -> MaskResult:
     """Model-size probability map -> lesions in the original image.
 
@@ -176,6 +178,8 @@ def postprocess_mask(
             reaches this: the lesion-presence decision (0: every component above ``threshold``).
         malignancy_map: ``(h, w)`` per-pixel malignancy probabilities at the model input size;
             each lesion's ``malignancy`` is their mean over the lesion (original pixels).
+        present: the image-level presence decision (a model's presence output against its
+            threshold); false: no component is a lesion, each is a candidate.
     """
     prob = _check_inputs(prob, geometry, threshold)
     full = geometry.to_original(prob, interpolation=Interpolation.LINEAR)  # (H, W) float32
@@ -184,8 +188,8 @@ def postprocess_mask(
     smallest = _min_area(min_area_px, min_area_mm2, pixel_spacing_mm)
     peaks = _peaks(full, labels, stats)  # (count,)
     large = [i for i in range(1, count) if stats[i, cv2.CC_STAT_AREA] >= max(1, smallest)]
-    kept = [i for i in large if peaks[i] >= presence_threshold]
-    below = sorted((i for i in large if peaks[i] < presence_threshold), key=lambda i: -peaks[i])
+    kept = [i for i in large if present and peaks[i] >= presence_threshold]
+    below = sorted(set(large) - set(kept), key=lambda i: (-peaks[i], i))
     malignancy = None
     if malignancy_map is not None and kept:
         malignancy = geometry.to_original(

@@ -94,6 +94,7 @@ class OutputRole(StrEnum):
     MALIGNANCY = "malignancy"  # per-image malignancy logit, (N, 1)
     CLASS_LOGITS = "class_logits"  # per-image logits over ``labels``, (N, len(labels))
     LESION_MALIGNANCY = "lesion_malignancy"  # per-pixel malignancy logits, (N, 1, H, W)
+    PRESENCE = "presence"  # per-image lesion-presence logit, (N, 1)
 
 
 class Runtime(StrEnum):
@@ -173,6 +174,12 @@ class Thresholds(_Frozen):
         default=0.0,
         description="a lesion is marked only where its peak pixel probability reaches this "
         "(the lesion-presence decision, chosen on validation data; 0: no such gate)",
+    )
+    image_presence: Probability = Field(
+        default=0.0,
+        description="an image's lesions are marked only where the model's lesion-presence "
+        "output (role 'presence') reaches this probability; chosen on validation data together "
+        "with 'presence' (0: no such gate)",
     )
 
 
@@ -446,6 +453,12 @@ class _CardBody(_CardBase):
                 )
             variant.check_loss(self.metrics)
         _require_unique("output roles", [o.role.value for o in self.outputs])
+        roles = {o.role for o in self.outputs}
+        if self.thresholds.image_presence > 0 and OutputRole.PRESENCE not in roles:
+            raise ValueError(
+                "thresholds.image_presence gates on the model's presence output, and the card "
+                "lists no output of role 'presence'"
+            )
         _require_unique("labels", self.labels)
         keys = [(e.dataset, e.split, e.protocol.value) for e in self.evaluation_sets]
         _require_unique("evaluation sets (dataset, split, protocol)", keys)

@@ -270,7 +270,9 @@ class _OpenVinoForm:
 
     def __init__(self, compiled: Any) -> None:
         self.compiled = compiled
-        self._outputs = {port.get_any_name(): port for port in compiled.outputs}
+        # every name of each output: an output that another node also reads (a head fed by the
+        # mask logits) may carry more than one, and any_name need not be the graph's output name
+        self._outputs = {name: port for port in compiled.outputs for name in port.get_names()}
         self._idle: queue.SimpleQueue[Any] = queue.SimpleQueue()
 
     def infer(self, names: Sequence[str], feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:

@@ -18,7 +18,7 @@ from breastdx.errors import BreastdxError
 from imaging.preprocess import PreprocessConfig
 from models_registry.card import Stage  # one Stage enum: the registry's (torch-free)
 
-SEGMENTATION_METRICS = ("dice", "iou")
+SEGMENTATION_METRICS = ("dice", "iou", "presence_auc")
 CLASSIFICATION_METRICS = ("balanced_accuracy", "auc", "accuracy")
 
 
@@ -117,6 +117,7 @@ class LossConfig(_Section):
     params: dict[str, float | int | str | bool] = Field(default_factory=dict)
     malignancy_weight: float = Field(default=0.0, ge=0)  # BCE weight of the malignancy head
     lesion_malignancy_weight: float = Field(default=0.0, ge=0)  # per-pixel map inside lesions
+    presence_weight: float = Field(default=0.0, ge=0)  # BCE of the lesion-presence head
 
 
 class AugmentConfig(_Section):
@@ -177,6 +178,10 @@ class TrainConfig(_Section):
     ema_decay: float | None = Field(default=None, gt=0, lt=1)  # weights' moving average, validated
     time_budget_min: float | None = Field(default=None, gt=0)  # stop after the epoch passing it
     crops: CropConfig | None = None  # train on crops (training.crops); None: whole images
+    # Train only the parameters under these module names (e.g. [presence_head] on top of a
+    # trained network given as model.pretrained); the rest stays frozen, its batch norms and
+    # dropouts in eval mode. Empty: every parameter trains.
+    train_only: list[str] = Field(default_factory=list)
     output_dir: Path = Path("runs/default")
     num_workers: int = Field(default=0, ge=0)
     progress: bool = True  # tqdm bar (also off when stderr is not a terminal)
@@ -214,6 +219,10 @@ class TrainConfig(_Section):
             raise ValueError("classification trains with loss 'ce' (takes MixUp/CutMix targets)")
         if self.task is Task.CLASSIFICATION and self.num_classes != 2:
             raise ValueError("classification is binary (malignant or not): model.num_classes = 2")
+        if self.monitor == "presence_auc" and not self.model.options.get("presence"):
+            raise ValueError(
+                "monitor 'presence_auc' needs a presence head (model.options.presence: true)"
+            )
         size = (self.model.input_size, self.model.input_size)
         if tuple(self.preprocess.input_size) != size:
             raise ValueError(f"preprocess.input_size must equal model.input_size {size}")

@@ -324,7 +324,12 @@ def export_checkpoint(
         )
         point.save(out.with_suffix(".operating-point.json"))
         thresholds = thresholds.model_copy(
-            update={"mask": point.mask, "presence": point.presence, "malignancy": point.malignancy}
+            update={
+                "mask": point.mask,
+                "presence": point.presence,
+                "image_presence": point.image_presence,
+                "malignancy": point.malignancy,
+            }
         )
         lesion_temperature = point.lesion_temperature
     draft = build_card_draft(

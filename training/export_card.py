@@ -49,7 +49,7 @@ from models_registry.card import (
 from models_registry.card import Task as CardTask
 from training.config import Protocol, Task
 from training.export import BATCH_DIM, INPUT_NAME, SPLIT_FILE, TrainedRun
-from training.models.heads import LESION_MALIGNANCY
+from training.models.heads import LESION_MALIGNANCY, PRESENCE
 from training.parity import ExportError, ParityReport
 
 logger = logging.getLogger(__name__)
@@ -116,8 +116,9 @@ ULTRASOUND_LIMITATIONS = (
     "Scanners seen: BUSI's (LOGIQ E9 family, Cairo, 2018) and BUS-BRA's GE Logiq 7, GE Logiq 5, "
     "Toshiba Aplio 300 and U-Systems (Brazil); other scanners, presets and populations need a "
     "local evaluation (breastdx evaluate).",
-    "Lesion presence is a threshold on the mask's peak probability chosen on the validation "
-    "split, which holds only 14 images without a lesion (BUS-BRA has none).",
+    "Lesion presence is decided by thresholds chosen on the validation split (the mask's peak "
+    "probability, and the presence output's probability where the model has one), which holds "
+    "only 14 images without a lesion (BUS-BRA has none).",
 )
 
 
@@ -239,19 +240,31 @@ def _outputs(run: TrainedRun) -> list[OutputSpec]:
 
 
 def _lesion_outputs(run: TrainedRun, h: int, w: int) -> list[OutputSpec]:
-    """The per-pixel malignancy output, where the model has one."""
-    if LESION_MALIGNANCY not in run.output_names:
-        return []
-    return [
-        OutputSpec(
-            name=LESION_MALIGNANCY,
-            role=OutputRole.LESION_MALIGNANCY,
-            meaning="per-pixel malignancy logit; a lesion's own probability is the mean of "
-            "sigmoid(logit / lesion_temperature) over its pixels",
-            shape=[BATCH_DIM, 1, h, w],
-            activation=Activation.SIGMOID,
+    """The per-pixel malignancy and the lesion-presence outputs, where the model has them."""
+    specs = []
+    if LESION_MALIGNANCY in run.output_names:
+        specs.append(
+            OutputSpec(
+                name=LESION_MALIGNANCY,
+                role=OutputRole.LESION_MALIGNANCY,
+                meaning="per-pixel malignancy logit; a lesion's own probability is the mean of "
+                "sigmoid(logit / lesion_temperature) over its pixels",
+                shape=[BATCH_DIM, 1, h, w],
+                activation=Activation.SIGMOID,
+            )
         )
-    ]
+    if PRESENCE in run.output_names:
+        specs.append(
+            OutputSpec(
+                name=PRESENCE,
+                role=OutputRole.PRESENCE,
+                meaning="per-image lesion-presence logit; the image's lesions are marked only "
+                "where sigmoid(logit) reaches thresholds.image_presence",
+                shape=[BATCH_DIM, 1],
+                activation=Activation.SIGMOID,
+            )
+        )
+    return specs
 
 
 def _labels(run: TrainedRun) -> list[str]:

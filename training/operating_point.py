@@ -5,7 +5,9 @@ The exported ONNX file runs over the run's validation images through the shared 
 as the service does (``imaging.postprocess``). There, on validation data only:
 
 - the pixel threshold ``mask`` and the lesion-presence threshold ``presence`` (a lesion is marked
-  only where its peak probability reaches it) are chosen together, by one of two objectives:
+  only where its peak probability reaches it) are chosen together, with ``image_presence`` for a
+  model with a presence output (an image's lesions are marked only where that output's
+  probability reaches it; 0 for other models), by one of two objectives:
   - segmentation (ultrasound; the default): the pair with the best mean lesion Dice on images
     that hold a lesion among those whose false-lesion rate on images without one stays within
     ``max_false_lesion_rate``;
@@ -28,6 +30,7 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import asdict, dataclass, field
+from itertools import product
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +49,7 @@ logger = logging.getLogger(__name__)
 
 MASK_THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7)
 PRESENCE_THRESHOLDS = tuple(round(float(t), 3) for t in np.linspace(0.5, 0.99, 50))
+IMAGE_PRESENCE_THRESHOLDS = tuple(round(float(t), 3) for t in np.linspace(0.05, 0.95, 19))
 MALIGNANCY_THRESHOLDS = tuple(round(float(t), 3) for t in np.linspace(0.05, 0.95, 91))
 LOGIT_EDGES = np.linspace(-16.0, 16.0, 257)  # lesion malignancy logits, binned for the weighted
 LOGIT_CENTRES = (LOGIT_EDGES[:-1] + LOGIT_EDGES[1:]) / 2  # image score at any temperature
@@ -61,6 +65,7 @@ class _Case:
     malignancy_logit: float
     lesion_logit: float | None  # mean per-pixel malignancy logit over the true lesion
     truth_boxes: list[Box] = field(default_factory=list)  # each true lesion's box
+    presence: float | None = None  # the presence output's probability, where the model has one
     # lesion-probability-weighted histogram of the lesion malignancy logits (LOGIT_EDGES)
     weighted_logits: np.ndarray | None = None
 
@@ -75,6 +80,7 @@ class OperatingPoint:
     lesion_temperature: float | None
     min_lesion_area_px: int
     val: dict[str, Any] = field(default_factory=dict)
+    image_presence: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -134,7 +140,9 @@ def collect(
             prob = sigmoid(outputs["mask_logits"][k, 0].astype(np.float64)).astype(np.float32)
             full = geometries[k].to_original(prob, interpolation=Interpolation.LINEAR)
             truth = truths[k]
-            lesion_logit, weighted = None, None
+            lesion_logit, weighted, presence = None, None, None
+            if "presence_logit" in outputs:
+                presence = float(sigmoid(outputs["presence_logit"][k].astype(np.float64))[0])
             if "lesion_malignancy_logits" in outputs:
                 logits = outputs["lesion_malignancy_logits"][k, 0].astype(np.float64)
                 clipped = np.clip(logits, LOGIT_EDGES[0], LOGIT_EDGES[-1])
@@ -152,17 +160,27 @@ def collect(
                     lesion_logit=lesion_logit,
                     truth_boxes=mask_boxes(truth),
                     weighted_logits=weighted,
+                    presence=presence,
                 )
             )
     return cases
 
 
-def _scores(cases: list[_Case], mask: float, presence: float) -> tuple[float, float]:
+def _kept(case: _Case, mask: float, presence: float, image: float) -> np.ndarray:
+    """The case's components marked at (mask, presence, image presence) thresholds."""
+    comps = case.components[mask]
+    if case.presence is not None and case.presence < image:
+        return comps[:0]
+    return comps[comps[:, 2] >= presence] if len(comps) else comps
+
+
+def _scores(
+    cases: list[_Case], mask: float, presence: float, image: float = 0.0
+) -> tuple[float, float]:
     """(mean Dice on lesion images, false-lesion rate on lesion-free images)."""
     dices, false = [], []
     for case in cases:
-        comps = case.components[mask]
-        kept = comps[comps[:, 2] >= presence] if len(comps) else comps
+        kept = _kept(case, mask, presence, image)
         if case.truth_area == 0:
             false.append(float(len(kept) > 0))
             continue
@@ -172,12 +190,13 @@ def _scores(cases: list[_Case], mask: float, presence: float) -> tuple[float, fl
     return dice, (float(np.mean(false)) if false else 0.0)
 
 
-def _detection(cases: list[_Case], mask: float, presence: float) -> tuple[float, float]:
-    """(share of true lesions hit, false marks per image) at one (mask, presence) pair."""
+def _detection(
+    cases: list[_Case], mask: float, presence: float, image: float = 0.0
+) -> tuple[float, float]:
+    """(share of true lesions hit, false marks per image) at one set of thresholds."""
     hit_count = false_marks = lesions = 0
     for case in cases:
-        comps = case.components[mask]
-        kept = comps[comps[:, 2] >= presence] if len(comps) else comps
+        kept = _kept(case, mask, presence, image)
         marks = [((r[3], r[4], r[5], r[6]), r[2]) for r in kept]
         claimed = match_marks(marks, case.truth_boxes)
         hit_count += sum(claimed)
@@ -210,30 +229,31 @@ def choose(
     """The operating point of the module docstring, from collected validation cases
     (the detection objective where ``max_fp_per_image`` is given)."""
     best: tuple[float, ...] | None = None
-    chosen: tuple[float, ...] | None = None  # mask, presence, dice, false, sensitivity, fp rate
-    for mask in MASK_THRESHOLDS:
-        for presence in (0.0, *PRESENCE_THRESHOLDS):
-            if presence and presence < mask:
-                continue  # a kept component's peak is already >= mask
-            dice, false = _scores(cases, mask, presence)
-            if false > max_false_lesion_rate:
+    chosen: tuple[float, ...] | None = None  # mask, presence, image, dice, false, sens, fp rate
+    has_presence = any(c.presence is not None for c in cases)
+    images = (0.0, *IMAGE_PRESENCE_THRESHOLDS) if has_presence else (0.0,)
+    for mask, presence, image in product(MASK_THRESHOLDS, (0.0, *PRESENCE_THRESHOLDS), images):
+        if presence and presence < mask:
+            continue  # a kept component's peak is already >= mask
+        dice, false = _scores(cases, mask, presence, image)
+        if false > max_false_lesion_rate:
+            continue
+        if max_fp_per_image is None:
+            key: tuple[float, ...] = (dice, -presence, -image)
+            sensitivity, fp_rate = float("nan"), float("nan")
+        else:
+            sensitivity, fp_rate = _detection(cases, mask, presence, image)
+            if fp_rate > max_fp_per_image:
                 continue
-            if max_fp_per_image is None:
-                key: tuple[float, ...] = (dice, -presence)
-                sensitivity, fp_rate = float("nan"), float("nan")
-            else:
-                sensitivity, fp_rate = _detection(cases, mask, presence)
-                if fp_rate > max_fp_per_image:
-                    continue
-                key = (sensitivity, -fp_rate, dice, -presence)
-            if best is None or key > best:
-                best, chosen = key, (mask, presence, dice, false, sensitivity, fp_rate)
-    if chosen is None:  # no pair meets the rates: the strictest gate
-        mask, presence = 0.5, PRESENCE_THRESHOLDS[-1]
-        dice, false = _scores(cases, mask, presence)
-        sensitivity, fp_rate = _detection(cases, mask, presence)
+            key = (sensitivity, -fp_rate, dice, -presence, -image)
+        if best is None or key > best:
+            best, chosen = key, (mask, presence, image, dice, false, sensitivity, fp_rate)
+    if chosen is None:  # no set meets the rates: the strictest gates
+        mask, presence, image = 0.5, PRESENCE_THRESHOLDS[-1], images[-1]
+        dice, false = _scores(cases, mask, presence, image)
+        sensitivity, fp_rate = _detection(cases, mask, presence, image)
     else:
-        mask, presence, dice, false, sensitivity, fp_rate = chosen
+        mask, presence, image, dice, false, sensitivity, fp_rate = chosen
     labels = np.asarray([c.label for c in cases])
     lesions = [(c.lesion_logit, c.label) for c in cases if c.lesion_logit is not None]
     lesion_temperature = None
@@ -269,6 +289,7 @@ def choose(
         lesion_temperature=lesion_temperature,
         min_lesion_area_px=min_area,
         val=val,
+        image_presence=float(image),
     )
 
 

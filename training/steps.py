@@ -20,7 +20,7 @@ from torch import nn
 from training import metrics
 from training.config import Task, TrainConfig
 from training.losses import JointLoss, build_loss
-from training.models.heads import LESION_MALIGNANCY
+from training.models.heads import LESION_MALIGNANCY, PRESENCE
 
 Batch = dict[str, torch.Tensor]
 Outputs = dict[str, torch.Tensor]
@@ -33,11 +33,12 @@ class Criterion(Protocol):
 @dataclass(frozen=True)
 class SegmentationCriterion:
     """``JointLoss``: mask loss + ``malignancy_weight`` x BCE of the malignancy head, plus
-    ``lesion_weight`` x BCE of the per-pixel malignancy map inside the true lesions (where the
-    model has that output)."""
+    ``lesion_weight`` x BCE of the per-pixel malignancy map inside the true lesions and
+    ``presence_weight`` x BCE of the lesion-presence head (where the model has those outputs)."""
 
     joint: JointLoss
     lesion_weight: float = 0.0
+    presence_weight: float = 0.0
 
     def __call__(self, outputs: Outputs, batch: Batch) -> torch.Tensor:
         logits = {k: v.float() for k, v in outputs.items()}  # losses in float32 under autocast
@@ -46,7 +47,19 @@ class SegmentationCriterion:
             loss = loss + self.lesion_weight * lesion_malignancy_loss(
                 logits[LESION_MALIGNANCY], batch["mask"], batch["label"]
             )
+        if PRESENCE in logits and self.presence_weight > 0:
+            loss = loss + self.presence_weight * presence_loss(logits[PRESENCE], batch["mask"])
         return loss
+
+
+def has_lesion(mask: torch.Tensor) -> torch.Tensor:
+    """``(B,)`` float: 1 where the true mask ``(B, 1, H, W)`` holds a lesion pixel."""
+    return (mask.flatten(1) > 0.5).any(dim=1).float()
+
+
+def presence_loss(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """BCE of the presence logits ``(B, 1)`` against whether each true mask holds a lesion."""
+    return nn.functional.binary_cross_entropy_with_logits(logits.reshape(-1), has_lesion(mask))
 
 
 def lesion_malignancy_loss(
@@ -80,7 +93,9 @@ def build_criterion(config: TrainConfig) -> Criterion:
     if config.task is Task.CLASSIFICATION:
         return ClassificationCriterion(loss)
     joint = JointLoss(loss, cls_weight=config.loss.malignancy_weight)
-    return SegmentationCriterion(joint, config.loss.lesion_malignancy_weight)
+    return SegmentationCriterion(
+        joint, config.loss.lesion_malignancy_weight, config.loss.presence_weight
+    )
 
 
 @dataclass
@@ -92,6 +107,7 @@ class EvalOutput:
     logits: np.ndarray  # (N, K) class logits, or (N,) malignancy logits
     pred_masks: list[np.ndarray] = field(default_factory=list)  # (H, W) bool each
     true_masks: list[np.ndarray] = field(default_factory=list)  # (H, W) bool each
+    presence: list[float] = field(default_factory=list)  # presence logit per image, if output
 
 
 @torch.no_grad()
@@ -121,6 +137,8 @@ def evaluate(
             logits.append(outputs["class_logits"].float().cpu().numpy())  # (B, K)
             continue
         logits.append(outputs["malignancy_logit"].float().reshape(-1).cpu().numpy())  # (B,)
+        if PRESENCE in outputs:
+            out.presence.extend(outputs[PRESENCE].float().reshape(-1).cpu().tolist())
         pred = (outputs["mask_logits"] > 0).squeeze(1).cpu().numpy()  # (B, H, W)
         out.pred_masks.extend(pred)
         out.true_masks.extend((batch["mask"] > 0.5).squeeze(1).cpu().numpy())
@@ -133,19 +151,24 @@ def evaluate(
 def summarise(task: Task, out: EvalOutput, temperature: float = 1.0) -> dict[str, float]:
     """Point estimates of the validation metrics (``training.metrics``), the stopping candidates.
 
-    Segmentation: mean per-image ``dice``, ``iou``, ``miou_fg_bg`` and the malignancy head's
-    ``malignancy_auc``. Classification: ``accuracy``, ``balanced_accuracy``, ``auc``.
+    Segmentation: mean per-image ``dice``, ``iou``, ``miou_fg_bg``, the malignancy head's
+    ``malignancy_auc`` and, for a model with a presence head, its ``presence_auc`` (images with
+    a lesion against those without). Classification: ``accuracy``, ``balanced_accuracy``, ``auc``.
     """
     if task is Task.SEGMENTATION:
         pairs = list(zip(out.pred_masks, out.true_masks, strict=True))
         known = out.labels >= 0  # UNKNOWN_LABEL (-1) has no malignancy truth
         malignancy = sigmoid(out.logits[known] / temperature)
-        return {
+        summary = {
             "dice": _mean([metrics.dice_score(p, t) for p, t in pairs]),
             "iou": _mean([metrics.iou_score(p, t) for p, t in pairs]),
             "miou_fg_bg": _mean([metrics.miou_fg_bg(p, t) for p, t in pairs]),
             "malignancy_auc": _auc(malignancy, out.labels[known]),
         }
+        if out.presence:
+            lesion = np.asarray([t.any() for t in out.true_masks], np.int64)
+            summary["presence_auc"] = _auc(np.asarray(out.presence), lesion)
+        return summary
     probs = softmax(out.logits / temperature)[:, 1]  # (N,) P(malignant)
     return {
         "accuracy": metrics.accuracy(probs, out.labels),

@@ -154,7 +154,9 @@ def _setup(config: TrainConfig, data: DataSplits, model: nn.Module) -> _Run:
         avg = torch.optim.swa_utils.get_ema_multi_avg_fn(config.ema_decay)
         ema = torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=avg, use_buffers=True)
     optimizer = torch.optim.AdamW(
-        model.parameters(), lr=config.optim.lr, weight_decay=config.optim.weight_decay
+        trainable_parameters(model, config.train_only),
+        lr=config.optim.lr,
+        weight_decay=config.optim.weight_decay,
     )
     mixer = None
     if config.task is Task.CLASSIFICATION:
@@ -180,6 +182,41 @@ def _setup(config: TrainConfig, data: DataSplits, model: nn.Module) -> _Run:
     )
 
 
+def _trains(name: str, prefixes: list[str]) -> bool:
+    return not prefixes or any(name == p or name.startswith(p + ".") for p in prefixes)
+
+
+def trainable_parameters(model: nn.Module, prefixes: list[str]) -> list[nn.Parameter]:
+    """The parameters under the module names ``prefixes`` (all of them where it is empty); the
+    others stop taking gradients. Raises ``ConfigError`` when a prefix names no parameter."""
+    named = list(model.named_parameters())
+    for prefix in prefixes:
+        if not any(_trains(name, [prefix]) for name, _ in named):
+            modules = sorted({name.split(".")[0] for name, _ in named})
+            raise ConfigError(
+                f"train_only: {prefix!r} names no parameter of the model; its modules are "
+                + ", ".join(modules)
+            )
+    for name, param in named:
+        param.requires_grad_(_trains(name, prefixes))
+    return [param for _, param in named if param.requires_grad]
+
+
+def _train_mode(model: nn.Module, prefixes: list[str]) -> None:
+    """Training mode for the modules that train; frozen ones keep eval behaviour (batch norms
+    use and keep their running statistics, dropouts pass everything)."""
+    model.train()
+    if not prefixes:
+        return
+    for name, module in model.named_modules():
+        if (
+            name
+            and not _trains(name, prefixes)
+            and not any(p.startswith(name + ".") for p in prefixes)
+        ):
+            module.eval()
+
+
 def _set_epoch(loader: DataLoader[dict[str, Any]], epoch: int) -> None:
     set_epoch = getattr(loader.dataset, "set_epoch", None)
     if callable(set_epoch):
@@ -188,7 +225,7 @@ def _set_epoch(loader: DataLoader[dict[str, Any]], epoch: int) -> None:
 
 def train_epoch(run: _Run, epoch: int) -> float:
     """One pass over the training split; returns the mean loss per sample."""
-    run.model.train()
+    _train_mode(run.model, run.config.train_only)
     epoch_seed = int(np.random.SeedSequence([run.config.seed, epoch]).generate_state(1)[0])
     run.shuffle.manual_seed(epoch_seed)  # batch order
     torch.manual_seed(epoch_seed)  # dropout and other in-model draws

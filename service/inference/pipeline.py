@@ -150,9 +150,12 @@ def _segmentation(
     probability: float | None,
     batch_size: int,
     lesion_map: np.ndarray | None = None,
+    present: bool = True,
 ) -> Analysis:
     """Mask probabilities ``(h, w)`` -> lesions and overlay at the original geometry; each
-    lesion's own malignancy from the per-pixel map ``(h, w)`` where the model has one."""
+    lesion's own malignancy from the per-pixel map ``(h, w)`` where the model has one. With
+    ``present`` false (the presence output below the card's ``image_presence``) no region is
+    a lesion."""
     start = time.perf_counter()
     card, geometry = request.runner.card, item.geometry
     if geometry is None:  # pragma: no cover - _prepare sets it for every segmentation item
@@ -165,6 +168,7 @@ def _segmentation(
         pixel_spacing_mm=item.decoded.metadata.pixel_spacing_mm,
         presence_threshold=card.thresholds.presence,
         malignancy_map=lesion_map,
+        present=present,
     )
     item.ms["postprocess"] = _ms(start)  # the overlay is drawn when first asked for
     return _finish(request, item, masks, probability, batch_size=batch_size)
@@ -235,9 +239,10 @@ def _infer(
     malignancy = _split(runner.malignancy(outputs) if outputs else None, sizes)
     masks = _split(runner.mask(outputs) if outputs else None, sizes)
     lesion_maps = _split(runner.lesion_malignancy(outputs) if outputs else None, sizes)
+    presences = _split(runner.presence(outputs) if outputs else None, sizes)
     results = []
-    for item, probs, mask_prob, lesion_map in zip(
-        items, malignancy, masks, lesion_maps, strict=True
+    for item, probs, mask_prob, lesion_map, presence in zip(
+        items, malignancy, masks, lesion_maps, presences, strict=True
     ):
         item.ms["inference"] = inference_ms
         if request.stage is Stage.HISTOPATHOLOGY:
@@ -249,7 +254,10 @@ def _infer(
             own = lesion_map[0] if lesion_map is not None else None
             if runner.card.calibration.image_malignancy == "lesion_weighted":
                 probability = lesion_weighted_malignancy(prob_map, own, probability)
-            results.append(_segmentation(request, item, prob_map, probability, together, own))
+            present = presence is None or bool(presence[0] >= runner.card.thresholds.image_presence)
+            results.append(
+                _segmentation(request, item, prob_map, probability, together, own, present)
+            )
     return results
 
 

@@ -153,6 +153,13 @@ class ModelRunner:
                 return probs[:, 0].astype(np.float32)  # (N, h, w)
         return None
 
+    def presence(self, outputs: dict[str, np.ndarray]) -> np.ndarray | None:
+        """``(N,)`` lesion-presence probabilities, or None without that output."""
+        for spec in self.card.outputs:
+            if spec.role is OutputRole.PRESENCE and spec.name in outputs:
+                return activate(outputs[spec.name], spec.activation, 1.0).reshape(-1)
+        return None
+
     def mask(self, outputs: dict[str, np.ndarray]) -> np.ndarray | None:
         """``(N, h, w)`` float32 lesion probabilities at the model input size, or None."""
         for spec in self.card.outputs:

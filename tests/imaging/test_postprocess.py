@@ -188,6 +188,14 @@ def test_regions_below_the_presence_gate_are_candidates_not_lesions() -> None:
     assert "candidates" not in result.model_dump()  # not findings: never in the JSON
     ungated = postprocess_mask(prob, Geometry((20, 20)), threshold=0.5, min_area_px=3)
     assert ungated.candidates == () and len(ungated.lesions) == 3
+    # the image-level decision (a presence output below its threshold): nothing is a lesion,
+    # every region a candidate, the confident one first
+    absent = postprocess_mask(
+        prob, Geometry((20, 20)), threshold=0.5, min_area_px=3, presence_threshold=0.9,
+        present=False,
+    )  # fmt: skip
+    assert absent.lesions == [] and not absent.mask.any()
+    assert [c.score for c in absent.candidates] == [0.95, 0.8, 0.6]
 
 
 def test_each_lesion_gets_its_own_malignancy_from_the_map() -> None:

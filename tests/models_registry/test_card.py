@@ -121,6 +121,23 @@ def test_output_names_must_be_unique() -> None:
     assert "output names must be unique" in error_text(outputs=[outputs[0], second])
 
 
+def test_image_presence_gate_needs_a_presence_output() -> None:
+    thresholds = {**draft_dict()["thresholds"], "image_presence": 0.5}
+    assert "no output of role 'presence'" in error_text(thresholds=thresholds)
+    outputs = [
+        *draft_dict()["outputs"],
+        {
+            "name": "presence_logit",
+            "role": "presence",
+            "meaning": "per-image lesion-presence logit",
+            "shape": ["N", 1],
+            "activation": "sigmoid",
+        },
+    ]
+    draft = CardDraft.model_validate(draft_dict(thresholds=thresholds, outputs=outputs))
+    assert draft.thresholds.image_presence == 0.5
+
+
 def test_training_commit_and_split_hash_patterns() -> None:
     training = {**draft_dict()["training"], "git_commit": "not-a-commit"}
     assert "git_commit" in error_text(training=training)

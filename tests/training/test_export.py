@@ -264,6 +264,61 @@ def test_lesion_malignancy_output_reaches_each_lesion_through_the_service(
         assert lesion.score is not None and lesion.score >= 0.05
 
 
+def test_presence_output_gates_the_service_and_its_threshold_is_chosen_on_validation(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """A U-Net with a presence head (trained alone on top of frozen weights): exported with the
+    presence output in the card and ``image_presence`` chosen on validation with the other
+    thresholds; the service marks no lesion where that output is below the card's threshold."""
+    import json
+
+    from models_registry.card import OutputRole
+    from models_registry.store import DirectoryStore
+    from service.inference.pipeline import analyse
+    from training.data.synthetic import make_busi
+    from training.trainer import train
+
+    folder = tmp_path_factory.mktemp("presence")
+    data = make_busi(folder / "data", n=24)
+    base = tiny_runs._config("ultrasound", data, folder / "base")
+    base["optim"] |= {"epochs": 2, "lr": 0.01}
+    first = train(config_from_dict(base))
+    head = tiny_runs._config("ultrasound", data, folder / "head")
+    head["model"]["options"] = {"depth": 2, "presence": True}
+    head["model"]["pretrained"] = str(first.best_checkpoint)
+    head["loss"] |= {"presence_weight": 1.0}
+    head["optim"] |= {"epochs": 2, "lr": 0.01}
+    head["train_only"] = ["presence_head"]
+    result = train(config_from_dict(head))
+    out = folder / "export" / "model.onnx"
+    exported = export_checkpoint(
+        result.best_checkpoint,
+        out,
+        parity_images=split_images(result.output_dir, "test", 4),
+        thresholds=export_module.Thresholds(mask=0.05, min_lesion_area_px=1),
+        operating_point_split="val",
+    )
+    roles = {o.name: o.role for o in exported.draft.outputs}
+    assert roles["presence_logit"] is OutputRole.PRESENCE
+    point = json.loads(out.with_suffix(".operating-point.json").read_text(encoding="utf-8"))
+    assert exported.draft.thresholds.image_presence == point["image_presence"]
+    assert 0.0 <= point["image_presence"] <= 1.0
+    registry = Registry([DirectoryStore(folder / "store")])
+    lenient = export_module.Thresholds(mask=0.05, min_lesion_area_px=1)
+    for name, thresholds in (
+        ("us-open", lenient),
+        ("us-closed", lenient.model_copy(update={"image_presence": 1.0})),
+    ):
+        card = exported.draft.model_copy(update={"thresholds": thresholds})
+        registry.register(name, out, card, alias="production")
+    image = split_images(result.output_dir, "test", 1)[0]
+    opened = analyse("ultrasound", [image], registry=registry, model_ref="us-open")[0]
+    closed = analyse("ultrasound", [image], registry=registry, model_ref="us-closed")[0]
+    assert opened.result.lesions, "a 0.05 mask threshold marks something on a synthetic image"
+    assert closed.result.lesions == [] and not closed.mask.any()
+    assert len(closed.candidates) == len(opened.result.lesions)  # dropped, kept as candidates
+
+
 def test_operating_point_on_an_unknown_split_is_a_typed_error(
     checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

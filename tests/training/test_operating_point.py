@@ -126,3 +126,31 @@ def test_lesion_weighted_image_malignancy_is_thresholded_on_its_own_score() -> N
     # the threshold separates the derived scores: above the benign films (logit -2), below the
     # malignant ones (logit 2), each through the lesion temperature
     assert 1 / (1 + np.exp(2.0 / lesion_t)) < derived.malignancy < 1 / (1 + np.exp(-2.0 / lesion_t))
+
+
+def test_image_presence_output_clears_a_confident_false_region_and_keeps_faint_lesions() -> None:
+    """A model with a presence output: its image-level gate, chosen with the peak gate, lets
+    faint true lesions through where the peak gate alone must drop them to keep a lesion-free
+    image clean."""
+
+    def with_presence(case: _Case, presence: float) -> _Case:
+        case.presence = presence
+        return case
+
+    cases = [
+        with_presence(_case(1, 100, [(100, 80, 0.97)], 3.0), 0.95),  # confident hit
+        with_presence(_case(0, 100, [(50, 50, 0.80)], -3.0), 0.70),  # faint hit, present
+        with_presence(_case(0, 0, [(40, 0, 0.90)], -1.0), 0.20),  # confident false region
+        with_presence(_case(0, 0, [], -2.0), 0.10),
+    ]
+    point = choose(cases, temperature=1.0, min_area=16, max_false_lesion_rate=0.0)
+    assert 0.20 < point.image_presence <= 0.70
+    assert point.presence <= 0.80  # the faint lesion stays
+    assert point.val["lesion_dice"] == pytest.approx((0.8 + 2 * 50 / 150) / 2)
+    assert point.val["false_lesion_rate"] == 0.0
+    # without presence probabilities the peak gate alone has to drop the faint lesion
+    for case in cases:
+        case.presence = None
+    peak_only = choose(cases, temperature=1.0, min_area=16, max_false_lesion_rate=0.0)
+    assert peak_only.image_presence == 0.0
+    assert peak_only.val["lesion_dice"] == pytest.approx(0.4)

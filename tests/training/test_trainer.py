@@ -384,3 +384,75 @@ def test_lesion_malignancy_map_is_trained_inside_lesions_only(tmp_path: Path) ->
     expected = (np.log1p(np.exp(-10.0)) + np.log(2.0)) / 2  # BCE at logit 10 and at 0, target 1
     assert lesion_malignancy_loss(logits, mask, label).item() == pytest.approx(expected, rel=1e-5)
     assert lesion_malignancy_loss(logits, torch.zeros_like(mask), label).item() == 0.0
+
+
+def load_blob_or_background(sample: Blob) -> tuple[np.ndarray, np.ndarray]:
+    """``load_blob``, but samples whose id starts with ``n`` hold no lesion (noise only)."""
+    image, mask = load_blob(sample)
+    if not sample.id.startswith("n"):
+        return image, mask
+    rng = np.random.default_rng(sample.seed)
+    background = 0.2 + 0.1 * rng.random((SIZE, SIZE))  # (H, W)
+    return background[..., None].astype(np.float32), np.zeros_like(mask)
+
+
+def test_presence_head_trains_alone_on_top_of_a_frozen_network(tmp_path: Path) -> None:
+    """``train_only: [presence_head]``: the head learns "this image holds a lesion" while every
+    other weight and batch-norm statistic stays exactly as it was."""
+    from training.models import build_model
+    from training.steps import presence_loss
+
+    config = updated(
+        make_config(tmp_path, epochs=3),
+        model={"name": "unet", "width": 4, "input_size": SIZE, "options": {"presence": True}},
+        loss={"malignancy_weight": 0.1, "presence_weight": 1.0},
+        train_only=["presence_head"],
+        monitor="presence_auc",
+    )
+    torch.manual_seed(0)
+    model = build_model("unet", in_channels=1, width=4, input_size=SIZE, presence=True)
+    assert model.output_names == ("mask_logits", "malignancy_logit", "presence_logit")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+
+    def split(items: list[Blob]) -> SampleDataset:
+        return SampleDataset(
+            items, config.preprocess, task=config.task, load=load_blob_or_background
+        )
+
+    lesion_free = [Blob(f"n{i}", 0, 300 + i) for i in range(12)]
+    data = DataSplits(
+        split(blobs("t", 16, 0) + lesion_free[:8]),
+        split(blobs("v", 8, 100) + lesion_free[8:]),
+        split(blobs("s", 4, 200)),
+    )
+    result = train(config, data=data, model=model)
+    after = model.state_dict()
+    for key, value in before.items():
+        if key.startswith("presence_head."):
+            continue
+        assert torch.equal(value, after[key]), f"{key} changed in a presence-head-only run"
+    head = "presence_head.linear.weight"
+    assert not torch.equal(before[head], after[head])
+    with (result.output_dir / "history.csv").open(encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 3 and all(0.0 <= float(r["val_presence_auc"]) <= 1.0 for r in rows)
+    # the loss: BCE against whether each true mask holds a lesion pixel
+    mask = torch.zeros(2, 1, 4, 4)
+    mask[0, 0, 1, 1] = 1.0
+    logits = torch.tensor([[2.0], [-3.0]])
+    expected = (np.log1p(np.exp(-2.0)) + np.log1p(np.exp(-3.0))) / 2
+    assert presence_loss(logits, mask).item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_train_only_and_presence_monitor_are_checked(tmp_path: Path) -> None:
+    from training.models import build_model
+    from training.trainer import trainable_parameters
+
+    with pytest.raises(ConfigError, match="presence head"):
+        updated(make_config(tmp_path), monitor="presence_auc")
+    model = build_model("unet", in_channels=1, width=4, input_size=SIZE)
+    with pytest.raises(ConfigError, match=r"'head' names no parameter.*malignancy_head"):
+        trainable_parameters(model, ["head"])
+    params = trainable_parameters(model, ["malignancy_head"])
+    assert len(params) == 2  # the linear layer's weight and bias
+    assert sum(p.requires_grad for p in model.parameters()) == 2

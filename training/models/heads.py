@@ -5,7 +5,8 @@ Output contract (also the ONNX output names, in this order):
 - segmentation models return ``{"mask_logits": (B, 1, H, W), "malignancy_logit": (B, 1)}``; the
   mask is one foreground class (the paper: benign and malignant lesions never share an image) and
   the malignancy logit comes from ``MalignancyHead`` on the encoder's deepest features;
-  a segmenter may add ``"lesion_malignancy_logits": (B, 1, H, W)`` (``LESION_MALIGNANCY``);
+  a segmenter may add ``"lesion_malignancy_logits": (B, 1, H, W)`` (``LESION_MALIGNANCY``) and
+  ``"presence_logit": (B, 1)`` (``PRESENCE``, ``PresenceHead``: whether the image holds a lesion);
 - classification models return ``{"class_logits": (B, num_classes)}``.
 
 ``OnnxExportWrapper`` turns the dict into a tuple in ``model.output_names`` order for export.
@@ -32,6 +33,9 @@ SEGMENTATION_OUTPUTS: tuple[str, ...] = ("mask_logits", "malignancy_logit")
 # Optional third segmentation output: per-pixel malignancy logits (B, 1, H, W), trained inside
 # true lesions only; a lesion's own malignancy probability is its mean over the lesion's pixels.
 LESION_MALIGNANCY = "lesion_malignancy_logits"
+# Optional segmentation output: a per-image lesion-presence logit (B, 1), trained against "the
+# mask holds a lesion"; the service's image-level gate (``Thresholds.image_presence``).
+PRESENCE = "presence_logit"
 CLASSIFICATION_OUTPUTS: tuple[str, ...] = ("class_logits",)
 
 
@@ -164,6 +168,30 @@ class MalignancyHead(nn.Module):
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         x = self.pool(features).flatten(1)  # (B, C)
         return self.linear(self.dropout(x))  # (B, 1)
+
+
+class PresenceHead(nn.Module):
+    """Lesion-presence logit of an image: a linear layer on the encoder's pooled deepest features
+    and two summaries of the mask, its peak logit and its mean probability.
+
+    The mask summaries are detached: the presence loss trains this head, never the mask. The
+    mask's peak is what a gate without this head thresholds; here it is one input among the
+    pooled features, so the head learns when a confident region is not a lesion.
+    """
+
+    def __init__(self, in_channels: int, dropout: float = 0.2) -> None:
+        super().__init__()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.dropout = nn.Dropout(dropout)
+        self.linear = nn.Linear(in_channels + 2, 1)
+
+    def forward(self, features: torch.Tensor, mask_logits: torch.Tensor) -> torch.Tensor:
+        pooled = self.dropout(self.pool(features).flatten(1))  # (B, C)
+        mask = mask_logits.detach().float().flatten(1)  # (B, H * W)
+        peak = mask.amax(dim=1, keepdim=True)  # (B, 1)
+        mean = torch.sigmoid(mask).mean(dim=1, keepdim=True)  # (B, 1)
+        summary = torch.cat([peak, mean], dim=1).to(pooled.dtype)  # (B, 2)
+        return self.linear(torch.cat([pooled, summary], dim=1))  # (B, 1)
 
 
 class OnnxExportWrapper(nn.Module):

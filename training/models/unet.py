@@ -18,12 +18,14 @@ from torch import nn
 from training.models.heads import (
     LESION_MALIGNANCY,
     MODELS,
+    PRESENCE,
     SEGMENTATION_OUTPUTS,
     BreastdxModel,
     MalignancyHead,
     ModelConfigError,
     ModelSpec,
     ModelTask,
+    PresenceHead,
 )
 
 
@@ -68,6 +70,7 @@ class UNet(BreastdxModel):
         "depth": 4,
         "head_dropout": 0.2,
         "lesion_malignancy": False,  # a per-pixel malignancy map: each lesion's own probability
+        "presence": False,  # a per-image lesion-presence logit (PresenceHead)
     }
 
     @classmethod
@@ -96,6 +99,10 @@ class UNet(BreastdxModel):
         self.lesion_malignancy_head = (
             nn.Conv2d(channels[0], 1, 1) if self.config.options["lesion_malignancy"] else None
         )
+        dropout = self.config.options["head_dropout"]
+        self.presence_head = (
+            PresenceHead(channels[-1], dropout) if self.config.options["presence"] else None
+        )
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         x = self.stem(x)  # (B, w, H, W)
@@ -107,15 +114,20 @@ class UNet(BreastdxModel):
         x = bottleneck
         for up in self.up:
             x = up(x, skips.pop())
+        mask_logits = self.mask_head(x)  # (B, 1, H, W)
         outputs = {
-            "mask_logits": self.mask_head(x),  # (B, 1, H, W)
+            "mask_logits": mask_logits,
             "malignancy_logit": self.malignancy_head(bottleneck),  # (B, 1)
         }
         if self.lesion_malignancy_head is not None:
             outputs[LESION_MALIGNANCY] = self.lesion_malignancy_head(x)  # (B, 1, H, W)
+        if self.presence_head is not None:
+            outputs[PRESENCE] = self.presence_head(bottleneck, mask_logits)  # (B, 1)
         return outputs
 
     @property
     def output_names(self) -> tuple[str, ...]:
         extra = (LESION_MALIGNANCY,) if self.lesion_malignancy_head is not None else ()
+        if self.presence_head is not None:
+            extra = (*extra, PRESENCE)
         return (*SEGMENTATION_OUTPUTS, *extra)

@@ -241,30 +241,29 @@ def _outputs(run: TrainedRun) -> list[OutputSpec]:
 
 def _lesion_outputs(run: TrainedRun, h: int, w: int) -> list[OutputSpec]:
     """The per-pixel malignancy and the lesion-presence outputs, where the model has them."""
-    specs = []
-    if LESION_MALIGNANCY in run.output_names:
-        specs.append(
-            OutputSpec(
-                name=LESION_MALIGNANCY,
-                role=OutputRole.LESION_MALIGNANCY,
-                meaning="per-pixel malignancy logit; a lesion's own probability is the mean of "
-                "sigmoid(logit / lesion_temperature) over its pixels",
-                shape=[BATCH_DIM, 1, h, w],
-                activation=Activation.SIGMOID,
-            )
+    optional = (
+        (
+            LESION_MALIGNANCY,
+            OutputRole.LESION_MALIGNANCY,
+            "per-pixel malignancy logit; a lesion's own probability is the mean of "
+            "sigmoid(logit / lesion_temperature) over its pixels",
+            [BATCH_DIM, 1, h, w],
+        ),
+        (
+            PRESENCE,
+            OutputRole.PRESENCE,
+            "per-image lesion-presence logit; the image's lesions are marked only where "
+            "sigmoid(logit) reaches thresholds.image_presence",
+            [BATCH_DIM, 1],
+        ),
+    )
+    return [
+        OutputSpec(
+            name=name, role=role, meaning=meaning, shape=shape, activation=Activation.SIGMOID
         )
-    if PRESENCE in run.output_names:
-        specs.append(
-            OutputSpec(
-                name=PRESENCE,
-                role=OutputRole.PRESENCE,
-                meaning="per-image lesion-presence logit; the image's lesions are marked only "
-                "where sigmoid(logit) reaches thresholds.image_presence",
-                shape=[BATCH_DIM, 1],
-                activation=Activation.SIGMOID,
-            )
-        )
-    return specs
+        for name, role, meaning, shape in optional
+        if name in run.output_names
+    ]
 
 
 def _labels(run: TrainedRun) -> list[str]:

@@ -219,9 +219,11 @@ class TrainConfig(_Section):
             raise ValueError("classification trains with loss 'ce' (takes MixUp/CutMix targets)")
         if self.task is Task.CLASSIFICATION and self.num_classes != 2:
             raise ValueError("classification is binary (malignant or not): model.num_classes = 2")
-        if self.monitor == "presence_auc" and not self.model.options.get("presence"):
+        presence = bool(self.model.options.get("presence"))
+        if not presence and (self.monitor == "presence_auc" or self.loss.presence_weight > 0):
             raise ValueError(
-                "monitor 'presence_auc' needs a presence head (model.options.presence: true)"
+                "monitor 'presence_auc' and loss.presence_weight need a presence head "
+                "(model.options.presence: true)"
             )
         size = (self.model.input_size, self.model.input_size)
         if tuple(self.preprocess.input_size) != size:

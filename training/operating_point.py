@@ -43,6 +43,7 @@ from imaging.preprocess import preprocess
 from imaging.record import Laterality
 from training.calibration import fit_temperature
 from training.metrics import balanced_accuracy
+from training.models.heads import PRESENCE
 from training.steps import sigmoid
 
 logger = logging.getLogger(__name__)
@@ -141,8 +142,8 @@ def collect(
             full = geometries[k].to_original(prob, interpolation=Interpolation.LINEAR)
             truth = truths[k]
             lesion_logit, weighted, presence = None, None, None
-            if "presence_logit" in outputs:
-                presence = float(sigmoid(outputs["presence_logit"][k].astype(np.float64))[0])
+            if PRESENCE in outputs:
+                presence = float(sigmoid(outputs[PRESENCE][k].astype(np.float64))[0])
             if "lesion_malignancy_logits" in outputs:
                 logits = outputs["lesion_malignancy_logits"][k, 0].astype(np.float64)
                 clipped = np.clip(logits, LOGIT_EDGES[0], LOGIT_EDGES[-1])

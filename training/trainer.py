@@ -323,6 +323,11 @@ def _one_epoch(run: _Run, epoch: int, commit: str | None) -> dict[str, float]:
     train_loss = train_epoch(run, epoch)
     val = evaluate(run.eval_model, run.val_loader, run.criterion, run.device, run.amp)
     metrics = summarise(run.config.task, val)
+    if not np.isfinite(metrics[monitor]):  # e.g. an AUC over a split of one kind of image
+        raise ConfigError(
+            f"monitor {monitor!r} is undefined on this validation split (value "
+            f"{metrics[monitor]}): an AUC needs images of both kinds; monitor another metric"
+        )
     improved = run.stopper.update(metrics[monitor], epoch)
     _step_scheduler(run, metrics[monitor])
     state = _checkpoint_state(run, epoch, metrics[monitor], commit)

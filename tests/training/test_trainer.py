@@ -450,9 +450,27 @@ def test_train_only_and_presence_monitor_are_checked(tmp_path: Path) -> None:
 
     with pytest.raises(ConfigError, match="presence head"):
         updated(make_config(tmp_path), monitor="presence_auc")
+    with pytest.raises(ConfigError, match="presence head"):
+        updated(make_config(tmp_path), loss={"presence_weight": 1.0})
     model = build_model("unet", in_channels=1, width=4, input_size=SIZE)
     with pytest.raises(ConfigError, match=r"'head' names no parameter.*malignancy_head"):
         trainable_parameters(model, ["head"])
     params = trainable_parameters(model, ["malignancy_head"])
     assert len(params) == 2  # the linear layer's weight and bias
     assert sum(p.requires_grad for p in model.parameters()) == 2
+
+
+def test_an_undefined_monitor_is_a_typed_error(tmp_path: Path) -> None:
+    """presence_auc over a validation split whose images all hold a lesion is undefined: the run
+    stops with a ConfigError naming the monitor, not a run that never saves a best checkpoint."""
+    from training.models import build_model
+
+    config = updated(
+        make_config(tmp_path, epochs=1),
+        model={"name": "unet", "width": 4, "input_size": SIZE, "options": {"presence": True}},
+        loss={"presence_weight": 1.0},
+        monitor="presence_auc",
+    )
+    model = build_model("unet", in_channels=1, width=4, input_size=SIZE, presence=True)
+    with pytest.raises(ConfigError, match="'presence_auc' is undefined on this validation split"):
+        train(config, data=make_data(config), model=model)  # blobs only: every image a lesion

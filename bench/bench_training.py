@@ -2,11 +2,14 @@
 
     .venv/bin/python bench/bench_training.py [--device cpu|cuda] [--steps 5] [--models unet ...]
         [--size 160 --batch 16 --width 16] [--variants fp32 bf16 bf16-cl] [--threads 2]
+        [--option stem=small ...]
 
 Prints one row per model and variant with the input size and batch used, the median step time and
 images/s. Sizes default to the grid's ``cpu`` scale on CPU and its ``full`` scale on CUDA.
 Variants: ``fp32``; ``bf16`` (autocast: bfloat16 on CPU, float16 on CUDA); ``-cl`` adds the
 channels-last memory format. Variants run interleaved, so a noisy machine hurts each alike.
+``--option KEY=VALUE`` sets a model option (``model.options``) on the models that have it, e.g.
+``stem=small`` on the ResNets (each such model is then timed with and without it).
 """
 
 from __future__ import annotations
@@ -16,18 +19,23 @@ import os
 import platform
 import statistics
 import time
+from typing import Any
 
 import torch
+import yaml
 
+from training.models import MODELS as MODELS_BY_NAME
 from training.models import build_model
 
-# (model, in_channels, task, width) -- the paper's seven networks plus the CPU-scale DeepLab.
+# (model, in_channels, task, width) -- the paper's seven networks, the CPU-scale DeepLab and
+# the ResNet18 the histopathology stage ships.
 MODELS = [
     ("unet", 1, "seg", 16),
     ("resunetpp", 1, "seg", 8),
     ("deeplabv3_mobilenet", 1, "seg", None),
     ("deeplabv3", 1, "seg", None),
     ("vgg19", 3, "cls", None),
+    ("resnet18", 3, "cls", None),
     ("resnet50", 3, "cls", None),
     ("densenet121", 3, "cls", None),
     ("efficientnet_v2_s", 3, "cls", None),
@@ -46,8 +54,11 @@ def _step_time(
     steps: int,
     device: torch.device,
     variant: str = "fp32",
+    options: dict[str, Any] | None = None,
 ) -> float:
-    model = build_model(name, in_channels=channels, width=width, input_size=size).to(device)
+    model = build_model(
+        name, in_channels=channels, width=width, input_size=size, **(options or {})
+    ).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     x = torch.rand(batch, channels, size, size, device=device)  # (B, C, H, W)
     if variant.endswith("-cl"):
@@ -73,6 +84,17 @@ def _step_time(
     return statistics.median(times)
 
 
+def _options(pairs: list[str]) -> dict[str, Any]:
+    """``["stem=small", "depth=3"]`` -> ``{"stem": "small", "depth": 3}`` (YAML scalars)."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--option takes KEY=VALUE, got {pair!r}")
+        out[key] = yaml.safe_load(value)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -83,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--width", type=int, help="width of the models that have one")
     parser.add_argument("--threads", type=int, help="torch CPU threads")
     parser.add_argument("--variants", nargs="*", default=["fp32"], choices=VARIANTS)
+    parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     if args.threads:
@@ -100,14 +123,18 @@ def main(argv: list[str] | None = None) -> int:
         size, batch = SIZES["cuda" if device.type == "cuda" else "cpu"][task]
         size, batch = args.size or size, args.batch or batch
         width = args.width if args.width and width is not None else width
-        for variant in args.variants:
-            seconds = _step_time(
-                name, channels, task, width, size, batch, args.steps, device, variant
-            )
-            print(
-                f"{name:<22}{variant:>9}{size:>7}{batch:>7}{seconds * 1000:>10.1f}"
-                f"{batch / seconds:>10.1f}"
-            )
+        known = MODELS_BY_NAME.get(name).option_defaults
+        mine = {k: v for k, v in _options(args.option).items() if k in known}
+        for options in [{}, mine] if mine else [{}]:
+            label = name + "".join(f" {k}={v}" for k, v in options.items())
+            for variant in args.variants:
+                seconds = _step_time(
+                    name, channels, task, width, size, batch, args.steps, device, variant, options
+                )
+                print(
+                    f"{label:<22}{variant:>9}{size:>7}{batch:>7}{seconds * 1000:>10.1f}"
+                    f"{batch / seconds:>10.1f}"
+                )
     return 0
 
 

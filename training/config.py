@@ -93,6 +93,18 @@ class DataConfig(_Section):
     seed: int = 0
     paper_copies: int = Field(default=5, ge=1)  # paper protocol: copies per image (~5x)
     max_samples: int | None = Field(default=None, ge=1)  # seeded subset of whole patients/groups
+    # Training side only: each image of a named data set (a sample's ``dataset``: busi, busbra,
+    # cbis_ddsm, mini_mias, idc) is seen this many times an epoch, each time augmented anew,
+    # e.g. {busi: 2} to weigh the smaller set (and its normal images) as much as the larger one.
+    repeat: dict[str, int] = Field(default_factory=dict)
+
+    @field_validator("repeat")
+    @classmethod
+    def _positive_repeats(cls, value: dict[str, int]) -> dict[str, int]:
+        bad = {name: n for name, n in value.items() if n < 1}
+        if bad:
+            raise ValueError(f"data.repeat factors must be at least 1, got {bad}")
+        return value
 
 
 class ModelConfig(_Section):

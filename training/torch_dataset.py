@@ -16,7 +16,7 @@ both sides (paper.md, "Augmentation policies").
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,7 @@ class Item:
     sample: Any  # a training.data.records.Sample, or whatever ``load`` accepts
     copy: int = 0  # 0: the original image; k > 0: the k-th fixed augmented copy
     seed: int | None = None  # the copy's augmentation seed (SplitEntry.augmentation_seed)
+    repeat: int = 0  # data.repeat: r > 0 is the r-th extra showing in an epoch (its own draw)
 
 
 @dataclass(frozen=True)
@@ -86,6 +87,12 @@ class SampleDataset(Dataset[Batch]):
         # Decoded + preprocessed pixels per item (decode once per run; augmentation stays per
         # epoch). Filled lazily in this process; with num_workers > 0 each worker has its own.
         self._cache: dict[int, tuple[np.ndarray, np.ndarray]] | None = {} if cache else None
+        # Repeats of one item share its decoded pixels: the cache is keyed by the first of them.
+        first: dict[tuple[int, int, int | None], int] = {}
+        self._cache_index = [
+            first.setdefault((id(it.sample), it.copy, it.seed), i)
+            for i, it in enumerate(self.items)
+        ]
         self.preprocess = preprocess
         self.task = task
         self.augmenter = augmenter if augmenter is not None and not augmenter.is_identity else None
@@ -114,6 +121,7 @@ class SampleDataset(Dataset[Batch]):
 
     def _prepared(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """The item's preprocessed pixels ``(h, w, C)`` and mask ``(h, w)`` (cached if enabled)."""
+        index = self._cache_index[index]
         if self._cache is not None and index in self._cache:
             return self._cache[index]
         sample = self.items[index].sample
@@ -131,6 +139,8 @@ class SampleDataset(Dataset[Batch]):
         self, item: Item, pixels: np.ndarray, mask: np.ndarray, index: int
     ) -> tuple[np.ndarray, np.ndarray]:
         key = str(getattr(item.sample, "id", index))
+        if item.repeat:  # a repeat draws its own augmentation in the same epoch
+            key = f"{key}#repeat{item.repeat}"
         steps: list[tuple[Augmenter, int, int | None]] = []
         if item.copy > 0 and self.copy_augmenter is not None:
             steps.append((self.copy_augmenter, 0, item.seed))  # fixed: same in every epoch
@@ -220,11 +230,15 @@ def build_splits(config: TrainConfig, load: LoadFn | None = None) -> DataSplits:
     augmenter = Augmenter(config.augment.policy, seed=config.seed)
     on_the_fly = augmenter if config.data.protocol is Protocol.LEAKAGE_SAFE else None
 
-    def side(name: str, aug: Augmenter | None) -> SampleDataset:
+    def side(
+        name: str, aug: Augmenter | None, repeat: dict[str, int] | None = None
+    ) -> SampleDataset:
         items = [
             Item(by_id[e.sample_id], e.augmentation_index or 0, e.augmentation_seed)
             for e in split.entries_of(name)
         ]
+        if repeat:
+            items = _repeated(items, repeat)
         return SampleDataset(
             items,
             config.preprocess,
@@ -235,10 +249,26 @@ def build_splits(config: TrainConfig, load: LoadFn | None = None) -> DataSplits:
             cache=config.cache,
         )
 
-    films = side("train", on_the_fly)
+    films = side("train", on_the_fly, config.data.repeat)
     train: Dataset[Batch] = films
     if config.crops is not None:  # crops of the training films; validation stays on whole films
         from training.crops import CropDataset
 
         train = CropDataset(films, config.crops, seed=config.seed)
     return DataSplits(train, side("val", None), side("test", None))
+
+
+def _repeated(items: list[Item], repeat: dict[str, int]) -> list[Item]:
+    """``items`` and, after them, the extra showings ``data.repeat`` asks for, per data set."""
+    present = {getattr(it.sample, "dataset", None) for it in items}
+    unknown = sorted(set(repeat) - present)
+    if unknown:
+        names = ", ".join(sorted(str(name) for name in present))
+        raise ConfigError(f"data.repeat names {unknown}, not in the training data ({names})")
+    extra = [
+        replace(it, repeat=r)
+        for r in range(1, max(repeat.values()))
+        for it in items
+        if r < repeat.get(getattr(it.sample, "dataset", None), 1)
+    ]
+    return items + extra

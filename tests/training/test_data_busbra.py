@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from training.data import busbra
 from training.data.dataset import load_sample
@@ -102,3 +103,44 @@ def test_committed_ultrasound_split_matches_the_data(shared_data: Path) -> None:
     assert {e.sample_id: e.split for e in split.entries if e.sample_id in old.samples} == {
         e.sample_id: e.split for e in old.entries
     }
+
+
+def test_repeat_shows_a_data_set_more_often_each_time_augmented_anew(tmp_path: Path) -> None:
+    from training.config import ConfigError, config_from_dict
+    from training.torch_dataset import build_splits
+
+    make_busi(tmp_path / "busi", n=12, seed=0)
+    make_busbra(tmp_path / "busbra", n_cases=20, seed=0)
+
+    def splits(repeat: dict[str, int]):  # type: ignore[no-untyped-def]
+        return build_splits(
+            config_from_dict(
+                {
+                    "stage": "ultrasound",
+                    "task": "segmentation",
+                    "output_dir": str(tmp_path / "run"),
+                    "cache": True,
+                    "data": {"dataset": "busi+busbra", "root": str(tmp_path), "repeat": repeat},
+                    "model": {"name": "unet", "width": 4, "input_size": 32},
+                    "augment": {"policy": "filter_us"},
+                }
+            )
+        )
+
+    plain, twice = splits({}), splits({"busi": 3})
+    busi = [it for it in plain.train.items if it.sample.dataset == "busi"]
+    assert busi and len(twice.train) == len(plain.train) + 2 * len(busi)
+    assert Counter(it.sample.dataset for it in twice.train.items) == Counter(
+        {"busi": 3 * len(busi), "busbra": len(plain.train) - len(busi)}
+    )
+    assert len(twice.val) == len(plain.val)  # validation and test are never repeated
+    first = next(i for i, it in enumerate(twice.train.items) if it.sample.dataset == "busi")
+    sample = twice.train.items[first].sample
+    again = next(i for i, it in enumerate(twice.train.items) if it.sample is sample and it.repeat)
+    a, b = twice.train[first], twice.train[again]
+    assert a["label"] == b["label"] and not torch.equal(a["image"], b["image"])  # its own draw
+    assert torch.equal(twice.train[first]["image"], a["image"])  # the same draw in an epoch
+    with pytest.raises(ConfigError, match=r"data.repeat names \['idc'\]"):
+        splits({"idc": 2})
+    with pytest.raises(ConfigError, match="data.repeat factors must be at least 1"):
+        splits({"busi": 0})

@@ -24,7 +24,7 @@ from training.models import (
 from training.registry import DuplicateNameError, Registry, UnknownNameError
 
 SEGMENTATION = ["unet", "resunetpp", "deeplabv3", "deeplabv3_mobilenet"]
-CLASSIFICATION = ["vgg19", "resnet50", "densenet121", "efficientnet_v2_s"]
+CLASSIFICATION = ["vgg19", "resnet18", "resnet50", "densenet121", "efficientnet_v2_s"]
 TINY_WIDTH = {"unet": 8, "resunetpp": 8}  # the torchvision-based models have fixed widths
 
 
@@ -87,6 +87,25 @@ def test_classification_output_contract(name: str, in_channels: int) -> None:
     assert set(out) == {"class_logits"}
     assert out["class_logits"].shape == (2, 2)
     assert model.config.width is None  # fixed torchvision widths: the width asked for is ignored
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet50"])
+def test_resnet_small_stem_keeps_twice_the_resolution_for_the_first_block(name: str) -> None:
+    sizes: dict[str, tuple[int, ...]] = {}
+    for stem in ("imagenet", "small"):
+        model = build_model(name, in_channels=3, input_size=50, stem=stem).eval()
+        model.net.layer1.register_forward_hook(
+            lambda _m, _i, out, stem=stem: sizes.__setitem__(stem, tuple(out.shape[-2:]))
+        )
+        with torch.no_grad():
+            out = model(torch.randn(2, 3, 50, 50))
+        assert out["class_logits"].shape == (2, 2)
+        assert model.config.options == {"stem": stem}
+        rebuilt = build_model_from_config(model.config.to_dict())
+        assert rebuilt.config == model.config
+    assert sizes == {"imagenet": (13, 13), "small": (25, 25)}  # 50 px: /4 against /2
+    with pytest.raises(ModelConfigError, match="stem must be one of imagenet, small"):
+        build_model(name, in_channels=3, input_size=50, stem="cifar")
 
 
 def _loss(out: dict[str, torch.Tensor], mask: torch.Tensor, label: torch.Tensor) -> torch.Tensor:

@@ -48,7 +48,7 @@ read -r -a overrides <<<"${TRAIN_OVERRIDES:-}"
 declare -A model_name=(
     [ultrasound]=ultrasound-unet
     [mammography]=mammography-unet
-    [histopathology]=histopathology-resnet50
+    [histopathology]=histopathology-resnet18
 )
 declare -A data_dir=(  # data.root of each training run, under the data root
     [ultrasound]=.

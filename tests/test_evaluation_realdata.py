@@ -40,7 +40,7 @@ FOLDERS = {  # card data-set name -> folder under the data root
 SHIPPED = {
     Stage.ULTRASOUND: "ultrasound-unet",
     Stage.MAMMOGRAPHY: "mammography-unet",
-    Stage.HISTOPATHOLOGY: "histopathology-resnet50",
+    Stage.HISTOPATHOLOGY: "histopathology-resnet18",
 }
 TOLERANCE = 0.005
 

@@ -34,7 +34,7 @@ from models_registry.runtime import (
 from tests.conftest import REPO_ROOT
 from tests.runtime_support import register_copy, shipped_card, zero_tolerance
 
-SHIPPED = ("ultrasound-unet", "mammography-unet", "histopathology-resnet50")
+SHIPPED = ("ultrasound-unet", "mammography-unet", "histopathology-resnet18")
 
 
 def test_the_serving_environment_installs_openvino() -> None:

@@ -34,7 +34,7 @@ CONFIGS = REPO_ROOT / "training" / "configs" / "ship"
 SHIPPED = {
     Stage.MAMMOGRAPHY: ("mammography-unet", "CBIS-DDSM, mini-MIAS", ()),
     Stage.ULTRASOUND: ("ultrasound-unet", "BUSI, BUS-BRA", ("dice", "iou")),
-    Stage.HISTOPATHOLOGY: ("histopathology-resnet50", "IDC", ("accuracy", "auc")),
+    Stage.HISTOPATHOLOGY: ("histopathology-resnet18", "IDC", ("accuracy", "auc")),
 }  # stage -> (model name, data sets, metrics that must carry a 95 % interval)
 
 

@@ -5,7 +5,7 @@ run (``openvino-bf16`` the same file in bf16, the int8 runtimes ``model.int8.onn
 random normal values of the card's input shape; the time of a run does not depend on them.
 Each runtime: 3 warm-up runs, then runs for ``--seconds`` (at least 20), median printed.
 
-Usage: ``.venv/bin/python bench/bench_variants.py --model histopathology-resnet50 --batch 64``
+Usage: ``.venv/bin/python bench/bench_variants.py --model histopathology-resnet18 --batch 64``
 (issue 13's model-time target: a batch of 64 patches, 2 threads).
 """
 

@@ -1,7 +1,7 @@
 """Measure flip test-time averaging with ``breastdx evaluate``, without changing any model.
 
     python tools/flip_tta_check.py hv --stage histopathology ../shared/data/idc \
-        --model histopathology-resnet50 --split models_registry/store/splits/histopathology.json \
+        --model histopathology-resnet18 --split models_registry/store/splits/histopathology.json \
         --subset val --out /tmp/tta-hv
 
 The first argument names the flips: ``none``, ``h`` (left-right), ``v`` (up-down) or ``hv``

@@ -140,7 +140,7 @@ def test_repeat_shows_a_data_set_more_often_each_time_augmented_anew(tmp_path: P
     a, b = twice.train[first], twice.train[again]
     assert a["label"] == b["label"] and not torch.equal(a["image"], b["image"])  # its own draw
     assert torch.equal(twice.train[first]["image"], a["image"])  # the same draw in an epoch
-    with pytest.raises(ConfigError, match=r"data.repeat names \['idc'\]"):
+    with pytest.raises(ConfigError, match=r"data\.repeat names \['idc'\]"):
         splits({"idc": 2})
-    with pytest.raises(ConfigError, match="data.repeat factors must be at least 1"):
+    with pytest.raises(ConfigError, match=r"data\.repeat factors must be at least 1"):
         splits({"busi": 0})

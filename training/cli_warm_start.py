@@ -1,7 +1,7 @@
 """``breastdx warm-start``: a shipped ONNX file -> a state dict a training config can start from.
 
-    breastdx warm-start --config training/configs/ultrasound-w24.yaml \\
-        --onnx models_registry/store/ultrasound-unet/5/model.onnx --out runs/base.pt [--n 48]
+    breastdx warm-start --config training/configs/ship/ultrasound.yaml \\
+        --onnx models_registry/store/ultrasound-unet/7/model.onnx --out runs/base.pt [--n 48]
 
 The config names the network (it must be the one the file was exported from) and the data: ``--n``
 training images, preprocessed and augmented as in training, calibrate the batch norms that the

@@ -175,9 +175,14 @@ STAGE_USE = {
 }
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+def read_run_json(path: Path, needed_by: str = "the card") -> dict[str, Any]:
+    """A JSON object the training run wrote (``metrics.json``, ...), or ``ExportError``: a run
+    stopped before its final evaluation has no ``metrics.json``."""
     if not path.is_file():
-        raise ExportError(f"the run folder has no {path.name}; the card needs it")
+        raise ExportError(
+            f"the run folder has no {path.name}; {needed_by} needs it (a run stopped before its "
+            "final evaluation: finish it with breastdx train --resume)"
+        )
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
@@ -274,7 +279,7 @@ def _labels(run: TrainedRun) -> list[str]:
 
 def _evaluation_set(run: TrainedRun, split: str = "test") -> EvaluationSet:
     path = run.run_dir / SPLIT_FILE
-    document = _read_json(path)
+    document = read_run_json(path)
     samples, entries = document.get("samples", {}), document.get("entries", [])
     counts = Counter(
         str(samples.get(e.get("sample_id"), {}).get("class_name", "unknown"))
@@ -508,7 +513,7 @@ def _draft(
     fp32_parity: ParityReport | None = None,
 ) -> CardDraft:
     pre = run.config.preprocess
-    report = _read_json(run.run_dir / METRICS_FILE)
+    report = read_run_json(run.run_dir / METRICS_FILE)
     evaluation = _evaluation_set(run)
     limitations = _limitations(run)
     baseline = _empty_mask_baseline(run, evaluation)

@@ -323,7 +323,9 @@ def tune(
             f"split {split!r} of the run's {SPLIT_FILE} holds no image of its data: the "
             "operating point needs labelled validation images (e.g. --operating-point-split val)"
         )
-    metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
+    from training.export_card import METRICS_FILE, read_run_json
+
+    metrics = read_run_json(run_dir / METRICS_FILE, needed_by="the operating point")
     temperature = float(metrics.get("temperature") or 1.0)
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     logger.info("operating point: %d %s images", len(samples), split)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -326,6 +327,22 @@ def test_operating_point_on_an_unknown_split_is_a_typed_error(
     args = ["--checkpoint", str(checkpoint), "--out", str(out), "--parity-n", "2"]
     assert main([*args, "--operating-point-split", "nowhere"]) == 1
     assert "split 'nowhere'" in capsys.readouterr().err
+
+
+def test_operating_point_of_a_run_stopped_before_its_final_evaluation_is_a_typed_error(
+    checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A run killed after its last checkpoint but before ``metrics.json``: the export says what
+    is missing and how to finish the run (it crashed with a FileNotFoundError)."""
+    run = tmp_path / "run"
+    shutil.copytree(checkpoint.parent, run)
+    (run / "metrics.json").unlink()
+    out = tmp_path / "model.onnx"
+    args = ["--checkpoint", str(run / checkpoint.name), "--out", str(out), "--parity-n", "2"]
+    assert main([*args, "--operating-point-split", "val"]) == 1
+    err = capsys.readouterr().err
+    assert "no metrics.json" in err and "breastdx train --resume" in err
+    assert "Traceback" not in err
 
 
 def test_combined_mammography_card_names_both_sources_and_box_targets(tmp_path: Path) -> None:

@@ -118,6 +118,7 @@ def _finish(
     probability: float | None,
     histology: Histopathology | None = None,
     batch_size: int = 1,
+    temperature: float | None = None,
 ) -> Analysis:
     item.ms["total"] = round(sum(item.ms.get(step, 0.0) for step in STEPS), 3)
     card = request.runner.card
@@ -125,7 +126,7 @@ def _finish(
         stage=request.stage,
         model=model_info(request.runner),
         input=input_info(item.decoded, item.frame_index),
-        malignancy=malignancy_info(card, probability),
+        malignancy=malignancy_info(card, probability, temperature),
         lesions=masks.lesions,
         mask=mask_summary(masks),
         histopathology=histology,
@@ -151,11 +152,13 @@ def _segmentation(
     batch_size: int,
     lesion_map: np.ndarray | None = None,
     present: bool = True,
+    temperature: float | None = None,
 ) -> Analysis:
     """Mask probabilities ``(h, w)`` -> lesions and overlay at the original geometry; each
     lesion's own malignancy from the per-pixel map ``(h, w)`` where the model has one. With
     ``present`` false (the presence output below the card's ``image_presence``) no region is
-    a lesion."""
+    a lesion. ``temperature``: the one ``probability`` was calibrated with (default: the
+    card's image temperature)."""
     start = time.perf_counter()
     card, geometry = request.runner.card, item.geometry
     if geometry is None:  # pragma: no cover - _prepare sets it for every segmentation item
@@ -171,7 +174,9 @@ def _segmentation(
         present=present,
     )
     item.ms["postprocess"] = _ms(start)  # the overlay is drawn when first asked for
-    return _finish(request, item, masks, probability, batch_size=batch_size)
+    return _finish(
+        request, item, masks, probability, batch_size=batch_size, temperature=temperature
+    )
 
 
 def _histopathology(
@@ -252,11 +257,17 @@ def _infer(
             probability = float(probs[0]) if probs is not None and len(probs) else None
             prob_map = mask_prob[0] if mask_prob is not None else None
             own = lesion_map[0] if lesion_map is not None else None
+            temperature = None  # the image head's, the card's calibration.temperature
             if runner.card.calibration.image_malignancy == "lesion_weighted":
-                probability = lesion_weighted_malignancy(prob_map, own, probability)
+                derived = lesion_weighted_malignancy(prob_map, own, None)
+                if derived is not None:  # else the head's probability stands
+                    probability = derived
+                    temperature = runner.card.calibration.lesion_temperature
             present = presence is None or bool(presence[0] >= runner.card.thresholds.image_presence)
             results.append(
-                _segmentation(request, item, prob_map, probability, together, own, present)
+                _segmentation(
+                    request, item, prob_map, probability, together, own, present, temperature
+                )
             )
     return results
 

@@ -241,8 +241,12 @@ def input_info(decoded: DecodedImage, frame_index: int) -> InputInfo:
     )
 
 
-def malignancy_info(card: ModelCard, probability: float | None) -> Malignancy | None:
-    """The call at the card's threshold: the last label (malignant) at or above it."""
+def malignancy_info(
+    card: ModelCard, probability: float | None, temperature: float | None = None
+) -> Malignancy | None:
+    """The call at the card's threshold: the last label (malignant) at or above it.
+    ``temperature``: the one the probability was calibrated with, where not the card's image
+    temperature (a ``lesion_weighted`` probability comes from the lesion map)."""
     if probability is None:
         return None
     threshold = card.thresholds.malignancy
@@ -251,7 +255,7 @@ def malignancy_info(card: ModelCard, probability: float | None) -> Malignancy | 
         label=card.labels[-1] if probability >= threshold else card.labels[0],
         threshold=threshold,
         calibrated=card.calibration.fitted_on is not None,
-        temperature=card.calibration.temperature,
+        temperature=card.calibration.temperature if temperature is None else temperature,
     )
 
 

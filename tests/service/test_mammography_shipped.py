@@ -69,6 +69,9 @@ def test_finds_masses_on_cbis_ddsm_test_films(registry: Registry, shared_data: P
     films = [s for s in read_cbis_coco(root) if s.id in wanted][:N_CBIS_FILMS]
     assert len(films) == N_CBIS_FILMS
     analyses = analyse("mammography", [f.image_path for f in films], registry=registry)
+    calibration = registry.card(MODEL).calibration
+    assert calibration.image_malignancy == "lesion_weighted"
+    assert calibration.lesion_temperature != calibration.temperature
     films_hit = 0
     for film, analysis in zip(films, analyses, strict=True):
         result = analysis.result
@@ -85,6 +88,8 @@ def test_finds_masses_on_cbis_ddsm_test_films(registry: Registry, shared_data: P
         if not result.lesions:  # no lesion above the operating point: a score all the same
             assert result.mask.lesion_count == 0
         assert result.malignancy is not None and 0.0 <= result.malignancy.probability <= 1.0
+        # lesion_weighted: derived from the lesion map, so its temperature is the one shown
+        assert result.malignancy.temperature == calibration.lesion_temperature
     assert films_hit >= MIN_FILMS_HIT, f"{films_hit} of {N_CBIS_FILMS} test films hit"
 
 

@@ -42,6 +42,10 @@ COMMANDS: dict[str, Command] = {
     "quantize": Command(
         "evaluation.cli_quantize:main", "add an int8 file to a model, calibrated on training data"
     ),
+    "lesion-score": Command(
+        "evaluation.cli_lesion_score:main",
+        "fit a segmentation model's detection score on training data, choose its threshold",
+    ),
     "grid": Command("training.grid.cli:main", "run the paper's experiment grid and its reports"),
     "serve": Command(
         "service.cli:serve_main", "run the HTTP API (in process, or queued with Redis)"

@@ -185,11 +185,9 @@ def carded_draft(card: ModelCard, report: dict[str, Any]) -> CardDraft:
     body["limitations"] = [i.replace(_TORCH_FIGURES, _TORCH_FIGURES_NOW) for i in kept] + [
         EVALUATED_NOTE
     ]
-    fp16 = Fp16Export(parity=card.onnx.fp16.parity) if card.onnx.fp16 else None
-    int8 = Int8Export(quantization=card.onnx.int8.quantization) if card.onnx.int8 else None
     return CardDraft(
         name=card.name,
-        onnx=OnnxExport(opset=card.onnx.opset, fp16=fp16, int8=int8),
+        onnx=onnx_export_of(card),
         metrics=metrics,
         evaluation_sets=sets,
         **body,
@@ -270,11 +268,34 @@ def register_evaluated(
         draft = reduced_precision_draft(card, report, selection)
     else:
         draft = carded_draft(card, report)
+    return register_again(registry, card, draft, target=target, alias=alias)
+
+
+def onnx_export_of(card: ModelCard, int8: Int8Export | None = None) -> OnnxExport:
+    """The export facts of ``card``'s files for a new version of them (``int8``: those of a new
+    int8 file instead of the card's own)."""
+    fp16 = Fp16Export(parity=card.onnx.fp16.parity) if card.onnx.fp16 else None
+    if int8 is None and card.onnx.int8 is not None:
+        int8 = Int8Export(quantization=card.onnx.int8.quantization)
+    return OnnxExport(opset=card.onnx.opset, fp16=fp16, int8=int8)
+
+
+def register_again(
+    registry: Registry,
+    card: ModelCard,
+    draft: CardDraft | dict[str, Any],
+    *,
+    target: Registry | None = None,
+    alias: str | None = None,
+    int8_path: Path | None = None,
+) -> ModelCard:
+    """Register ``card``'s ONNX files (its fp16 and int8 files where it has them; ``int8_path``:
+    a new int8 file instead) as a new version of the model with ``draft`` as its card, in
+    ``target`` (default: ``registry``)."""
     loaded = registry.load(card.ref)
-    fp16_path = None
-    if card.onnx.fp16 is not None:
-        fp16_path = registry.load(card.ref, fp16=True).onnx_path
-    int8_path = loaded.onnx_path.with_name(card.onnx.int8.file) if card.onnx.int8 else None
+    fp16_path = registry.load(card.ref, fp16=True).onnx_path if card.onnx.fp16 else None
+    if int8_path is None and card.onnx.int8 is not None:
+        int8_path = loaded.onnx_path.with_name(card.onnx.int8.file)
     return (target or registry).register(
         card.name, loaded.onnx_path, draft, fp16_path=fp16_path, int8_path=int8_path, alias=alias
     )

@@ -30,9 +30,10 @@ from pathlib import Path
 import numpy as np
 
 from evaluation import formats
+from evaluation.card import onnx_export_of, register_again
 from evaluation.cases import Case
 from evaluation.cli import SplitUseError, _split_part, exit_code, restrict
-from models_registry.card import Fp16Export, Int8Export, ModelCard, OnnxExport, Stage
+from models_registry.card import Int8Export, ModelCard, Stage
 from models_registry.registry import Registry
 
 PROG = "breastdx quantize"
@@ -123,21 +124,14 @@ def _run(args: argparse.Namespace) -> int:
         body["reduced_precision"] = [  # the int8 figures belong to the old int8 file, if any
             v for v in body["reduced_precision"] if not v["runtime"].endswith("int8")
         ]
-        fp16 = card.onnx.fp16
-        onnx = OnnxExport(
-            opset=card.onnx.opset,
-            fp16=None if fp16 is None else Fp16Export(parity=fp16.parity),
-            int8=Int8Export(quantization=result.quantization),
-        )
-        fp16_path = registry.load(card.ref, fp16=True).onnx_path if fp16 else None
-        target = Registry([args.register_store]) if args.register_store else registry
-        new = target.register(
-            card.name,
-            loaded.onnx_path,
+        onnx = onnx_export_of(card, Int8Export(quantization=result.quantization))
+        new = register_again(
+            registry,
+            card,
             {**body, "onnx": onnx.model_dump(mode="json")},
-            fp16_path=fp16_path,
-            int8_path=result.path,
+            target=Registry([args.register_store]) if args.register_store else None,
             alias=args.alias,
+            int8_path=result.path,
         )
     size = new.onnx.int8.size_bytes / 1e6 if new.onnx.int8 else 0.0
     print(

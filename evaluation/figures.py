@@ -11,7 +11,7 @@ images. Undefined figures (no lesion image, one class only) are None.
   the share of lesion-free images on which the model marked any lesion;
 - detection (mammography): FROC sensitivity at ``FP_RATES`` false positives per image and their
   mean, under ``lesions.HIT_RULE``, over every region the model proposes: the lesions, then the
-  candidates the card's presence threshold dropped (each ranked by its peak probability), so
+  candidates the card's presence threshold dropped (each ranked by the same score), so
   the curve runs past the operating point; and the operating point itself (the lesions alone:
   sensitivity and false positives per image);
 - classification (cases with a label): ROC AUC; sensitivity, specificity, balanced accuracy and
@@ -43,8 +43,9 @@ CLASSIFICATION_KEYS = (
 )
 MARK_SCORE = {
     "score": "lesions are ranked by their own detection score (the pipeline's Lesion.score), "
-    "followed by the regions the card's presence threshold dropped (ranked by the same peak "
-    "probability): the curve is that of the presence threshold swept",
+    "followed by the regions the card's presence threshold dropped (ranked by the same score: "
+    "the peak probability, or the card's fitted lesion score): the curve is that of the "
+    "presence threshold swept",
     "mean_probability": "lesions are ranked by their mean pixel probability (the pipeline's "
     "Lesion.mean_probability): this model's lesions carry no detection score of their own",
 }

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from imaging.errors import InvalidGeometryError
 from imaging.geometry import Geometry, Interpolation
+from imaging.lesion_score import LesionScorer, region_features
 
 CONTOUR_EPSILON_PX = 1.0  # Douglas-Peucker tolerance for simplified contours, original pixels
 
@@ -34,7 +35,10 @@ class Lesion(BaseModel):
     centroid: tuple[float, float] = Field(description="(x, y), pixels")
     mean_probability: float
     score: float | None = Field(
-        default=None, description="detection score in [0, 1]: the lesion's peak probability"
+        default=None,
+        description="detection score in [0, 1]: the lesion's peak probability, or where the "
+        "model card carries a fitted lesion score (calibration.lesion_score), the probability "
+        "that the region is a true lesion",
     )
     malignancy: float | None = Field(
         default=None,
@@ -46,13 +50,27 @@ class Lesion(BaseModel):
 @dataclass(frozen=True)
 class Candidate:
     """A region the presence decision dropped: above the pixel threshold and the minimum area,
-    but with a peak probability (``score``) below the presence threshold, or on an image the
+    but with a detection score (``score``: the peak probability or the card's fitted lesion
+    score, ``imaging.lesion_score``) below the presence threshold, or on an image the
     image-level presence decision found free of lesions. Not a finding; kept
     so that an evaluation can rank every region the model proposes (the FROC) and see where
     the operating point sits on that curve."""
 
     bbox: tuple[int, int, int, int]  # (x, y, width, height), original pixels
-    score: float  # peak probability
+    score: float  # detection score, as Lesion.score
+
+
+@dataclass(frozen=True)
+class Region:
+    """A region above the pixel threshold and the minimum area, kept as a lesion or not, with
+    what a lesion score is fitted on (``imaging.lesion_score``: ``breastdx lesion-score``)."""
+
+    bbox: tuple[int, int, int, int]  # (x, y, width, height), original pixels
+    peak: float  # peak probability
+    mean_probability: float
+    area_px: int
+    score: float  # detection score, as Lesion.score
+    kept: bool  # marked as a lesion
 
 
 class MaskResult(BaseModel):
@@ -69,11 +87,17 @@ class MaskResult(BaseModel):
     lesions: list[Lesion]
     _label_map: np.ndarray = PrivateAttr()
     _candidates: tuple[Candidate, ...] = PrivateAttr(default=())
+    _regions: tuple[Region, ...] = PrivateAttr(default=())
 
     @property
     def candidates(self) -> tuple[Candidate, ...]:
         """Regions the presence decision dropped, highest score first (not findings)."""
         return self._candidates
+
+    @property
+    def regions(self) -> tuple[Region, ...]:
+        """Every region above the pixel threshold and the minimum area, lesion or not."""
+        return self._regions
 
     @property
     def label_map(self) -> np.ndarray:
@@ -136,6 +160,7 @@ def _lesion(
     centroid: np.ndarray,
     spacing: tuple[float, float] | None,
     malignancy: np.ndarray | None = None,
+    score: float | None = None,
 ) -> Lesion:
     x, y, w, h, area = (int(v) for v in stats)
     inside = labels[y : y + h, x : x + w] == index  # (h, w) bool
@@ -148,7 +173,7 @@ def _lesion(
         area_mm2=None if spacing is None else round(area * spacing[0] * spacing[1], 4),
         centroid=(round(float(centroid[0]), 2), round(float(centroid[1]), 2)),
         mean_probability=round(float(prob[y : y + h, x : x + w][inside].mean()), 4),
-        score=round(float(prob[y : y + h, x : x + w][inside].max()), 4),
+        score=round(float(prob[y : y + h, x : x + w][inside].max() if score is None else score), 4),
         malignancy=None if own is None else round(own, 4),
     )
 
@@ -164,6 +189,7 @@ def postprocess_mask(
     presence_threshold: float = 0.0,
     malignancy_map: np.ndarray | None = None,
     present: bool = True,
+    scorer: LesionScorer | None = None,
 ) -> MaskResult:
     """Model-size probability map -> lesions in the original image.
 
@@ -174,22 +200,24 @@ def postprocess_mask(
         min_area_px: smaller components (original pixels) are dropped.
         min_area_mm2: also drop components below this area; applies only with a spacing.
         pixel_spacing_mm: ``(row, column)`` spacing; enables ``area_mm2``.
-        presence_threshold: a lesion is kept only where its peak probability (its ``score``)
-            reaches this: the lesion-presence decision (0: every component above ``threshold``).
+        presence_threshold: a lesion is kept only where its detection ``score`` reaches this:
+            the lesion-presence decision (0: every component above ``threshold``).
         malignancy_map: ``(h, w)`` per-pixel malignancy probabilities at the model input size;
             each lesion's ``malignancy`` is their mean over the lesion (original pixels).
         present: the image-level presence decision (a model's presence output against its
             threshold); false: no component is a lesion, each is a candidate.
+        scorer: a fitted lesion score (``imaging.lesion_score``); None: a region's score is its
+            peak probability.
     """
     prob = _check_inputs(prob, geometry, threshold)
     full = geometry.to_original(prob, interpolation=Interpolation.LINEAR)  # (H, W) float32
     binary = (full >= threshold).astype(np.uint8)
     count, labels, stats, centroids, window = _components(binary)
     smallest = _min_area(min_area_px, min_area_mm2, pixel_spacing_mm)
-    peaks = _peaks(full, labels, stats)  # (count,)
     large = [i for i in range(1, count) if stats[i, cv2.CC_STAT_AREA] >= max(1, smallest)]
-    kept = [i for i in large if present and peaks[i] >= presence_threshold]
-    below = sorted(set(large) - set(kept), key=lambda i: (-peaks[i], i))
+    peaks, means, scores = _scores(full, labels, stats, large, scorer)  # each (count,)
+    kept = [i for i in large if present and scores[i] >= presence_threshold]
+    below = sorted(set(large) - set(kept), key=lambda i: (-scores[i], i))
     malignancy = None
     if malignancy_map is not None and kept:
         malignancy = geometry.to_original(
@@ -202,7 +230,17 @@ def postprocess_mask(
     for rank, index in enumerate(kept, start=1):
         stat, centre = stats[index], centroids[index]
         lesions.append(
-            _lesion(rank, labels, full, index, stat, centre, pixel_spacing_mm, malignancy)
+            _lesion(
+                rank,
+                labels,
+                full,
+                index,
+                stat,
+                centre,
+                pixel_spacing_mm,
+                malignancy,
+                None if scorer is None else float(scores[index]),
+            )
         )
         lookup[index] = rank
     result = MaskResult(
@@ -219,9 +257,21 @@ def postprocess_mask(
     result._candidates = tuple(
         Candidate(
             bbox=(int(stats[i, 0]), int(stats[i, 1]), int(stats[i, 2]), int(stats[i, 3])),
-            score=round(float(peaks[i]), 4),
+            score=round(float(scores[i]), 4),
         )
         for i in below
+    )
+    kept_set = set(kept)
+    result._regions = tuple(
+        Region(
+            bbox=(int(stats[i, 0]), int(stats[i, 1]), int(stats[i, 2]), int(stats[i, 3])),
+            peak=float(peaks[i]),
+            mean_probability=float(means[i]),
+            area_px=int(stats[i, cv2.CC_STAT_AREA]),
+            score=float(scores[i]),
+            kept=i in kept_set,
+        )
+        for i in large
     )
     return result
 
@@ -248,14 +298,30 @@ def _components(
     return count, labels, stats, centroids + np.array([x, y], np.float64), window
 
 
-def _peaks(full: np.ndarray, labels: np.ndarray, stats: np.ndarray) -> np.ndarray:
-    """``(count,)`` peak probability of each connected component (index 0: background)."""
-    peaks = np.zeros(len(stats), np.float32)
-    for i in range(1, len(stats)):
+def _scores(
+    full: np.ndarray,
+    labels: np.ndarray,
+    stats: np.ndarray,
+    indices: list[int],
+    scorer: LesionScorer | None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(count,)`` peak and mean probability and detection score of the components
+    ``indices`` (0 elsewhere); the score is the peak, or ``scorer`` over the region's
+    features (``imaging.lesion_score``)."""
+    peaks = np.zeros(len(stats), np.float64)
+    means = np.zeros(len(stats), np.float64)
+    for i in indices:
         x, y, w, h = (int(v) for v in stats[i, :4])
-        box = labels[y : y + h, x : x + w] == i
-        peaks[i] = full[y : y + h, x : x + w][box].max()
-    return peaks
+        values = full[y : y + h, x : x + w][labels[y : y + h, x : x + w] == i]
+        peaks[i] = values.max()
+        means[i] = values.mean(dtype=np.float64)
+    if scorer is None or not indices:
+        return peaks, means, peaks
+    area = stats[indices, cv2.CC_STAT_AREA]
+    features = region_features(peaks[indices], means[indices], area, full.shape[0] * full.shape[1])
+    scores = np.zeros(len(stats), np.float64)
+    scores[indices] = np.round(scorer(features), 4)  # as reported, and as gated
+    return peaks, means, scores
 
 
 def to_uint8(image: np.ndarray) -> np.ndarray:

@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from models_registry.errors import InvalidCardError
 
 if TYPE_CHECKING:
+    from imaging.lesion_score import LesionScorer
     from imaging.preprocess import PreprocessConfig
 
 CARD_SCHEMA_VERSION: Final = 1
@@ -172,7 +173,8 @@ class Thresholds(_Frozen):
     min_lesion_area_px: int = Field(default=0, ge=0, description="smaller components dropped")
     presence: Probability = Field(
         default=0.0,
-        description="a lesion is marked only where its peak pixel probability reaches this "
+        description="a lesion is marked only where its detection score (its peak pixel "
+        "probability, or calibration.lesion_score where the card has one) reaches this "
         "(the lesion-presence decision, chosen on validation data; 0: no such gate)",
     )
     image_presence: Probability = Field(
@@ -181,6 +183,35 @@ class Thresholds(_Frozen):
         "output (role 'presence') reaches this probability; chosen on validation data together "
         "with 'presence' (0: no such gate)",
     )
+
+
+class LesionScore(_Frozen):
+    """A fitted detection score for a segmentation model's regions (``imaging.lesion_score``):
+    ``sigmoid(intercept + coefficients . features)``, the probability that a region is a true
+    lesion; it replaces the peak probability as each lesion's ``score``, and
+    ``thresholds.presence`` applies to it."""
+
+    features: list[Text] = Field(min_length=1, description="the features, in order")
+    coefficients: list[float] = Field(min_length=1)
+    intercept: float
+    fitted_on: Text = Field(description="the regions it was fitted on, in words")
+
+    @model_validator(mode="after")
+    def _known(self) -> Self:
+        from imaging.lesion_score import FEATURES, LesionScorer
+
+        if tuple(self.features) != FEATURES:
+            raise ValueError(
+                f"lesion_score.features must be {list(FEATURES)} (what imaging.lesion_score "
+                f"computes), got {self.features}"
+            )
+        LesionScorer(tuple(self.coefficients), self.intercept)  # raises on a bad length
+        return self
+
+    def scorer(self) -> LesionScorer:
+        from imaging.lesion_score import LesionScorer
+
+        return LesionScorer(tuple(self.coefficients), self.intercept)
 
 
 class Calibration(_Frozen):
@@ -197,6 +228,11 @@ class Calibration(_Frozen):
         "malignancy output (temperature-scaled); 'lesion_weighted', derived from the lesions: the "
         "per-pixel lesion malignancy probabilities averaged with the lesion probability map as "
         "weights (a segmentation model with a lesion malignancy output)",
+    )
+    lesion_score: LesionScore | None = Field(
+        default=None,
+        description="a fitted detection score for the regions (breastdx lesion-score); None: a "
+        "lesion's score is its peak pixel probability",
     )
 
 

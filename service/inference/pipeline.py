@@ -136,7 +136,11 @@ def _finish(
     )
     mask = np.where(masks.mask, 255, 0).astype(np.uint8)  # (H, W)
     return Analysis(
-        result=result, mask=mask, display=to_uint8(item.display), candidates=masks.candidates
+        result=result,
+        mask=mask,
+        display=to_uint8(item.display),
+        candidates=masks.candidates,
+        regions=masks.regions,
     )
 
 
@@ -172,6 +176,7 @@ def _segmentation(
         presence_threshold=card.thresholds.presence,
         malignancy_map=lesion_map,
         present=present,
+        scorer=card.calibration.lesion_score.scorer() if card.calibration.lesion_score else None,
     )
     item.ms["postprocess"] = _ms(start)  # the overlay is drawn when first asked for
     return _finish(

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Final, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from imaging.postprocess import Candidate, Lesion, MaskResult
+from imaging.postprocess import Candidate, Lesion, MaskResult, Region
 from imaging.postprocess import overlay as draw_overlay
 from imaging.record import DecodedImage, ImageFormat, Laterality, ViewPosition
 from models_registry.card import ModelCard, Runtime, Stage, Task
@@ -178,6 +178,9 @@ class Analysis:
         candidates: the regions the presence decision dropped (``MaskResult.candidates``),
             highest score first: not findings and not in the JSON; ``breastdx evaluate`` ranks
             them below the lesions to draw the whole FROC.
+        regions: every region above the pixel threshold and the minimum area, lesion or not,
+            with its peak and mean probability and area (``MaskResult.regions``): what
+            ``breastdx lesion-score`` fits a detection score on. Not in the JSON.
     """
 
     def __init__(
@@ -188,11 +191,12 @@ class Analysis:
         *,
         display: np.ndarray | None = None,
         candidates: tuple[Candidate, ...] = (),
+        regions: tuple[Region, ...] = (),
     ) -> None:
         if overlay is None and display is None:
             raise ValueError("an Analysis needs its overlay or the display image to draw it on")
         self.result, self.mask, self.display = result, mask, display
-        self.candidates = candidates
+        self.candidates, self.regions = candidates, regions
         self._overlay = overlay
 
     @property

@@ -115,6 +115,24 @@ def test_field_rules(field: str, value: Any, message: str) -> None:
     assert message in error_text(**{field: value})
 
 
+def test_a_lesion_score_names_the_features_imaging_computes() -> None:
+    score = {
+        "features": ["peak_logit", "mean_logit", "log_area_fraction"],
+        "coefficients": [1.0, 0.5, -0.2],
+        "intercept": -1.5,
+        "fitted_on": "3 regions of the train part",
+    }
+    draft = CardDraft.model_validate(draft_dict(calibration={"lesion_score": score}))
+    assert draft.calibration.lesion_score is not None
+    scorer = draft.calibration.lesion_score.scorer()
+    assert scorer.coefficients == (1.0, 0.5, -0.2) and scorer.intercept == -1.5
+    assert CardDraft.model_validate(draft_dict()).calibration.lesion_score is None
+    renamed = {**score, "features": ["peak", "mean_logit", "log_area_fraction"]}
+    assert "lesion_score.features must be" in error_text(calibration={"lesion_score": renamed})
+    short = {**score, "coefficients": [1.0, 0.5]}
+    assert "takes 3 coefficients" in error_text(calibration={"lesion_score": short})
+
+
 def test_output_names_must_be_unique() -> None:
     outputs = draft_dict()["outputs"]
     second = {**outputs[1], "name": "mask_logits"}

@@ -1,0 +1,327 @@
+"""``breastdx lesion-score``: fit a segmentation model's detection score on its training images.
+
+    breastdx lesion-score --stage mammography DATA [DATA...] --split FILE [--model NAME@VERSION]
+        [--store DIR] [--fit-subset train] [--choose-subset val] [--max-fp-per-image 1.0]
+        [--max-false-lesion-rate 0.4] [--l2 30] [--out DIR] [--register-store DIR]
+        [--alias staging]
+
+The model runs, as the service runs it, over the split's ``--fit-subset`` images (default
+``train``); every region above the card's pixel threshold and minimum area is a sample: true
+where it hits a true lesion under the FROC's hit rule (``imaging.lesion_match``). A logistic
+model of the region's peak and mean probability and area (``imaging.lesion_score``) is fitted
+on them. On ``--choose-subset`` (default ``val``; never the test split) the presence threshold
+on the new score is chosen as ``breastdx export`` chooses a detection operating point: the most
+true lesions hit with at most ``--max-fp-per-image`` false marks per image and at most
+``--max-false-lesion-rate`` of the lesion-free images marked (ties: fewer false marks). The same
+choice on the peak probability is reported beside it. A NEW version of the model is registered
+(the same ONNX files) whose card carries the score (``calibration.lesion_score``) and that
+threshold; the old card's evaluated figures are left off it (they were measured with the
+peak): measure it with ``breastdx evaluate --register``. ``--out DIR`` gets ``lesion-score.json``
+(coefficients, both choices, the FROC of both scores on ``--choose-subset``).
+
+Exit 0: registered; 1: the model or store refused; 2: bad usage or data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from evaluation import formats
+from evaluation.card import onnx_export_of, register_again
+from evaluation.cases import Case
+from evaluation.cli import SplitUseError, _split_part, exit_code, restrict
+from evaluation.run import Progress
+from imaging.lesion_match import Box, hits, match_marks
+from imaging.lesion_score import FEATURES, LesionScorer, fit_scorer, region_features
+from models_registry.card import ModelCard, Runtime, Stage, Task
+from models_registry.registry import Registry
+
+PROG = "breastdx lesion-score"
+CHUNK = 16
+FP_RATES = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0)
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ScoredImage:
+    """One image's regions: features ``(K, F)``, boxes, peaks and its true lesion boxes."""
+
+    dataset: str
+    features: np.ndarray
+    boxes: list[Box]
+    peaks: np.ndarray
+    truths: list[Box]
+
+    def labels(self) -> list[bool]:
+        """Per region: it hits a true lesion (each region on its own)."""
+        return [any(hits(box, truth) for truth in self.truths) for box in self.boxes]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n")[0])
+    parser.add_argument("--stage", required=True, choices=["mammography", "ultrasound"])
+    parser.add_argument("data", nargs="+", type=Path, metavar="DATA", help="data set folders")
+    parser.add_argument("--model", help="NAME, NAME@ALIAS or NAME@VERSION (default: the stage's)")
+    parser.add_argument("--store", action="append", help="model store (repeatable)")
+    parser.add_argument("--format", choices=sorted(formats.FORMATS), help="data-set format")
+    parser.add_argument("--split", type=Path, required=True, help="the model's split file")
+    parser.add_argument("--fit-subset", default="train", help="the split's part to fit on")
+    parser.add_argument("--choose-subset", default="val", help="part to choose on (val)")
+    parser.add_argument("--max-fp-per-image", type=float, default=1.0, help="false marks (1.0)")
+    parser.add_argument(
+        "--max-false-lesion-rate", type=float, default=0.4,
+        help="share of the lesion-free images marked (0.4)",
+    )  # fmt: skip
+    parser.add_argument("--l2", type=float, default=30.0, help="ridge on the standardised fit")
+    parser.add_argument("--threads", type=int, default=2, help="model threads (2)")
+    parser.add_argument("--out", type=Path, help="folder for lesion-score.json")
+    parser.add_argument("--register-store", type=Path, help="store to register in (the model's)")
+    parser.add_argument("--alias", help="alias for the new version, e.g. staging")
+    parser.add_argument("--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING"])
+    return parser
+
+
+def _cases(args: argparse.Namespace, subset: str) -> list[Case]:
+    """The located cases (lesion masks, circles or boxes) of the split's ``subset``."""
+    part = _split_part(args.split, subset)
+    cases: list[Case] = []
+    for root in args.data:
+        fmt = formats.get_format(args.format) if args.format else formats.detect_format(root)
+        found = formats.read_cases(root, fmt)
+        cases += [c for c in restrict(found, part, found[0].dataset, root)[0] if c.truth != "none"]
+    if not cases:
+        raise SplitUseError(
+            f"split {args.split} names no image with lesion truth of this data in {subset!r}"
+        )
+    return cases
+
+
+def scored_images(
+    cases: list[Case], card: ModelCard, registry: Registry, threads: int, label: str
+) -> list[ScoredImage]:
+    """Every case run through the service's pipeline; each image's regions and truth."""
+    from evaluation.score import truth_boxes, truth_mask
+    from service.inference import RunnerOptions, analyse_each
+
+    options = RunnerOptions(intra_op_threads=threads, runtime=Runtime.ONNXRUNTIME, measuring=True)
+    progress = Progress(len(cases), label)
+    out: list[ScoredImage] = []
+    for start in range(0, len(cases), CHUNK):
+        chunk = cases[start : start + CHUNK]
+        outcomes = analyse_each(
+            card.stage, [c.image_path for c in chunk], registry=registry, model_ref=card,
+            options=options,
+        )  # fmt: skip
+        for case, outcome in zip(chunk, outcomes, strict=True):
+            if isinstance(outcome, Exception):
+                print(f"{PROG}: skipped {case.image_path}: {outcome}", file=sys.stderr)
+                continue
+            shape = (outcome.result.input.rows, outcome.result.input.columns)
+            mask = truth_mask(case, shape) if case.truth == "mask" else None
+            regions = outcome.regions
+            out.append(
+                ScoredImage(
+                    dataset=case.dataset,
+                    features=region_features(
+                        np.asarray([r.peak for r in regions]),
+                        np.asarray([r.mean_probability for r in regions]),
+                        np.asarray([r.area_px for r in regions]),
+                        shape[0] * shape[1],
+                    ),
+                    boxes=[tuple(float(v) for v in r.bbox) for r in regions],  # type: ignore[misc]
+                    peaks=np.asarray([r.peak for r in regions], np.float64),
+                    truths=truth_boxes(case, mask, shape),
+                )
+            )
+        progress.advance(len(chunk), len(chunk))
+    return out
+
+
+def _scores(image: ScoredImage, scorer: LesionScorer | None) -> np.ndarray:
+    """Served scores (4 decimals, as ``Lesion.score``): the scorer's, or the peak."""
+    raw = image.peaks if scorer is None or not len(image.peaks) else scorer(image.features)
+    return np.round(raw, 4)
+
+
+def detection(images: list[ScoredImage], scorer: LesionScorer | None, threshold: float) -> dict:
+    """Lesions hit, false marks per image and lesion-free images marked at ``threshold``."""
+    hit = false = lesions = free = marked = 0
+    for image in images:
+        scores = _scores(image, scorer)
+        kept = [(image.boxes[i], float(s)) for i, s in enumerate(scores) if s >= threshold]
+        claimed = match_marks(kept, image.truths)
+        hit += sum(claimed)
+        false += len(claimed) - sum(claimed)
+        lesions += len(image.truths)
+        if not image.truths:
+            free += 1
+            marked += bool(kept)
+    return {
+        "threshold": threshold,
+        "lesion_sensitivity": hit / lesions if lesions else float("nan"),
+        "false_marks_per_image": false / max(1, len(images)),
+        "false_lesion_rate": marked / free if free else 0.0,
+        "n_images": len(images),
+        "n_lesions": lesions,
+        "n_lesion_free_images": free,
+    }
+
+
+def choose_threshold(
+    images: list[ScoredImage],
+    scorer: LesionScorer | None,
+    *,
+    max_fp_per_image: float,
+    max_false_lesion_rate: float,
+) -> dict:
+    """The presence threshold on the score with the most lesions hit within both limits
+    (ties: fewer false marks, then the higher threshold); the strictest one where none fits."""
+    values = sorted({float(s) for image in images for s in _scores(image, scorer)})
+    best: tuple[float, ...] | None = None
+    chosen = None
+    for threshold in values:
+        point = detection(images, scorer, threshold)
+        if (
+            point["false_marks_per_image"] > max_fp_per_image
+            or point["false_lesion_rate"] > max_false_lesion_rate
+        ):
+            continue
+        key = (point["lesion_sensitivity"], -point["false_marks_per_image"], threshold)
+        if best is None or key > best:
+            best, chosen = key, point
+    if chosen is None:
+        chosen = detection(images, scorer, values[-1] if values else 1.0)
+    return chosen
+
+
+def froc(images: list[ScoredImage], scorer: LesionScorer | None) -> dict[str, list[float]]:
+    """Per data set, the FROC's sensitivity at ``FP_RATES`` false marks per image."""
+    from evaluation.lesions import froc_curve, froc_points
+
+    out = {}
+    for dataset in sorted({i.dataset for i in images}):
+        part = [i for i in images if i.dataset == dataset]
+        scores, flags = [], []
+        for image in part:
+            s = _scores(image, scorer)
+            scores += list(s)
+            flags += match_marks(list(zip(image.boxes, s.tolist(), strict=True)), image.truths)
+        curve = froc_curve(
+            np.asarray(scores), np.asarray(flags), len(part), sum(len(i.truths) for i in part)
+        )
+        out[dataset] = [round(v, 4) for v in froc_points(curve, FP_RATES)]
+    return out
+
+
+def _register(
+    args: argparse.Namespace, registry: Registry, card: ModelCard, scorer: LesionScorer,
+    threshold: float, fitted_on: str,
+) -> ModelCard:  # fmt: skip
+    body = card.model_dump(
+        mode="json",
+        exclude={"name", "version", "registered_at", "onnx", "metrics", "evaluation_sets"},
+    )
+    body["reduced_precision"] = []  # their figures were measured with the peak
+    body["thresholds"]["presence"] = threshold
+    body["calibration"]["lesion_score"] = {
+        "features": list(FEATURES),
+        "coefficients": list(scorer.coefficients),
+        "intercept": scorer.intercept,
+        "fitted_on": fitted_on,
+    }
+    onnx = onnx_export_of(card)
+    return register_again(
+        registry,
+        card,
+        {**body, "onnx": onnx.model_dump(mode="json")},
+        target=Registry([args.register_store]) if args.register_store else None,
+        alias=args.alias,
+    )
+
+
+def _run(args: argparse.Namespace) -> int:
+    from service.inference.pipeline import default_model_ref
+
+    if args.choose_subset == "test" or args.fit_subset == "test":
+        print(f"{PROG}: the test split is never fitted or chosen on", file=sys.stderr)
+        return 2
+    registry = Registry(args.store) if args.store else Registry.default()
+    card = registry.card(args.model or default_model_ref(Stage(args.stage), registry))
+    if card.stage.value != args.stage or card.task is not Task.SEGMENTATION:
+        print(f"{PROG}: model {card.ref} is not a {args.stage} segmentation model", file=sys.stderr)
+        return 2
+    if card.thresholds.image_presence > 0:
+        print(
+            f"{PROG}: {card.ref} gates whole images on its presence output "
+            f"(thresholds.image_presence {card.thresholds.image_presence}); a lesion score is "
+            "fitted on models without that gate",
+            file=sys.stderr,
+        )
+        return 2
+    fit = scored_images(_cases(args, args.fit_subset), card, registry, args.threads, "fit")
+    labels = [flag for image in fit for flag in image.labels()]
+    features = np.concatenate([i.features for i in fit]) if fit else np.zeros((0, len(FEATURES)))
+    try:
+        scorer = fit_scorer(features, labels, l2=args.l2)
+    except ValueError as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return 2
+    choose = scored_images(_cases(args, args.choose_subset), card, registry, args.threads, "choose")
+    limits = {
+        "max_fp_per_image": args.max_fp_per_image,
+        "max_false_lesion_rate": args.max_false_lesion_rate,
+    }
+    fitted = choose_threshold(choose, scorer, **limits)
+    peak = choose_threshold(choose, None, **limits)
+    fitted_on = (
+        f"{len(labels)} regions ({sum(labels)} hitting a true lesion) of {len(fit)} images of "
+        f"the {args.fit_subset!r} part of {args.split.name} at mask threshold "
+        f"{card.thresholds.mask}, l2 {args.l2}; presence threshold chosen on "
+        f"{args.choose_subset!r}"
+    )
+    new = _register(args, registry, card, scorer, fitted["threshold"], fitted_on)
+    report: dict[str, Any] = {
+        "model": card.ref,
+        "registered": new.ref,
+        "features": list(FEATURES),
+        "coefficients": list(scorer.coefficients),
+        "intercept": scorer.intercept,
+        "fitted_on": fitted_on,
+        "limits": limits,
+        args.choose_subset: {
+            "lesion_score": fitted,
+            "peak": peak,
+            "froc_rates": list(FP_RATES),
+            "froc_lesion_score": froc(choose, scorer),
+            "froc_peak": froc(choose, None),
+        },
+    }
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "lesion-score.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report[args.choose_subset], indent=2))
+    print(
+        f"{PROG}: registered {new.ref} (presence {fitted['threshold']} on the fitted score); "
+        f"measure it: breastdx evaluate ... --model {new.ref} --register",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Fit, choose and register; exit 0, 1 (the model or store refused) or 2 (usage or data)."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(levelname)s %(name)s: %(message)s")
+    return exit_code(PROG, lambda: _run(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

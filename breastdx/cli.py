@@ -46,6 +46,10 @@ COMMANDS: dict[str, Command] = {
         "evaluation.cli_lesion_score:main",
         "fit a segmentation model's detection score on training data, choose its threshold",
     ),
+    "hard-negatives": Command(
+        "evaluation.cli_hard_negatives:main",
+        "write where a segmentation model marks falsely, as crop-training centres",
+    ),
     "grid": Command("training.grid.cli:main", "run the paper's experiment grid and its reports"),
     "serve": Command(
         "service.cli:serve_main", "run the HTTP API (in process, or queued with Redis)"

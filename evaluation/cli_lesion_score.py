@@ -28,51 +28,33 @@ import argparse
 import json
 import logging
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from evaluation import formats
 from evaluation.card import onnx_export_of, register_again
-from evaluation.cases import Case
-from evaluation.cli import SplitUseError, _split_part, exit_code, restrict
-from evaluation.run import Progress
-from imaging.lesion_match import Box, hits, match_marks
-from imaging.lesion_score import FEATURES, LesionScorer, fit_scorer, region_features
-from models_registry.card import ModelCard, Runtime, Stage, Task
+from evaluation.cli import exit_code
+from evaluation.regions import (
+    ScoredImage,
+    add_model_and_data,
+    located_cases,
+    scored_images,
+    segmentation_model,
+)
+from imaging.lesion_match import match_marks
+from imaging.lesion_score import FEATURES, LesionScorer, fit_scorer
+from models_registry.card import ModelCard
 from models_registry.registry import Registry
 
 PROG = "breastdx lesion-score"
-CHUNK = 16
 FP_RATES = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0)
 logger = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class ScoredImage:
-    """One image's regions: features ``(K, F)``, boxes, peaks and its true lesion boxes."""
-
-    dataset: str
-    features: np.ndarray
-    boxes: list[Box]
-    peaks: np.ndarray
-    truths: list[Box]
-
-    def labels(self) -> list[bool]:
-        """Per region: it hits a true lesion (each region on its own)."""
-        return [any(hits(box, truth) for truth in self.truths) for box in self.boxes]
-
-
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n")[0])
-    parser.add_argument("--stage", required=True, choices=["mammography", "ultrasound"])
-    parser.add_argument("data", nargs="+", type=Path, metavar="DATA", help="data set folders")
-    parser.add_argument("--model", help="NAME, NAME@ALIAS or NAME@VERSION (default: the stage's)")
-    parser.add_argument("--store", action="append", help="model store (repeatable)")
-    parser.add_argument("--format", choices=sorted(formats.FORMATS), help="data-set format")
-    parser.add_argument("--split", type=Path, required=True, help="the model's split file")
+    add_model_and_data(parser)
     parser.add_argument("--fit-subset", default="train", help="the split's part to fit on")
     parser.add_argument("--choose-subset", default="val", help="part to choose on (val)")
     parser.add_argument("--max-fp-per-image", type=float, default=1.0, help="false marks (1.0)")
@@ -81,68 +63,11 @@ def _parser() -> argparse.ArgumentParser:
         help="share of the lesion-free images marked (0.4)",
     )  # fmt: skip
     parser.add_argument("--l2", type=float, default=30.0, help="ridge on the standardised fit")
-    parser.add_argument("--threads", type=int, default=2, help="model threads (2)")
     parser.add_argument("--out", type=Path, help="folder for lesion-score.json")
     parser.add_argument("--register-store", type=Path, help="store to register in (the model's)")
     parser.add_argument("--alias", help="alias for the new version, e.g. staging")
     parser.add_argument("--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING"])
     return parser
-
-
-def _cases(args: argparse.Namespace, subset: str) -> list[Case]:
-    """The located cases (lesion masks, circles or boxes) of the split's ``subset``."""
-    part = _split_part(args.split, subset)
-    cases: list[Case] = []
-    for root in args.data:
-        fmt = formats.get_format(args.format) if args.format else formats.detect_format(root)
-        found = formats.read_cases(root, fmt)
-        cases += [c for c in restrict(found, part, found[0].dataset, root)[0] if c.truth != "none"]
-    if not cases:
-        raise SplitUseError(
-            f"split {args.split} names no image with lesion truth of this data in {subset!r}"
-        )
-    return cases
-
-
-def scored_images(
-    cases: list[Case], card: ModelCard, registry: Registry, threads: int, label: str
-) -> list[ScoredImage]:
-    """Every case run through the service's pipeline; each image's regions and truth."""
-    from evaluation.score import truth_boxes, truth_mask
-    from service.inference import RunnerOptions, analyse_each
-
-    options = RunnerOptions(intra_op_threads=threads, runtime=Runtime.ONNXRUNTIME, measuring=True)
-    progress = Progress(len(cases), label)
-    out: list[ScoredImage] = []
-    for start in range(0, len(cases), CHUNK):
-        chunk = cases[start : start + CHUNK]
-        outcomes = analyse_each(
-            card.stage, [c.image_path for c in chunk], registry=registry, model_ref=card,
-            options=options,
-        )  # fmt: skip
-        for case, outcome in zip(chunk, outcomes, strict=True):
-            if isinstance(outcome, Exception):
-                print(f"{PROG}: skipped {case.image_path}: {outcome}", file=sys.stderr)
-                continue
-            shape = (outcome.result.input.rows, outcome.result.input.columns)
-            mask = truth_mask(case, shape) if case.truth == "mask" else None
-            regions = outcome.regions
-            out.append(
-                ScoredImage(
-                    dataset=case.dataset,
-                    features=region_features(
-                        np.asarray([r.peak for r in regions]),
-                        np.asarray([r.mean_probability for r in regions]),
-                        np.asarray([r.area_px for r in regions]),
-                        shape[0] * shape[1],
-                    ),
-                    boxes=[tuple(float(v) for v in r.bbox) for r in regions],  # type: ignore[misc]
-                    peaks=np.asarray([r.peak for r in regions], np.float64),
-                    truths=truth_boxes(case, mask, shape),
-                )
-            )
-        progress.advance(len(chunk), len(chunk))
-    return out
 
 
 def _scores(image: ScoredImage, scorer: LesionScorer | None) -> np.ndarray:
@@ -248,15 +173,14 @@ def _register(
 
 
 def _run(args: argparse.Namespace) -> int:
-    from service.inference.pipeline import default_model_ref
-
     if args.choose_subset == "test" or args.fit_subset == "test":
         print(f"{PROG}: the test split is never fitted or chosen on", file=sys.stderr)
         return 2
-    registry = Registry(args.store) if args.store else Registry.default()
-    card = registry.card(args.model or default_model_ref(Stage(args.stage), registry))
-    if card.stage.value != args.stage or card.task is not Task.SEGMENTATION:
-        print(f"{PROG}: model {card.ref} is not a {args.stage} segmentation model", file=sys.stderr)
+    registry, card = segmentation_model(args)
+    if card is None:
+        print(
+            f"{PROG}: model {args.model} is not a {args.stage} segmentation model", file=sys.stderr
+        )
         return 2
     if card.thresholds.image_presence > 0:
         print(
@@ -266,7 +190,9 @@ def _run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    fit = scored_images(_cases(args, args.fit_subset), card, registry, args.threads, "fit")
+    fit = scored_images(
+        located_cases(args, args.fit_subset), card, registry, args.threads, "fit", PROG
+    )
     labels = [flag for image in fit for flag in image.labels()]
     features = np.concatenate([i.features for i in fit]) if fit else np.zeros((0, len(FEATURES)))
     try:
@@ -274,7 +200,9 @@ def _run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return 2
-    choose = scored_images(_cases(args, args.choose_subset), card, registry, args.threads, "choose")
+    choose = scored_images(
+        located_cases(args, args.choose_subset), card, registry, args.threads, "choose", PROG
+    )
     limits = {
         "max_fp_per_image": args.max_fp_per_image,
         "max_false_lesion_rate": args.max_false_lesion_rate,

@@ -116,3 +116,25 @@ def test_the_test_split_is_never_used_and_one_kind_of_region_cannot_be_fitted(
     assert "regions that hit a true lesion and regions that do not" in capsys.readouterr().err
     assert not (tmp_path / "ship" / "us-tiny").exists()
     assert _lesion_score(store, data, split, "--model", "idc-tiny@1") == 2
+
+
+def test_hard_negatives_are_the_false_regions_in_model_input_pixels(
+    store: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data, split = _data(tmp_path)
+    out = tmp_path / "negatives.json"
+    args = ["hard-negatives", "--stage", "ultrasound", str(data), "--split", str(split),
+            "--model", "us-tiny@1", "--store", str(store), "--out", str(out)]  # fmt: skip
+    assert breastdx(args) == 0, capsys.readouterr().err
+    document = json.loads(out.read_text())
+    assert document["format"] == "breastdx.hard-negatives/1" and document["model"] == "us-tiny@1"
+    assert document["input_size"] == [32, 32] and document["columns"] == ["x", "y", "peak"]
+    assert document["n_images"] == 4 and document["n_false_regions"] == 4
+    assert set(document["films"]) == {f"busi:{name}" for name in TRAIN}  # never val or test
+    for i, name in enumerate(TRAIN):
+        ((x, y, peak),) = document["films"][f"busi:{name}"]  # the distractor; not the lesion
+        # the grey block's centre (rows 40-51, columns 36 + i % 3 ...), halved to 32 px
+        assert abs(x - (36 + i % 3 + 6) / 2) <= 1 and abs(y - 46 / 2) <= 1
+        assert 0.5 < peak < 0.7  # sigmoid(150 / 255)
+    assert breastdx([*args[:-2], "--out", str(out), "--subset", "test"]) == 2
+    assert "never trained on" in capsys.readouterr().err

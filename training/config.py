@@ -167,6 +167,16 @@ class CropConfig(_Section):
     lesion_fraction: float = Field(default=0.5, ge=0, le=1)  # share centred near a lesion
     jitter: float = Field(default=0.35, ge=0, le=0.5)  # lesion offset from centre, x crop size
     min_tissue: float = Field(default=0.5, ge=0, le=1)  # background crops: share of non-zero px
+    # hard negative mining: a share of the background crops centred on a false mark of an earlier
+    # model (``breastdx hard-negatives`` writes the file), on films that have one
+    hard_negatives: Path | None = None
+    hard_negative_fraction: float = Field(default=0.0, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _negatives_need_a_file(self) -> CropConfig:
+        if self.hard_negative_fraction > 0 and self.hard_negatives is None:
+            raise ValueError("crops.hard_negative_fraction needs crops.hard_negatives (a file)")
+        return self
 
 
 class TrainConfig(_Section):

@@ -12,6 +12,10 @@ Per crop (seeded by ``(seed, epoch, film, k)`` only, so a run and its resume dra
 - with probability ``lesion_fraction`` on a film that holds a lesion: centred on a random pixel
   of a lesion chosen uniformly (small lesions as often as large ones), shifted by up to
   ``jitter`` x ``size`` on each axis, clipped to the film;
+- otherwise, with probability ``hard_negative_fraction`` on a film that has hard negatives
+  (``hard_negatives``: an earlier model's false marks in model-input pixels, written by
+  ``breastdx hard-negatives``), centred on one of them chosen uniformly, shifted by up to
+  ``jitter`` x ``size``, clipped to the film (hard negative mining);
 - otherwise a random window, redrawn up to ``BACKGROUND_TRIES`` times until at least
   ``min_tissue`` of its pixels are breast (not the zeroed background), else the most tissue.
 Then the training augmentation (keyed per crop), normalisation. A crop's malignancy label is
@@ -21,7 +25,9 @@ per-pixel malignancy map is trained inside lesions only, so background crops lea
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -33,6 +39,7 @@ from training.config import ConfigError, CropConfig, Task
 from training.torch_dataset import Batch, SampleDataset
 
 BACKGROUND_TRIES = 8
+HARD_NEGATIVES_FORMAT = "breastdx.hard-negatives/1"
 TISSUE_LEVEL = 1.0 / 255  # a preprocessed pixel above this is breast, not zeroed background
 
 
@@ -45,6 +52,7 @@ class Window:
     top: int
     left: int
     lesion_centred: bool
+    hard_negative: bool = False
 
 
 class CropDataset(Dataset[Batch]):
@@ -66,6 +74,9 @@ class CropDataset(Dataset[Batch]):
             update={"input_size": (config.size, config.size)}
         )
         self._lesions: dict[int, list[np.ndarray]] = {}  # film -> (n, 2) pixel rows per lesion
+        self._negatives: dict[int, np.ndarray] = {}  # film -> (n, 2) [x, y] false-mark centres
+        if config.hard_negatives is not None:
+            self._negatives = load_hard_negatives(config.hard_negatives, base, (height, width))
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch that crop positions and augmentation derive from."""
@@ -116,6 +127,13 @@ class CropDataset(Dataset[Batch]):
             top = int(np.clip(round(y + dy - size / 2), 0, height - size))
             left = int(np.clip(round(x + dx - size / 2), 0, width - size))
             return Window(film, k, top, left, True)
+        negatives = self._negatives.get(film)
+        if negatives is not None and rng.random() < self.config.hard_negative_fraction:
+            x, y = negatives[int(rng.integers(len(negatives)))]
+            dy, dx = rng.uniform(-self.config.jitter, self.config.jitter, 2) * size
+            top = int(np.clip(round(y + dy - size / 2), 0, height - size))
+            left = int(np.clip(round(x + dx - size / 2), 0, width - size))
+            return Window(film, k, top, left, False, hard_negative=True)
         tissue = pixels.max(axis=2) > TISSUE_LEVEL  # (H, W)
         best = (-1.0, 0, 0)
         for _ in range(BACKGROUND_TRIES):
@@ -133,3 +151,37 @@ class CropDataset(Dataset[Batch]):
             count, labels = cv2.connectedComponents((mask > 0).astype(np.uint8), connectivity=8)
             self._lesions[film] = [np.argwhere(labels == n) for n in range(1, count)]
         return self._lesions[film]
+
+
+def load_hard_negatives(
+    path: Path, base: SampleDataset, input_hw: tuple[int, int]
+) -> dict[int, np.ndarray]:
+    """Film index -> ``(n, 2)`` ``[x, y]`` false-mark centres of ``path`` (``breastdx
+    hard-negatives``) for the films of ``base`` it names (keyed ``dataset:id``).
+
+    Raises:
+        ConfigError: the file is missing, unreadable, of another format, or made at another
+            model input size than ``input_hw`` (its centres would not land on the same tissue).
+    """
+    try:
+        document = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"crops.hard_negatives {path} is unreadable: {exc}") from exc
+    if not isinstance(document, dict) or document.get("format") != HARD_NEGATIVES_FORMAT:
+        raise ConfigError(
+            f"crops.hard_negatives {path} is not a {HARD_NEGATIVES_FORMAT} file (breastdx "
+            "hard-negatives writes one)"
+        )
+    if tuple(document.get("input_size", ())) != tuple(input_hw):
+        raise ConfigError(
+            f"crops.hard_negatives {path} holds centres for a {document.get('input_size')} model "
+            f"input; this run trains at {list(input_hw)}"
+        )
+    films = document.get("films", {})
+    out: dict[int, np.ndarray] = {}
+    for index, item in enumerate(base.items):
+        sample = item.sample
+        rows = films.get(f"{getattr(sample, 'dataset', '')}:{getattr(sample, 'id', '')}")
+        if rows:
+            out[index] = np.asarray([row[:2] for row in rows], np.float64).reshape(-1, 2)
+    return out

@@ -141,6 +141,7 @@ def _finish(
         display=to_uint8(item.display),
         candidates=masks.candidates,
         regions=masks.regions,
+        geometry=item.geometry,
     )
 
 

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Final, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from imaging.geometry import Geometry
 from imaging.postprocess import Candidate, Lesion, MaskResult, Region
 from imaging.postprocess import overlay as draw_overlay
 from imaging.record import DecodedImage, ImageFormat, Laterality, ViewPosition
@@ -181,6 +182,8 @@ class Analysis:
         regions: every region above the pixel threshold and the minimum area, lesion or not,
             with its peak and mean probability and area (``MaskResult.regions``): what
             ``breastdx lesion-score`` fits a detection score on. Not in the JSON.
+        geometry: how the image was mapped to the model input (segmentation; None otherwise):
+            ``breastdx hard-negatives`` maps regions into the training grid with it.
     """
 
     def __init__(
@@ -192,11 +195,12 @@ class Analysis:
         display: np.ndarray | None = None,
         candidates: tuple[Candidate, ...] = (),
         regions: tuple[Region, ...] = (),
+        geometry: Geometry | None = None,
     ) -> None:
         if overlay is None and display is None:
             raise ValueError("an Analysis needs its overlay or the display image to draw it on")
         self.result, self.mask, self.display = result, mask, display
-        self.candidates, self.regions = candidates, regions
+        self.candidates, self.regions, self.geometry = candidates, regions, geometry
         self._overlay = overlay
 
     @property

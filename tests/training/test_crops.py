@@ -124,6 +124,59 @@ def test_crop_configuration_errors(films: SampleDataset) -> None:
         CropDataset(histo, CropConfig(size=32))
 
 
+def _negatives_file(path: Path, films: SampleDataset, **changes: Any) -> Path:
+    """Two false-mark centres on every other film (as ``breastdx hard-negatives`` writes)."""
+    marked = {
+        f"{item.sample.dataset}:{item.sample.id}": [[20.0, 70.0, 0.9], [75.5, 30.0, 0.8]]
+        for item in films.items[::2]
+    }
+    document = {"format": "breastdx.hard-negatives/1", "input_size": [SIZE, SIZE],
+                "films": marked} | changes  # fmt: skip
+    path.write_text(json.dumps(document))
+    return path
+
+
+def test_hard_negative_crops_are_centred_on_the_false_marks(
+    films: SampleDataset, tmp_path: Path
+) -> None:
+    path = _negatives_file(tmp_path / "negatives.json", films)
+    plain = _crops(films, lesion_fraction=0.25)
+    crops = _crops(films, lesion_fraction=0.25, hard_negatives=path, hard_negative_fraction=0.5)
+    centres = np.array([[20.0, 70.0], [75.5, 30.0]])  # [x, y]
+    hard = background = 0  # non-lesion crops of the marked films
+    for epoch in range(4):
+        crops.set_epoch(epoch)
+        for index in range(len(crops)):
+            window = crops.window(index)
+            if window.hard_negative:
+                hard += 1
+                assert window.film % 2 == 0 and not window.lesion_centred
+                middle = np.array([window.left + 16, window.top + 16])  # [x, y]
+                # jittered by at most 0.35 x 32 px per axis, then clipped into the 96 px film
+                near = np.abs(centres - middle).max(axis=1) <= 0.35 * 32 + 16 + 1
+                assert near.any()
+            elif not window.lesion_centred and window.film % 2 == 0:
+                background += 1
+    assert 0.3 < hard / (hard + background) < 0.7  # hard_negative_fraction 0.5 of them
+    # unmarked films, or no file: the windows of a run without hard negatives, draw for draw
+    assert [crops.window(i) for i in range(4, 8)] != [plain.window(i) for i in range(4, 8)]
+    crops.set_epoch(0)
+    odd = [i for i in range(len(crops)) if crops.window(i).film % 2]
+    assert [crops.window(i) for i in odd] == [plain.window(i) for i in odd]
+
+
+def test_hard_negative_files_must_fit_the_run(films: SampleDataset, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"not a breastdx\.hard-negatives/1 file"):
+        _crops(films, hard_negatives=_negatives_file(tmp_path / "a.json", films, format="x"))
+    with pytest.raises(ConfigError, match=r"holds centres for a \[512, 512\] model input"):
+        other = _negatives_file(tmp_path / "b.json", films, input_size=[512, 512])
+        _crops(films, hard_negatives=other, hard_negative_fraction=0.5)
+    with pytest.raises(ConfigError, match="unreadable"):
+        _crops(films, hard_negatives=tmp_path / "missing.json", hard_negative_fraction=0.5)
+    with pytest.raises(ValueError, match=r"needs crops\.hard_negatives"):
+        CropConfig(hard_negative_fraction=0.5)
+
+
 @pytest.mark.slow
 def test_tiny_crop_run_on_both_data_sets(data_root: Path, tmp_path: Path) -> None:
     """Combined data set, split per data set, crops for training, whole films for validation."""

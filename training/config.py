@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -192,8 +192,10 @@ class TrainConfig(_Section):
     seed: int = 0
     device: Device = Device.AUTO
     # Mixed precision: float16 + gradient scaling on CUDA, bfloat16 autocast on CPU. None (the
-    # default): on CUDA only; true: on CPU as well (this needs a CPU with bf16 arithmetic).
-    amp: bool | None = None
+    # default): on CUDA only; true: on CPU as well (this needs a CPU with bf16 arithmetic);
+    # "auto": on CUDA, and on a CPU where a few timed training steps say it is faster there
+    # (training.amp_choice; bf16 pays with AMX, not without).
+    amp: bool | Literal["auto"] | None = None
     channels_last: bool = False  # NHWC memory format (faster convolutions on CPU with bf16)
     threads: int | None = Field(default=None, ge=1)  # torch CPU threads; None: torch's default
     cache: bool = True  # decode + preprocess each image once per run (augmentation stays per epoch)

@@ -143,12 +143,29 @@ def _scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer) -> Any:
     return None
 
 
+def _amp(config: TrainConfig, device: torch.device, model: nn.Module) -> bool:
+    """Whether the run uses autocast: the config's flag, CUDA's default, or on a CPU with
+    ``amp: auto`` what a few timed training steps say is faster (``training.amp_choice``)."""
+    if config.amp != "auto":
+        return config.amp if config.amp is not None else device.type == "cuda"
+    if device.type != "cpu":
+        return True
+    from training.amp_choice import bf16_is_faster
+
+    side = config.crops.size if config.crops is not None else None
+    height, width = (side, side) if side else config.preprocess.input_size
+    shape = (config.optim.batch_size, config.preprocess.channels, height, width)
+    timing = bf16_is_faster(model, shape, channels_last=config.channels_last)
+    logger.info("amp: auto chose %s", timing.describe())
+    return timing.bf16
+
+
 def _setup(config: TrainConfig, data: DataSplits, model: nn.Module) -> _Run:
     device = resolve_device(config.device)
-    amp = config.amp if config.amp is not None else device.type == "cuda"
     model = model.to(device)
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    amp = _amp(config, device, model)
     ema = None
     if config.ema_decay is not None:
         avg = torch.optim.swa_utils.get_ema_multi_avg_fn(config.ema_decay)

@@ -76,12 +76,14 @@ def _scores(image: ScoredImage, scorer: LesionScorer | None) -> np.ndarray:
     return np.round(raw, 4)
 
 
-def detection(images: list[ScoredImage], scorer: LesionScorer | None, threshold: float) -> dict:
+Scores = list[np.ndarray]  # per image, its regions' served scores (``_scores``)
+
+
+def detection(images: list[ScoredImage], scores: Scores, threshold: float) -> dict:
     """Lesions hit, false marks per image and lesion-free images marked at ``threshold``."""
     hit = false = lesions = free = marked = 0
-    for image in images:
-        scores = _scores(image, scorer)
-        kept = [(image.boxes[i], float(s)) for i, s in enumerate(scores) if s >= threshold]
+    for image, own in zip(images, scores, strict=True):
+        kept = [(image.boxes[i], float(s)) for i, s in enumerate(own) if s >= threshold]
         claimed = match_marks(kept, image.truths)
         hit += sum(claimed)
         false += len(claimed) - sum(claimed)
@@ -102,18 +104,18 @@ def detection(images: list[ScoredImage], scorer: LesionScorer | None, threshold:
 
 def choose_threshold(
     images: list[ScoredImage],
-    scorer: LesionScorer | None,
+    scores: Scores,
     *,
     max_fp_per_image: float,
     max_false_lesion_rate: float,
 ) -> dict:
     """The presence threshold on the score with the most lesions hit within both limits
     (ties: fewer false marks, then the higher threshold); the strictest one where none fits."""
-    values = sorted({float(s) for image in images for s in _scores(image, scorer)})
+    values = sorted({float(s) for own in scores for s in own})
     best: tuple[float, ...] | None = None
     chosen = None
     for threshold in values:
-        point = detection(images, scorer, threshold)
+        point = detection(images, scores, threshold)
         if (
             point["false_marks_per_image"] > max_fp_per_image
             or point["false_lesion_rate"] > max_false_lesion_rate
@@ -123,24 +125,23 @@ def choose_threshold(
         if best is None or key > best:
             best, chosen = key, point
     if chosen is None:
-        chosen = detection(images, scorer, values[-1] if values else 1.0)
+        chosen = detection(images, scores, values[-1] if values else 1.0)
     return chosen
 
 
-def froc(images: list[ScoredImage], scorer: LesionScorer | None) -> dict[str, list[float]]:
+def froc(images: list[ScoredImage], scores: Scores) -> dict[str, list[float]]:
     """Per data set, the FROC's sensitivity at ``FP_RATES`` false marks per image."""
     from evaluation.lesions import froc_curve, froc_points
 
     out = {}
     for dataset in sorted({i.dataset for i in images}):
-        part = [i for i in images if i.dataset == dataset]
-        scores, flags = [], []
-        for image in part:
-            s = _scores(image, scorer)
-            scores += list(s)
-            flags += match_marks(list(zip(image.boxes, s.tolist(), strict=True)), image.truths)
+        part = [(i, s) for i, s in zip(images, scores, strict=True) if i.dataset == dataset]
+        values, flags = [], []
+        for image, own in part:
+            values += own.tolist()
+            flags += match_marks(list(zip(image.boxes, own.tolist(), strict=True)), image.truths)
         curve = froc_curve(
-            np.asarray(scores), np.asarray(flags), len(part), sum(len(i.truths) for i in part)
+            np.asarray(values), np.asarray(flags), len(part), sum(len(i.truths) for i, _ in part)
         )
         out[dataset] = [round(v, 4) for v in froc_points(curve, FP_RATES)]
     return out
@@ -173,6 +174,8 @@ def _register(
 
 
 def _run(args: argparse.Namespace) -> int:
+    if args.out:  # before the long runs: an unwritable folder fails now, not after registering
+        args.out.mkdir(parents=True, exist_ok=True)
     if args.choose_subset == "test" or args.fit_subset == "test":
         print(f"{PROG}: the test split is never fitted or chosen on", file=sys.stderr)
         return 2
@@ -207,8 +210,10 @@ def _run(args: argparse.Namespace) -> int:
         "max_fp_per_image": args.max_fp_per_image,
         "max_false_lesion_rate": args.max_false_lesion_rate,
     }
-    fitted = choose_threshold(choose, scorer, **limits)
-    peak = choose_threshold(choose, None, **limits)
+    fitted_scores = [_scores(image, scorer) for image in choose]
+    peak_scores = [_scores(image, None) for image in choose]
+    fitted = choose_threshold(choose, fitted_scores, **limits)
+    peak = choose_threshold(choose, peak_scores, **limits)
     fitted_on = (
         f"{len(labels)} regions ({sum(labels)} hitting a true lesion) of {len(fit)} images of "
         f"the {args.fit_subset!r} part of {args.split.name} at mask threshold "
@@ -228,12 +233,11 @@ def _run(args: argparse.Namespace) -> int:
             "lesion_score": fitted,
             "peak": peak,
             "froc_rates": list(FP_RATES),
-            "froc_lesion_score": froc(choose, scorer),
-            "froc_peak": froc(choose, None),
+            "froc_lesion_score": froc(choose, fitted_scores),
+            "froc_peak": froc(choose, peak_scores),
         },
     }
     if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "lesion-score.json").write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report[args.choose_subset], indent=2))
     print(
@@ -246,7 +250,14 @@ def _run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Fit, choose and register; exit 0, 1 (the model or store refused) or 2 (usage or data)."""
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.l2 < 0:
+        parser.error("--l2 must be >= 0")
+    if args.max_fp_per_image < 0:
+        parser.error("--max-fp-per-image must be >= 0")
+    if not 0 <= args.max_false_lesion_rate <= 1:
+        parser.error("--max-false-lesion-rate must lie in [0, 1]")
     logging.basicConfig(level=args.log_level, format="%(levelname)s %(name)s: %(message)s")
     return exit_code(PROG, lambda: _run(args))
 

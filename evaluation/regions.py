@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from breastdx.errors import BreastdxError
 from evaluation import formats
 from evaluation.cases import Case
 from evaluation.cli import SplitUseError, _split_part, restrict
@@ -106,7 +107,7 @@ def scored_images(
             options=options,
         )  # fmt: skip
         for case, outcome in zip(chunk, outcomes, strict=True):
-            if isinstance(outcome, Exception):
+            if isinstance(outcome, BreastdxError):
                 print(f"{prog}: skipped {case.image_path}: {outcome}", file=sys.stderr)
                 continue
             shape = (outcome.result.input.rows, outcome.result.input.columns)

@@ -138,3 +138,33 @@ def test_hard_negatives_are_the_false_regions_in_model_input_pixels(
         assert 0.5 < peak < 0.7  # sigmoid(150 / 255)
     assert breastdx([*args[:-2], "--out", str(out), "--subset", "test"]) == 2
     assert "never trained on" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        (["--l2", "-1"], "--l2 must be >= 0"),
+        (["--max-fp-per-image", "-0.5"], "--max-fp-per-image must be >= 0"),
+        (["--max-false-lesion-rate", "1.5"], "--max-false-lesion-rate must lie in [0, 1]"),
+    ],
+)
+def test_bad_limits_are_usage_errors(
+    store: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], option: list[str], message: str
+) -> None:
+    data, split = _data(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        _lesion_score(store, data, split, *option)
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_an_unwritable_out_folder_fails_before_anything_is_registered(
+    store: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data, split = _data(tmp_path)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    target = tmp_path / "ship"
+    out = ["--out", str(blocker / "out"), "--register-store", str(target)]
+    assert _lesion_score(store, data, split, *out) == 1
+    assert "cannot read or write" in capsys.readouterr().err
+    assert not (target / "us-tiny").exists()

@@ -145,7 +145,8 @@ def _scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer) -> Any:
 
 def _amp(config: TrainConfig, device: torch.device, model: nn.Module) -> bool:
     """Whether the run uses autocast: the config's flag, CUDA's default, or on a CPU with
-    ``amp: auto`` what a few timed training steps say is faster (``training.amp_choice``)."""
+    ``amp: auto`` what a few timed training steps say is faster (``training.amp_choice``;
+    measured again when a run resumes)."""
     if config.amp != "auto":
         return config.amp if config.amp is not None else device.type == "cuda"
     if device.type != "cpu":

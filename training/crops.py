@@ -177,11 +177,20 @@ def load_hard_negatives(
             f"crops.hard_negatives {path} holds centres for a {document.get('input_size')} model "
             f"input; this run trains at {list(input_hw)}"
         )
-    films = document.get("films", {})
+    films = document.get("films")
+    if not isinstance(films, dict):
+        raise ConfigError(f"crops.hard_negatives {path} has no 'films' mapping")
     out: dict[int, np.ndarray] = {}
     for index, item in enumerate(base.items):
         sample = item.sample
-        rows = films.get(f"{getattr(sample, 'dataset', '')}:{getattr(sample, 'id', '')}")
-        if rows:
+        key = f"{getattr(sample, 'dataset', '')}:{getattr(sample, 'id', '')}"
+        rows = films.get(key)
+        if not rows:
+            continue
+        try:
             out[index] = np.asarray([row[:2] for row in rows], np.float64).reshape(-1, 2)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(
+                f"crops.hard_negatives {path}: {key} holds no [x, y, peak] rows ({exc})"
+            ) from exc
     return out

@@ -124,11 +124,11 @@ def test_crop_configuration_errors(films: SampleDataset) -> None:
         CropDataset(histo, CropConfig(size=32))
 
 
-def _negatives_file(path: Path, films: SampleDataset, **changes: Any) -> Path:
+def _negatives_file(path: Path, dataset: SampleDataset, **changes: Any) -> Path:
     """Two false-mark centres on every other film (as ``breastdx hard-negatives`` writes)."""
     marked = {
         f"{item.sample.dataset}:{item.sample.id}": [[20.0, 70.0, 0.9], [75.5, 30.0, 0.8]]
-        for item in films.items[::2]
+        for item in dataset.items[::2]
     }
     document = {"format": "breastdx.hard-negatives/1", "input_size": [SIZE, SIZE],
                 "films": marked} | changes  # fmt: skip
@@ -171,6 +171,11 @@ def test_hard_negative_files_must_fit_the_run(films: SampleDataset, tmp_path: Pa
     with pytest.raises(ConfigError, match=r"holds centres for a \[512, 512\] model input"):
         other = _negatives_file(tmp_path / "b.json", films, input_size=[512, 512])
         _crops(films, hard_negatives=other, hard_negative_fraction=0.5)
+    with pytest.raises(ConfigError, match="has no 'films' mapping"):
+        _crops(films, hard_negatives=_negatives_file(tmp_path / "c.json", films, films=[1, 2]))
+    bad = {f"{item.sample.dataset}:{item.sample.id}": [["x"]] for item in films.items}
+    with pytest.raises(ConfigError, match=r"holds no \[x, y, peak\] rows"):
+        _crops(films, hard_negatives=_negatives_file(tmp_path / "d.json", films, films=bad))
     with pytest.raises(ConfigError, match="unreadable"):
         _crops(films, hard_negatives=tmp_path / "missing.json", hard_negative_fraction=0.5)
     with pytest.raises(ValueError, match=r"needs crops\.hard_negatives"):

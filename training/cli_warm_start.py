@@ -6,7 +6,8 @@
 The config names the network (it must be the one the file was exported from) and the data: ``--n``
 training images, preprocessed and augmented as in training, calibrate the batch norms that the
 export folded away (``training.onnx_weights``), and the rebuilt network is checked against the
-file with ONNX Runtime on them. Then ``breastdx train --config FINE.yaml`` with
+file with ONNX Runtime on them (where the config trains on crops, on a few of the same images
+whole, at the size the file was exported at). Then ``breastdx train --config FINE.yaml`` with
 ``model.pretrained: runs/base.pt`` fine-tunes it. Prints a JSON summary; a file that does not fit
 the network or an --out that cannot be written exits 1 with a message; bad usage exits 2.
 """
@@ -23,6 +24,7 @@ from pathlib import Path
 from breastdx.errors import BreastdxError
 
 PROG = "breastdx warm-start"
+CHECK_WHOLE = 4  # whole images the rebuilt network is checked on where it trains on crops
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -71,8 +73,21 @@ def main(argv: list[str] | None = None) -> int:
             n = min(args.n, len(train))  # type: ignore[arg-type]
             picks = np.random.default_rng(args.seed).choice(len(train), n, replace=False)  # type: ignore[arg-type]
             batch = torch.stack([torch.as_tensor(train[int(i)]["image"]) for i in picks]).float()
+            check_batch = None
+            if config.crops is not None:  # calibrate on crops; check whole images, as exported
+                whole = build_splits(config.model_copy(update={"crops": None})).train
+                rows = np.random.default_rng(args.seed).choice(
+                    len(whole),  # type: ignore[arg-type]
+                    min(CHECK_WHOLE, len(whole)),  # type: ignore[arg-type]
+                    replace=False,
+                )
+                check_batch = torch.stack(
+                    [torch.as_tensor(whole[int(i)]["image"]) for i in rows]
+                ).float()
         model = build_model(config)
-        weights = state_from_onnx(model, args.onnx, batch, check=args.tolerance)
+        weights = state_from_onnx(
+            model, args.onnx, batch, check=args.tolerance, check_batch=check_batch
+        )
     except BreastdxError as exc:
         print(f"{PROG}: {exc.code}: {exc.message}", file=sys.stderr)
         return 1

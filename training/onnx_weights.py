@@ -80,13 +80,20 @@ def _conv_calls(
 
 
 def state_from_onnx(
-    model: nn.Module, onnx_path: Path, batch: torch.Tensor, *, check: float | None = 1e-3
+    model: nn.Module,
+    onnx_path: Path,
+    batch: torch.Tensor,
+    *,
+    check: float | None = 1e-3,
+    check_batch: torch.Tensor | None = None,
 ) -> OnnxWeights:
     """Load ``onnx_path``'s weights into ``model`` and return its state (see the module doc).
 
     ``batch``: ``(N, C, H, W)`` float32 images preprocessed as the card says (calibration, and
-    the parity check when ``check`` is a tolerance). Raises ``ExportError`` where the graph does
-    not fit the network or the rebuilt network does not reproduce the file.
+    the parity check when ``check`` is a tolerance). ``check_batch``: other images for the check,
+    where the file's input size is not the calibration batch's (a network trained on crops is
+    calibrated on crops and exported at the whole image's size). Raises ``ExportError`` where
+    the graph does not fit the network or the rebuilt network does not reproduce the file.
     """
     import onnx
 
@@ -140,7 +147,8 @@ def state_from_onnx(
             norm.running_mean.zero_()
             norm.running_var.fill_(1.0 - norm.eps)
     _calibrate(model, batch, norms, biases)
-    diff = _max_diff(model, onnx_path, batch) if check is not None else float("nan")
+    probe = batch if check_batch is None else check_batch
+    diff = _max_diff(model, onnx_path, probe) if check is not None else float("nan")
     if check is not None and not diff <= check:
         raise ExportError(
             f"the network rebuilt from {onnx_path.name} differs from it by {diff:.2e} "
@@ -187,7 +195,13 @@ def _max_diff(model: nn.Module, onnx_path: Path, batch: torch.Tensor) -> float:
 
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs()]
-    expected = session.run(names, {session.get_inputs()[0].name: batch.numpy()})
+    try:
+        expected = session.run(names, {session.get_inputs()[0].name: batch.numpy()})
+    except Exception as exc:  # onnxruntime's InvalidArgument, Fail, ...: not ours to crash on
+        raise ExportError(
+            f"{onnx_path.name} does not take the config's images {tuple(batch.shape)} "
+            f"(another input size?): {str(exc).splitlines()[0]}"
+        ) from exc
     with torch.no_grad():
         got = model(batch)
     diffs = [

@@ -204,6 +204,29 @@ def test_the_cli_writes_a_state_a_fine_tune_starts_from(
     assert any("Fine-tuned" in item and "base.pt" in item for item in card.limitations)
 
 
+def test_a_config_that_trains_on_crops_is_checked_on_whole_images(
+    raw: dict[str, object],
+    exports: tuple[ExportResult, ExportResult],
+    folder: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The mammography recipe trains on crops and exports at the whole film's size: the batch
+    norms calibrate on crops, the parity check runs on whole images the file accepts."""
+    cropped = copy.deepcopy(raw)
+    size = int(cropped["model"]["input_size"])  # type: ignore[index]
+    cropped["crops"] = {"size": size // 2, "per_image": 2, "min_tissue": 0.0}
+    path = folder / "crops.yaml"
+    path.write_text(yaml.safe_dump(cropped))
+    out = folder / "crops.pt"
+    argv = ["--config", str(path), "--onnx", str(exports[0].onnx_path), "--out", str(out)]
+    assert main([*argv, "--n", "4"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["max_abs_diff"] < 1e-3
+    state = torch.load(out, weights_only=True)
+    norms = [k for k in state if k.endswith("running_var")]
+    assert norms and all(float(state[k].min()) > 0 for k in norms)
+
+
 def test_a_trainer_checkpoint_is_a_starting_state_too(
     raw: dict[str, object], exports: tuple[ExportResult, ExportResult]
 ) -> None:
@@ -245,3 +268,10 @@ def test_the_cli_answers_bad_input_with_a_message(
     assert main([*good, "--out", str(blocker / "base.pt"), "--n", "2"]) == 1  # its parent is a file
     err = capsys.readouterr().err
     assert "cannot write" in err and "Traceback" not in err
+    bigger = yaml.safe_load(config.read_text())
+    bigger["model"]["input_size"] = 2 * int(bigger["model"]["input_size"])
+    other = folder / "bigger.yaml"
+    other.write_text(yaml.safe_dump(bigger))  # the file was exported at the smaller size
+    assert main(["--config", str(other), *good[2:], "--out", str(folder / "b.pt"), "--n", "2"]) == 1
+    err = capsys.readouterr().err
+    assert "does not take the config's images" in err and "Traceback" not in err

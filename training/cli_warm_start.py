@@ -58,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from training.config import load_config
+    from training.crops import CropDataset
     from training.onnx_weights import state_from_onnx
     from training.torch_dataset import build_splits
     from training.trainer import build_model
@@ -74,8 +75,8 @@ def main(argv: list[str] | None = None) -> int:
             picks = np.random.default_rng(args.seed).choice(len(train), n, replace=False)  # type: ignore[arg-type]
             batch = torch.stack([torch.as_tensor(train[int(i)]["image"]) for i in picks]).float()
             check_batch = None
-            if config.crops is not None:  # calibrate on crops; check whole images, as exported
-                whole = build_splits(config.model_copy(update={"crops": None})).train
+            if isinstance(train, CropDataset):  # calibrate on crops; check whole films, as exported
+                whole = train.base  # the films the crops are cut from
                 rows = np.random.default_rng(args.seed).choice(
                     len(whole),  # type: ignore[arg-type]
                     min(CHECK_WHOLE, len(whole)),  # type: ignore[arg-type]

@@ -33,6 +33,10 @@ COMMANDS: dict[str, Command] = {
     "warm-start": Command(
         "training.cli_warm_start:main", "rebuild a trainable state dict from an exported ONNX file"
     ),
+    "ensemble": Command(
+        "training.cli_ensemble:main",
+        "average trained networks of one recipe into one model, scored as a finished run",
+    ),
     "predict": Command(
         "service.cli_predict:main", "analyse images with a registered model; PNG masks and JSON"
     ),

@@ -18,13 +18,11 @@ import argparse
 import json
 import logging
 import sys
-import tempfile
 from pathlib import Path
 
 from breastdx.errors import BreastdxError
 
 PROG = "breastdx warm-start"
-CHECK_WHOLE = 4  # whole images the rebuilt network is checked on where it trains on crops
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -54,40 +52,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{PROG}: {args.onnx} is not a file", file=sys.stderr)
         return 1
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    import numpy as np
     import torch
 
     from training.config import load_config
-    from training.crops import CropDataset
-    from training.onnx_weights import state_from_onnx
-    from training.torch_dataset import build_splits
-    from training.trainer import build_model
+    from training.onnx_weights import rebuild_from_onnx
 
     try:
         config = load_config(args.config, args.overrides)
-        with tempfile.TemporaryDirectory() as scratch:  # build_splits writes split.json there
-            config = config.model_copy(update={"output_dir": Path(scratch)})
-            config = config.model_copy(
-                update={"model": config.model.model_copy(update={"pretrained": None})}
-            )
-            train = build_splits(config).train
-            n = min(args.n, len(train))  # type: ignore[arg-type]
-            picks = np.random.default_rng(args.seed).choice(len(train), n, replace=False)  # type: ignore[arg-type]
-            batch = torch.stack([torch.as_tensor(train[int(i)]["image"]) for i in picks]).float()
-            check_batch = None
-            if isinstance(train, CropDataset):  # calibrate on crops; check whole films, as exported
-                whole = train.base  # the films the crops are cut from
-                rows = np.random.default_rng(args.seed).choice(
-                    len(whole),  # type: ignore[arg-type]
-                    min(CHECK_WHOLE, len(whole)),  # type: ignore[arg-type]
-                    replace=False,
-                )
-                check_batch = torch.stack(
-                    [torch.as_tensor(whole[int(i)]["image"]) for i in rows]
-                ).float()
-        model = build_model(config)
-        weights = state_from_onnx(
-            model, args.onnx, batch, check=args.tolerance, check_batch=check_batch
+        _, weights, n = rebuild_from_onnx(
+            config, args.onnx, n=args.n, seed=args.seed, tolerance=args.tolerance
         )
     except BreastdxError as exc:
         print(f"{PROG}: {exc.code}: {exc.message}", file=sys.stderr)

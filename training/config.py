@@ -243,7 +243,12 @@ class TrainConfig(_Section):
             raise ValueError("classification trains with loss 'ce' (takes MixUp/CutMix targets)")
         if self.task is Task.CLASSIFICATION and self.num_classes != 2:
             raise ValueError("classification is binary (malignant or not): model.num_classes = 2")
-        presence = bool(self.model.options.get("presence"))
+        members = self.model.options.get("members")  # an ensemble's: each must have the head
+        presence = (
+            all(bool((dict(m).get("options") or {}).get("presence")) for m in members)
+            if members
+            else bool(self.model.options.get("presence"))
+        )
         if not presence and (self.monitor == "presence_auc" or self.loss.presence_weight > 0):
             raise ValueError(
                 "monitor 'presence_auc' and loss.presence_weight need a presence head "

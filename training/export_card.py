@@ -339,8 +339,11 @@ def _metrics(report: dict[str, Any], evaluation: EvaluationSet) -> list[Metric]:
     return [m for m in found if m is not None]
 
 
-def _duration(run: TrainedRun) -> float:
-    """Sum of the epochs' ``seconds`` in ``history.csv`` (0 when the file is absent)."""
+def run_duration(run: TrainedRun) -> float:
+    """Sum of the epochs' ``seconds`` in ``history.csv`` (0 when the file is absent); an
+    ensemble's checkpoint (``training.ensemble``) records its members' summed time instead."""
+    if run.state.get("duration_s") is not None:
+        return float(run.state["duration_s"])
     path = run.run_dir / HISTORY_FILE
     if not path.is_file():
         return 0.0
@@ -371,7 +374,7 @@ def _training(run: TrainedRun, report: dict[str, Any]) -> Training:
         date=date,
         seed=run.config.seed,
         hardware=str(hardware),
-        duration_s=round(_duration(run), 3),
+        duration_s=round(run_duration(run), 3),
         framework=f"torch {torch.__version__}",
     )
 
@@ -430,6 +433,17 @@ def _limitations(run: TrainedRun) -> list[str]:
         )
     if is_synthetic(run):
         items.append("Trained on synthetic images: a test artefact, not a usable model.")
+    members = run.state.get("members")
+    if isinstance(members, list) and members:
+        listed = "; ".join(
+            f"{m.get('source')} ({m.get('network')}, seed {m.get('seed')})" for m in members
+        )
+        items.append(
+            f"An ensemble of {len(members)} networks, their logits averaged: {listed}. Model "
+            "time is about the members' summed; the training time on this card is theirs "
+            "summed, the hardware theirs; temperature and thresholds were fitted to the "
+            "ensemble on validation."
+        )
     if run.config.model.pretrained is not None:
         items.append(
             f"Fine-tuned: this run started from the weights in {run.config.model.pretrained.name} "

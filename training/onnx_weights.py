@@ -19,6 +19,7 @@ import itertools
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -26,7 +27,11 @@ from torch import nn
 
 from training.parity import ExportError
 
+if TYPE_CHECKING:
+    from training.config import TrainConfig
+
 EXPORT_PREFIX = "model."  # OnnxExportWrapper holds the network as ``.model``
+CHECK_WHOLE = 4  # whole images the rebuilt network is checked on where it trains on crops
 
 
 @dataclass(frozen=True)
@@ -212,3 +217,50 @@ def _max_diff(model: nn.Module, onnx_path: Path, batch: torch.Tensor) -> float:
     if not diffs:
         raise ExportError(f"{onnx_path.name}'s outputs {names} are not the network's")
     return max(diffs)
+
+
+def rebuild_from_onnx(
+    config: TrainConfig,
+    onnx_path: Path,
+    *,
+    n: int = 48,
+    seed: int = 0,
+    tolerance: float = 1e-3,
+) -> tuple[nn.Module, OnnxWeights, int]:
+    """``config``'s network with ``onnx_path``'s weights: ``(model, weights, calibration images)``.
+
+    ``n`` training images of ``config``'s split, preprocessed and augmented as in training,
+    calibrate the batch norms; the rebuilt network is checked against the file on them (where
+    the config trains on crops: calibrated on crops, checked on ``CHECK_WHOLE`` of the same
+    images whole, at the size the file was exported at). Raises ``ExportError`` (a file that
+    does not fit the network) or the data's own ``BreastdxError``.
+    """
+    import tempfile
+
+    from training.crops import CropDataset
+    from training.torch_dataset import build_splits
+    from training.trainer import build_model
+
+    with tempfile.TemporaryDirectory() as scratch:  # build_splits writes split.json there
+        config = config.model_copy(update={"output_dir": Path(scratch)})
+        config = config.model_copy(
+            update={"model": config.model.model_copy(update={"pretrained": None})}
+        )
+        train = build_splits(config).train
+        count = min(n, len(train))  # type: ignore[arg-type]
+        picks = np.random.default_rng(seed).choice(len(train), count, replace=False)  # type: ignore[arg-type]
+        batch = torch.stack([torch.as_tensor(train[int(i)]["image"]) for i in picks]).float()
+        check_batch = None
+        if isinstance(train, CropDataset):  # calibrate on crops; check whole films, as exported
+            whole = train.base  # the films the crops are cut from
+            rows = np.random.default_rng(seed).choice(
+                len(whole),  # type: ignore[arg-type]
+                min(CHECK_WHOLE, len(whole)),  # type: ignore[arg-type]
+                replace=False,
+            )
+            check_batch = torch.stack(
+                [torch.as_tensor(whole[int(i)]["image"]) for i in rows]
+            ).float()
+    model = build_model(config)
+    weights = state_from_onnx(model, onnx_path, batch, check=tolerance, check_batch=check_batch)
+    return model, weights, count

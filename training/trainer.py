@@ -438,12 +438,19 @@ def _temperature(val: EvalOutput) -> float | None:
     return float(fit_temperature(val.logits, val.labels))
 
 
-def _final_evaluation(run: _Run, test: Dataset[dict[str, Any]] | None, out: Path) -> dict[str, Any]:
-    """Best weights on validation (temperature, metrics) and on the test split -> metrics.json."""
+def _final_evaluation(
+    run: _Run,
+    test: Dataset[dict[str, Any]] | None,
+    out: Path,
+    val: EvalOutput | None = None,
+) -> dict[str, Any]:
+    """Best weights on validation (temperature, metrics) and on the test split -> metrics.json.
+    ``val``: the best weights' validation outputs where the caller already has them (loaded)."""
     best_path = out / ckpt.BEST if (out / ckpt.BEST).is_file() else out / ckpt.LAST  # NaN metric
     best = ckpt.load_checkpoint(best_path, map_location=run.device)
-    run.eval_model.load_state_dict(best["model"])
-    val = evaluate(run.eval_model, run.val_loader, run.criterion, run.device, run.amp)
+    if val is None:
+        run.eval_model.load_state_dict(best["model"])
+        val = evaluate(run.eval_model, run.val_loader, run.criterion, run.device, run.amp)
     temperature = _temperature(val)
     report: dict[str, Any] = {
         "monitor": run.config.monitor_metric,
@@ -497,6 +504,35 @@ def train(
     finally:
         if flush:
             torch.set_flush_denormal(False)
+
+
+def score_fixed(config: TrainConfig, model: nn.Module, extra: dict[str, Any]) -> dict[str, Any]:
+    """Score weights trained elsewhere (an ensemble of finished runs) as a finished run.
+
+    ``output_dir`` gets what a training run leaves for export: ``config.yaml``, ``split.json``,
+    ``best.pt`` (epoch 0, the monitored metric on validation, ``extra`` merged into it, e.g. the
+    members' hardware and training time) and ``metrics.json`` (temperature and decision threshold
+    fitted on validation, validation and test figures). Nothing trains. Returns the report.
+    """
+    seed_everything(config.seed)
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
+    from training.torch_dataset import build_splits
+
+    data = build_splits(config)
+    run = _setup(config, data, model)
+    out = Path(config.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(config, out / ckpt.CONFIG)
+    for name in (HISTORY, CURVES, ckpt.LAST, ckpt.BEST, METRICS_FILE):
+        (out / name).unlink(missing_ok=True)
+    val = evaluate(run.eval_model, run.val_loader, run.criterion, run.device, run.amp)
+    monitor = config.monitor_metric
+    metric = summarise(config.task, val)[monitor]
+    logger.info("fixed weights: val %s %.4f", monitor, metric)
+    state = _checkpoint_state(run, 0, metric, ckpt.git_commit()) | extra
+    ckpt.save_checkpoint(out / ckpt.BEST, state)
+    return _final_evaluation(run, data.test, out, val=val)
 
 
 def _train(

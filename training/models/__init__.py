@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from breastdx.errors import BreastdxError
-from training.models import classifiers, deeplab, resunetpp, unet
+from training.models import classifiers, deeplab, ensemble, resunetpp, unet
 from training.models.heads import (
     CLASSIFICATION_OUTPUTS,
     MODELS,
@@ -49,6 +49,7 @@ __all__ = [
     "build_model_from_config",
     "classifiers",
     "deeplab",
+    "ensemble",
     "load_pretrained",
     "resunetpp",
     "unet",

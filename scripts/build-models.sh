@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Rebuild the shipped default models from scratch (`make models`):
 #   1. train training/configs/ship/{ultrasound,mammography,histopathology}.yaml into runs/ship/<stage>/
+#      and each further member of the stage (members_of: config and seed) beside it; a stage of
+#      several members ships their ensemble (`breastdx ensemble`, the members' logits averaged,
+#      scored into runs/ship/<stage>-ensemble/), a stage of one its run
 #   2. export each best.pt with the torch-vs-ONNX parity check on its test split:
 #      - float32 file           -> FULL_STORE (outside git), alias production
 #      - fp16 weight storage    -> a scratch store, then `breastdx evaluate` scores that very file
@@ -63,6 +66,17 @@ declare -A eval_dirs=(
     [histopathology]=${EVAL_HISTOPATHOLOGY:-idc}
 )
 
+# One training run per "config:seed" (configs under training/configs/); more than one: the shipped
+# model is their ensemble, with the first config as its recipe (data, split, preprocessing).
+declare -A members_of=(
+    [ultrasound]="ship/ultrasound.yaml:0 ship/ultrasound.yaml:1 ultrasound-w24.yaml:0"
+    [mammography]="ship/mammography.yaml:0"
+    [histopathology]="ship/histopathology.yaml:0"
+)
+member_run() {  # stage, index, config, seed -> the run folder (the first member: runs/ship/<stage>)
+    if [[ $2 == 0 ]]; then echo "$runs/$1"; else echo "$runs/$1-$(basename "$3" .yaml)-seed$4"; fi
+}
+
 declare -A variants_of=(  # in this order; VARIANTS=0 skips them
     [ultrasound]="openvino-bf16"
     [mammography]="openvino-bf16 openvino-int8 onnxruntime-int8"
@@ -89,22 +103,35 @@ bdx="$venv/bin/breastdx"
 
 # 1. Train (fixed seeds, committed split files: the cards' metrics come out again).
 for stage in $stages; do
-    run="$runs/$stage"
-    if [[ "${REUSE_RUNS:-0}" == 1 && -f "$run/best.pt" && -f "$run/metrics.json" ]]; then
-        log "$stage: reusing the finished run in $run"
-        continue
+    read -r -a specs <<<"${members_of[$stage]}"
+    members=()
+    for index in "${!specs[@]}"; do
+        config=${specs[$index]%:*} seed=${specs[$index]##*:}
+        run=$(member_run "$stage" "$index" "$config" "$seed")
+        members+=(--member "$run/best.pt")
+        if [[ "${REUSE_RUNS:-0}" == 1 && -f "$run/best.pt" && -f "$run/metrics.json" ]]; then
+            log "$stage: reusing the finished run in $run"
+            continue
+        fi
+        log "$stage: training $config (seed $seed) into $run"
+        start=$SECONDS
+        "$bdx" train --config "training/configs/$config" --no-progress \
+            "data.root=$data_root/${data_dir[$stage]}" "output_dir=$run" "seed=$seed" \
+            "${overrides[@]}"
+        log "$stage: trained in $((SECONDS - start)) s"
+    done
+    if (( ${#specs[@]} > 1 )); then
+        log "$stage: ensemble of ${specs[*]} -> $runs/$stage-ensemble"
+        "$bdx" ensemble --config "training/configs/${specs[0]%:*}" "${members[@]}" \
+            --out "$runs/$stage-ensemble" "data.root=$data_root/${data_dir[$stage]}"
     fi
-    log "$stage: training into $run"
-    start=$SECONDS
-    "$bdx" train --config "training/configs/ship/$stage.yaml" --no-progress \
-        "data.root=$data_root/${data_dir[$stage]}" "output_dir=$run" "${overrides[@]}"
-    log "$stage: trained in $((SECONDS - start)) s"
 done
 
 # 2. Export with parity on the test split, register, promote.
 for stage in $stages; do
     name=${model_name[$stage]}
     run="$runs/$stage"
+    [[ "${members_of[$stage]}" == *" "* ]] && run="$runs/$stage-ensemble"
     out="$run/export"
     rm -rf "$out"  # exports of an earlier build (runs/ only; the stores keep every version)
     mkdir -p "$out"

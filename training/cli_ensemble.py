@@ -22,6 +22,7 @@ import sys
 from pathlib import Path
 
 from breastdx.errors import BreastdxError
+from training.cli_warm_start import add_rebuild_arguments, rebuild_usage_error
 
 PROG = "breastdx ensemble"
 
@@ -37,23 +38,17 @@ def _parser() -> argparse.ArgumentParser:
         help="a trainer checkpoint or a registered model.onnx (card.json beside it); twice or more",
     )
     parser.add_argument("--out", type=Path, required=True, help="the ensemble's run folder")
-    parser.add_argument("--n", type=int, default=48, help="images that calibrate an ONNX member")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--tolerance", type=float, default=1e-3, help="ONNX member rebuild check")
-    parser.add_argument("overrides", nargs="*", help="config overrides key=value")
+    add_rebuild_arguments(parser)  # how an ONNX member is rebuilt, as breastdx warm-start does
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    error = rebuild_usage_error(args)
     if len(args.member) < 2:
-        print(f"{PROG}: name at least two --member files", file=sys.stderr)
-        return 2
-    if args.n < 2:
-        print(f"{PROG}: --n must be at least 2", file=sys.stderr)
-        return 2
-    if not args.tolerance > 0:
-        print(f"{PROG}: --tolerance must be above 0, got {args.tolerance}", file=sys.stderr)
+        error = "name at least two --member files"
+    if error is not None:
+        print(f"{PROG}: {error}", file=sys.stderr)
         return 2
     if args.out.is_file():
         print(f"{PROG}: --out {args.out} is a file; name a folder", file=sys.stderr)

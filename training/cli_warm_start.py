@@ -30,20 +30,32 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", type=Path, required=True, help="the network's training YAML")
     parser.add_argument("--onnx", type=Path, required=True, help="the exported model.onnx")
     parser.add_argument("--out", type=Path, required=True, help="state dict to write (torch.save)")
+    add_rebuild_arguments(parser)
+    return parser
+
+
+def add_rebuild_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of a rebuild from ONNX (``rebuild_from_onnx``) and the config overrides."""
     parser.add_argument("--n", type=int, default=48, help="training images that calibrate")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tolerance", type=float, default=1e-3, help="largest output difference")
     parser.add_argument("overrides", nargs="*", help="config overrides key=value")
-    return parser
+
+
+def rebuild_usage_error(args: argparse.Namespace) -> str | None:
+    """What is wrong with ``add_rebuild_arguments``' values, or None."""
+    if args.n < 2:
+        return "--n must be at least 2"
+    if not args.tolerance > 0:
+        return f"--tolerance must be above 0, got {args.tolerance}"
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if args.n < 2:
-        print(f"{PROG}: --n must be at least 2", file=sys.stderr)
-        return 2
-    if not args.tolerance > 0:
-        print(f"{PROG}: --tolerance must be above 0, got {args.tolerance}", file=sys.stderr)
+    error = rebuild_usage_error(args)
+    if error is not None:
+        print(f"{PROG}: {error}", file=sys.stderr)
         return 2
     if args.out.is_dir():
         print(f"{PROG}: --out {args.out} is a folder; name the file to write", file=sys.stderr)

@@ -149,8 +149,19 @@ def test_ship_config_matches_the_card(cards: dict[Stage, ModelCard], stage: Stag
     assert split == Path(trained["data"]["split_file"])
     assert raw["data"]["dataset"] == trained["data"]["dataset"]
     assert raw["augment"]["policy"] == trained["augment"]["policy"]
-    assert raw["loss"] == {k: trained["loss"][k] for k in raw["loss"]}
-    assert raw["model"]["name"] == trained["model"]["name"]
+    # an ensemble gives a presence output only where all its members have one; else its
+    # validation loss leaves that term out
+    members = trained["model"]["options"].get("members") or []
+    partial = members and not all(m["options"].get("presence") for m in members)
+    unscored = {"presence_weight"} if partial else set()
+    assert {k: v for k, v in raw["loss"].items() if k not in unscored} == {
+        k: trained["loss"][k] for k in raw["loss"] if k not in unscored
+    }
+    # an ensemble (``breastdx ensemble``, scripts/build-models.sh's members_of) ships networks
+    # of the ship config's family, the ship config's own among them
+    networks = members or [trained["model"]]
+    assert all(raw["model"]["name"] == network["name"] for network in networks)
+    assert raw["model"].get("width") in [network["width"] for network in networks]
     assert raw["model"]["input_size"] == trained["model"]["input_size"]
     assert raw["seed"] == trained["seed"] and raw["optim"] == {
         k: trained["optim"][k] for k in raw["optim"]

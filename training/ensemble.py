@@ -191,6 +191,12 @@ def build_ensemble(
 
     if len(paths) < 2:
         raise EnsembleError("an ensemble needs at least two members")
+    for path in paths:  # scoring clears the run files of --out: a member's run must not be it
+        if Path(path).resolve().parent == Path(output_dir).resolve():
+            raise EnsembleError(
+                f"--out {output_dir} holds member {path}: scoring would replace that run's "
+                "best.pt; name another folder"
+            )
     members = [load_member(p, base, n=n, seed=seed, tolerance=tolerance) for p in paths]
     for member in members:
         _check_fits(member, base)

@@ -178,3 +178,7 @@ def test_the_cli_answers_members_that_do_not_fit_with_a_message(
     assert main([*argv, "--member", str(checkpoint)]) == 1
     assert "must see the same preprocessed image" in capsys.readouterr().err
     assert not (folder / "bad" / "best.pt").exists()
+    argv = ["--config", str(config_file), "--out", str(checkpoint.parent)]  # a member's own run
+    assert main([*argv, "--member", str(checkpoint), "--member", str(exported.onnx_path)]) == 1
+    assert "would replace that run's best.pt" in capsys.readouterr().err
+    assert checkpoint.is_file()

@@ -2,8 +2,12 @@
 
 For every stage: ``breastdx serve`` in process (no Redis), then ``breastdx serve`` + one
 ``breastdx worker`` against Redis DB 13 (queued), each a subprocess on a free loopback port;
-``--requests`` requests per concurrency level (1, 4, 16) of ``POST /v1/{stage}/analyses`` with
-``Prefer: wait=30`` (polling ``Location`` on 202), timed from send to result. ``pipeline`` is the
+``--requests`` requests at concurrency 1 and ``--load-requests`` (default: as many as the bare
+pipeline's, at least 500) at each higher level (4, 16) of ``POST /v1/{stage}/analyses`` with
+``Prefer: wait=30`` (polling ``Location`` on 202), timed from send to result. A throughput is
+compared with the bare pipeline's over the same number of images: 30 requests at concurrency 16
+are two waves, and the start and the tail of the run (fewer than 16 in flight) weigh as much as
+its steady state. ``pipeline`` is the
 server's own ``timings_ms.total`` of the result. Model-only: ``ModelRunner.run`` on the very batch
 the pipeline builds for the same image, in this process, in the same run, with the service's
 session options (``runner_options(Settings())``) on each runtime of ``--runtimes`` that the card
@@ -30,8 +34,8 @@ pipeline.
 skips the soak. The servers run with the environment's ``BREASTDX_RUNTIME`` (default auto).
 
 Usage: ``.venv/bin/python bench/bench_service.py [--store DIR] [--requests 30]
-[--concurrency 1,4,16] [--modes inprocess,queued] [--stages ultrasound,...] [--soak 2000]
-[--runtimes onnxruntime,openvino] [--json run.json]``
+[--load-requests 500] [--concurrency 1,4,16] [--modes inprocess,queued]
+[--stages ultrasound,...] [--soak 2000] [--runtimes onnxruntime,openvino] [--json run.json]``
 """
 
 from __future__ import annotations
@@ -509,6 +513,7 @@ def report(
         "date": datetime.now().astimezone().isoformat(timespec="seconds"),
         "runtime_setting": os.environ.get("BREASTDX_RUNTIME", "auto"),
         "requests_per_cell": args.requests,
+        "load_requests": args.load_requests or args.bare_requests or max(args.requests, 500),
         "bare_requests": args.bare_requests or max(args.requests, 500),
         "stages": {stage: stage_figures(levels, stage, t) for stage, t in model_ms.items()},
         "levels": [
@@ -566,7 +571,14 @@ def _positive(text: str) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--store", type=Path, help="model store (default: the shipped one)")
-    parser.add_argument("--requests", type=int, default=30, help="per stage, mode and level")
+    parser.add_argument(
+        "--requests", type=_positive, default=30, help="per stage and mode at concurrency 1"
+    )
+    parser.add_argument(
+        "--load-requests", type=_positive, metavar="N",
+        help="per stage and mode at each concurrency above 1 (default: --bare-requests; the "
+        "throughput there is compared with the bare pipeline's over as many images)",
+    )  # fmt: skip
     parser.add_argument("--concurrency", default="1,4,16")
     parser.add_argument("--modes", default="inprocess,queued")
     parser.add_argument("--stages", default=",".join(s.value for s in Stage))
@@ -590,13 +602,15 @@ def main(argv: list[str] | None = None) -> int:
     )  # fmt: skip
     args = parser.parse_args(argv)
     bare_requests = args.bare_requests or max(args.requests, 500)
+    load_requests = args.load_requests or bare_requests
     runtimes = [Runtime(r) for r in args.runtimes.split(",") if r]
     store = default_store(args.store)
     registry = Registry([DirectoryStore(store)])
     images = {stage: stage_image(Stage(stage)) for stage in args.stages.split(",")}
     modes = [m for m in args.modes.split(",") if m]  # "": model-only and bare figures alone
     print(machine())
-    print(f"# store {store}; {args.requests} requests per cell; Prefer: wait={WAIT_S}")
+    print(f"# store {store}; {args.requests} requests at concurrency 1, {load_requests} at "
+          f"higher levels; Prefer: wait={WAIT_S}")  # fmt: skip
     model_ms = {}
     for stage, (image, origin) in images.items():
         ref = str(registry.resolve(default_model_ref(Stage(stage), registry)))
@@ -613,7 +627,8 @@ def main(argv: list[str] | None = None) -> int:
             with servers(mode, store, Path(tmp)) as client:
                 for stage, (image, _) in images.items():
                     for c in (int(c) for c in args.concurrency.split(",")):
-                        levels.append(measure(client, Level(stage, mode, c), image, args.requests))
+                        n = args.requests if c == 1 else load_requests
+                        levels.append(measure(client, Level(stage, mode, c), image, n))
                 if mode == "queued" and args.soak:
                     image = stage_image(Stage(args.soak_stage))[0]
                     soaked = soak(client, args.soak_stage, image, args.soak)

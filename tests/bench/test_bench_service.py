@@ -22,7 +22,8 @@ def test_bench_service_writes_every_figure(tmp_path: Path) -> None:
     report = tmp_path / "service.json"
     command = [sys.executable, "bench/bench_service.py", "--store", str(store), "--stages",
                "ultrasound", "--requests", "4", "--concurrency", "1,16", "--runtimes",
-               "onnxruntime,openvino", "--bare-requests", "8", "--json", str(report)]  # fmt: skip
+               "onnxruntime,openvino", "--bare-requests", "8", "--load-requests", "6", "--json",
+               str(report)]  # fmt: skip
     done = subprocess.run(
         command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=800, check=False
     )
@@ -35,7 +36,14 @@ def test_bench_service_writes_every_figure(tmp_path: Path) -> None:
     assert us["served_runtime"] in {"onnxruntime", "openvino"}
     levels = {(lv["mode"], lv["concurrency"]): lv for lv in figures["levels"]}
     assert set(levels) == {(m, c) for m in ("inprocess", "queued") for c in (1, 16)}
-    assert all(lv["errors"] == 0 and lv["n"] == 4 for lv in levels.values())
+    # concurrency 1 gets --requests, higher levels --load-requests (throughput over more images)
+    assert all(lv["errors"] == 0 for lv in levels.values())
+    assert {key: lv["n"] for key, lv in levels.items()} == {
+        ("inprocess", 1): 4,
+        ("queued", 1): 4,
+        ("inprocess", 16): 6,
+        ("queued", 16): 6,
+    }
     local = levels[("inprocess", 1)]["p50_ms"]
     assert math.isclose(us["overhead_ms"], local - us["served_model_ms"], rel_tol=1e-9)
     assert us["bare_pipeline_rps_c16"] > 0
@@ -46,6 +54,7 @@ def test_bench_service_writes_every_figure(tmp_path: Path) -> None:
         assert math.isclose(ratio, rps / us["bare_pipeline_rps_c16"], rel_tol=1e-9)
     assert figures["soak"] is None  # --soak 0, the default, skips it
     assert figures["requests_per_cell"] == 4 and figures["bare_requests"] == 8
+    assert figures["load_requests"] == 6
 
 
 def test_bench_service_without_modes_measures_the_model_and_the_bare_pipeline(
@@ -64,6 +73,7 @@ def test_bench_service_without_modes_measures_the_model_and_the_bare_pipeline(
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     figures = json.loads(report.read_text(encoding="utf-8"))
     assert figures["levels"] == [] and figures["bare_requests"] == 500
+    assert figures["load_requests"] == 500  # higher levels default to the bare pipeline's count
     histo = figures["stages"]["histopathology"]
     assert histo["bare_pipeline_rps_c16"] > 0 and histo["throughput_vs_bare_c16"] == {}
 
@@ -98,11 +108,12 @@ def test_bench_variants_answers_bad_input_with_a_message(tmp_path: Path) -> None
         assert "Traceback" not in done.stderr
 
 
-def test_bench_service_answers_a_bad_bare_request_count_with_a_message() -> None:
-    for bad in ("0", "-3", "many"):
-        done = subprocess.run(
-            [sys.executable, "bench/bench_service.py", "--bare-requests", bad],
-            cwd=REPO_ROOT, capture_output=True, text=True, timeout=120, check=False,
-        )  # fmt: skip
-        assert done.returncode == 2, done.stderr[-2000:]
-        assert "--bare-requests: must be" in done.stderr and "Traceback" not in done.stderr
+def test_bench_service_answers_a_bad_request_count_with_a_message() -> None:
+    for flag in ("--bare-requests", "--load-requests", "--requests"):
+        for bad in ("0", "-3", "many"):
+            done = subprocess.run(
+                [sys.executable, "bench/bench_service.py", flag, bad],
+                cwd=REPO_ROOT, capture_output=True, text=True, timeout=120, check=False,
+            )  # fmt: skip
+            assert done.returncode == 2, done.stderr[-2000:]
+            assert f"{flag}: must be" in done.stderr and "Traceback" not in done.stderr

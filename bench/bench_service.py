@@ -513,8 +513,8 @@ def report(
         "date": datetime.now().astimezone().isoformat(timespec="seconds"),
         "runtime_setting": os.environ.get("BREASTDX_RUNTIME", "auto"),
         "requests_per_cell": args.requests,
-        "load_requests": args.load_requests or args.bare_requests or max(args.requests, 500),
-        "bare_requests": args.bare_requests or max(args.requests, 500),
+        "load_requests": args.load_requests,
+        "bare_requests": args.bare_requests,
         "stages": {stage: stage_figures(levels, stage, t) for stage, t in model_ms.items()},
         "levels": [
             {
@@ -601,8 +601,9 @@ def main(argv: list[str] | None = None) -> int:
         "throughput is every ratio's denominator)",
     )  # fmt: skip
     args = parser.parse_args(argv)
-    bare_requests = args.bare_requests or max(args.requests, 500)
-    load_requests = args.load_requests or bare_requests
+    # the counts each part ran (the defaults resolved), as report() writes them
+    args.bare_requests = bare_requests = args.bare_requests or max(args.requests, 500)
+    args.load_requests = load_requests = args.load_requests or bare_requests
     runtimes = [Runtime(r) for r in args.runtimes.split(",") if r]
     store = default_store(args.store)
     registry = Registry([DirectoryStore(store)])

@@ -5,10 +5,9 @@ For every stage: ``breastdx serve`` in process (no Redis), then ``breastdx serve
 ``--requests`` requests at concurrency 1 and ``--load-requests`` (default: as many as the bare
 pipeline's, at least 500) at each higher level (4, 16) of ``POST /v1/{stage}/analyses`` with
 ``Prefer: wait=30`` (polling ``Location`` on 202), timed from send to result. A throughput is
-compared with the bare pipeline's over the same number of images: 30 requests at concurrency 16
-are two waves, and the start and the tail of the run (fewer than 16 in flight) weigh as much as
-its steady state. ``pipeline`` is the
-server's own ``timings_ms.total`` of the result. Model-only: ``ModelRunner.run`` on the very batch
+compared with the bare pipeline's over the same number of images (30 requests at concurrency 16
+are two waves, its start and tail as long as its steady state). ``pipeline`` is the server's own
+``timings_ms.total`` of the result. Model-only: ``ModelRunner.run`` on the very batch
 the pipeline builds for the same image, in this process, in the same run, with the service's
 session options (``runner_options(Settings())``) on each runtime of ``--runtimes`` that the card
 allows (default: every installed one, reduced-precision ones included; ONNX Runtime on its CPU

@@ -97,6 +97,10 @@ class DataConfig(_Section):
     # cbis_ddsm, mini_mias, idc) is seen this many times an epoch, each time augmented anew,
     # e.g. {busi: 2} to weigh the smaller set (and its normal images) as much as the larger one.
     repeat: dict[str, int] = Field(default_factory=dict)
+    # Training side only: a seeded subset of whole training groups (patients, near-duplicate
+    # sets) holding about this fraction of the training images; validation and test unchanged.
+    # For learning curves (how a model's validation figures grow with the training data).
+    train_fraction: float | None = Field(default=None, gt=0.0, le=1.0)
 
     @field_validator("repeat")
     @classmethod

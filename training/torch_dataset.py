@@ -28,6 +28,8 @@ from imaging.preprocess import PreprocessConfig, from_uint8, normalise, prepare,
 from imaging.record import Laterality
 from training.augment import Augmenter
 from training.config import ConfigError, Protocol, Task, TrainConfig
+from training.data.records import Sample
+from training.data.splits import SplitEntry, subset_by_group
 
 LoadFn = Callable[[Any], tuple[np.ndarray, np.ndarray]]  # sample -> (image HWC, mask HW)
 Batch = dict[str, torch.Tensor]
@@ -220,8 +222,6 @@ def build_splits(config: TrainConfig, load: LoadFn | None = None) -> DataSplits:
     if config.task is Task.SEGMENTATION:
         samples = [s for s in samples if getattr(s, "segmentable", True)]
     if config.data.max_samples is not None:
-        from training.data.splits import subset_by_group
-
         samples = subset_by_group(samples, config.data.max_samples, seed=config.data.seed)
     split = make_split(config, samples)
     Path(config.output_dir).mkdir(parents=True, exist_ok=True)
@@ -233,9 +233,12 @@ def build_splits(config: TrainConfig, load: LoadFn | None = None) -> DataSplits:
     def side(
         name: str, aug: Augmenter | None, repeat: dict[str, int] | None = None
     ) -> SampleDataset:
+        entries = split.entries_of(name)
+        if name == "train" and config.data.train_fraction is not None:
+            entries = _train_subset(entries, by_id, config.data.train_fraction, config.data.seed)
         items = [
             Item(by_id[e.sample_id], e.augmentation_index or 0, e.augmentation_seed)
-            for e in split.entries_of(name)
+            for e in entries
         ]
         if repeat:
             items = _repeated(items, repeat)
@@ -272,3 +275,14 @@ def _repeated(items: list[Item], repeat: dict[str, int]) -> list[Item]:
         if r < repeat.get(getattr(it.sample, "dataset", None), 1)
     ]
     return items + extra
+
+
+def _train_subset(
+    entries: list[SplitEntry], by_id: dict[str, Sample], fraction: float, seed: int
+) -> list[SplitEntry]:
+    """The training entries of a seeded subset of whole groups holding about ``fraction`` of
+    the training images (``data.train_fraction``; ``subset_by_group`` draws the groups)."""
+    samples = list({e.sample_id: by_id[e.sample_id] for e in entries}.values())
+    kept = subset_by_group(samples, max(1, round(fraction * len(samples))), seed=seed)
+    ids = {s.id for s in kept}
+    return [e for e in entries if e.sample_id in ids]

@@ -144,3 +144,42 @@ def test_repeat_shows_a_data_set_more_often_each_time_augmented_anew(tmp_path: P
         splits({"idc": 2})
     with pytest.raises(ConfigError, match=r"data\.repeat factors must be at least 1"):
         splits({"busi": 0})
+
+
+def test_train_fraction_keeps_whole_training_patients_and_leaves_val_and_test(
+    tmp_path: Path,
+) -> None:
+    from training.config import ConfigError, config_from_dict
+    from training.torch_dataset import build_splits
+
+    make_busbra(tmp_path / "busbra", n_cases=40, seed=0)
+
+    def splits(fraction: float | None):  # type: ignore[no-untyped-def]
+        return build_splits(
+            config_from_dict(
+                {
+                    "stage": "ultrasound",
+                    "task": "segmentation",
+                    "output_dir": str(tmp_path / "run"),
+                    "data": {
+                        "dataset": "busbra",
+                        "root": str(tmp_path),
+                        "train_fraction": fraction,
+                    },
+                    "model": {"name": "unet", "width": 4, "input_size": 32},
+                }
+            )
+        )
+
+    whole, half = splits(None), splits(0.5)
+    patients = Counter(it.sample.patient_id for it in whole.train.items)
+    kept = Counter(it.sample.patient_id for it in half.train.items)
+    assert 0.35 * len(whole.train) <= len(half.train) <= 0.65 * len(whole.train)
+    assert kept and all(kept[p] == patients[p] for p in kept)  # a patient is never cut in two
+    assert [it.sample.id for it in half.val.items] == [it.sample.id for it in whole.val.items]
+    assert [it.sample.id for it in half.test.items] == [it.sample.id for it in whole.test.items]
+    assert [it.sample.id for it in splits(0.5).train.items] == [
+        it.sample.id for it in half.train.items
+    ]  # seeded
+    with pytest.raises(ConfigError, match="train_fraction"):
+        splits(0.0)

@@ -15,8 +15,10 @@ import bisect
 import itertools
 import logging
 import os
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from functools import partial
 from typing import Any, Final
 
@@ -140,20 +142,45 @@ class SharedMetrics:
     def record(self, name: str, labels: tuple[str, str], seconds: float) -> None:
         """Count one observation; a Redis error is logged, never raised (a metric must not
         fail a job)."""
+        self._send([(name, labels, seconds)])
+
+    @contextmanager
+    def batch(self) -> Iterator[SharedMetrics]:
+        """Observations recorded inside (``observe_job(..., shared)`` etc.) go to Redis in one
+        round trip at the end."""
+        pending = _PendingMetrics(self.client, self.namespace)
+        yield pending
+        self._send(pending.observations)
+
+    def _send(self, observations: list[tuple[str, tuple[str, str], float]]) -> None:
         import redis
 
-        histogram = SHARED_HISTOGRAMS[name]
-        seconds = max(0.0, seconds)
-        bucket = bisect.bisect_left(histogram.buckets, seconds)  # len(buckets): +Inf only
-        field = _SEP.join(labels)
-        key = shared_metrics_key(self.namespace, name)
+        if not observations:
+            return
         try:
             with self.client.pipeline(transaction=True) as pipe:
-                pipe.hincrby(key, f"{field}{_SEP}{bucket}", 1)
-                pipe.hincrbyfloat(key, f"{field}{_SEP}sum", seconds)
+                for name, labels, seconds in observations:
+                    histogram = SHARED_HISTOGRAMS[name]
+                    seconds = max(0.0, seconds)
+                    bucket = bisect.bisect_left(histogram.buckets, seconds)  # +Inf: len(buckets)
+                    series = _SEP.join(labels)
+                    key = shared_metrics_key(self.namespace, name)
+                    pipe.hincrby(key, f"{series}{_SEP}{bucket}", 1)
+                    pipe.hincrbyfloat(key, f"{series}{_SEP}sum", seconds)
                 pipe.execute()
         except (redis.RedisError, OSError) as exc:
-            logger.warning("metric %s not recorded: %s", name, type(exc).__name__)
+            names = ", ".join(sorted({name for name, _, _ in observations}))
+            logger.warning("metric %s not recorded: %s", names, type(exc).__name__)
+
+
+@dataclass(frozen=True)
+class _PendingMetrics(SharedMetrics):
+    """:meth:`SharedMetrics.batch`'s collector: records are kept until the batch ends."""
+
+    observations: list[tuple[str, tuple[str, str], float]] = dataclass_field(default_factory=list)
+
+    def record(self, name: str, labels: tuple[str, str], seconds: float) -> None:
+        self.observations.append((name, labels, seconds))
 
 
 def read_shared(client: Any, namespace: str) -> list[HistogramMetricFamily]:

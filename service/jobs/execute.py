@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, cast
@@ -151,7 +152,6 @@ def _attempt(
             "job already %s; not run again", record.state.value, extra=record.log_extra()
         )
         return {"job_id": record.id, "state": record.state.value}
-    store.renew_lease(record.id, attempt.worker)
     record = record.model_copy(
         update={
             "state": JobState.RUNNING,
@@ -160,8 +160,9 @@ def _attempt(
             "worker": attempt.worker,
         }
     )
-    store.save(record)
+    store.start(record, attempt.worker)  # the lease and the running record, one write
     logger.info("job started (attempt %d)", record.attempts, extra=record.log_extra())
+    current = False
     try:
         inputs = store.inputs(record)
         analyses = _analyse(record, inputs, checked, registry, settings)
@@ -170,7 +171,8 @@ def _attempt(
         _fail(record, exc, attempt, store)
         raise
     finally:
-        store.drop_lease(record.id)
+        if not current:  # a success dropped the lease with its record
+            store.drop_lease(record.id)
     if current and record.after:
         hooks = run_hooks(record, analyses, partial(_stored, store, record.id))
         latest = store.get(record.id)
@@ -251,7 +253,7 @@ def _succeed(
     dicom: list[dict[ArtefactKind, bytes]],
 ) -> bool:
     results = [a.result.model_dump_json() for a in analyses]
-    store.put_results(record.id, results, [_images(a) for a in analyses], dicom)
+    images = [_images(a) for a in analyses]
     record = record.model_copy(
         update={
             "state": JobState.SUCCEEDED,
@@ -262,14 +264,16 @@ def _succeed(
     )
     if not _current(record, store):
         return False
-    store.save(record)
-    store.delete_inputs(record)
+    # results, artefacts, the final record, the uploads and the lease: one write, so a reader
+    # that sees the job succeeded finds its results
+    store.finish(record, results, images, dicom)
     shared = _shared_metrics(store)
-    observe_job(record.stage, _elapsed_s(record), JobState.SUCCEEDED.value, shared)
-    if analyses:  # one batch run per request: its time is shared by the request's images
-        first = analyses[0].result
-        seconds = first.timings_ms.inference / 1000.0
-        observe_inference(record.stage, first.model.ref, seconds, shared)
+    with shared.batch() if shared is not None else nullcontext() as metrics:
+        observe_job(record.stage, _elapsed_s(record), JobState.SUCCEEDED.value, metrics)
+        if analyses:  # one batch run per request: its time is shared by the request's images
+            first = analyses[0].result
+            seconds = first.timings_ms.inference / 1000.0
+            observe_inference(record.stage, first.model.ref, seconds, metrics)
     logger.info("job succeeded", extra=record.log_extra())
     return True
 

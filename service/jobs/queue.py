@@ -54,17 +54,21 @@ def enqueue(settings: Settings, connection: redis.Redis, record: JobRecord) -> J
     """Put ``record``'s job on its stage queue; the RQ job id is the record's id."""
     queue = Queue(queue_name(settings, record.stage), connection=connection)
     try:
-        return queue.enqueue(
-            TASK,
-            record.id,
-            job_id=record.id,
-            job_timeout=settings.job_timeout_s,
-            result_ttl=settings.result_ttl_s,
-            failure_ttl=settings.failure_ttl_s,
-            ttl=settings.upload_ttl_s,
-            retry=retry_policy(settings),
-            description=f"analysis {record.stage.value} {record.model_ref}",
-        )
+        with connection.pipeline() as pipe:  # RQ's writes in one round trip (it makes two)
+            job = queue.enqueue(
+                TASK,
+                record.id,
+                job_id=record.id,
+                job_timeout=settings.job_timeout_s,
+                result_ttl=settings.result_ttl_s,
+                failure_ttl=settings.failure_ttl_s,
+                ttl=settings.upload_ttl_s,
+                retry=retry_policy(settings),
+                description=f"analysis {record.stage.value} {record.model_ref}",
+                pipeline=pipe,
+            )
+            pipe.execute()
+        return job
     except redis.RedisError as exc:
         raise QueueUnavailableError(
             f"the job queue (Redis) cannot be reached: {type(exc).__name__}; retry later",

@@ -230,6 +230,32 @@ def get_job(
     """
     backend = get_backend(settings)
     record = backend.store.get(job_id) if _JOB_ID.match(job_id) else None
+    return _visible(record, job_id, backend, api_key_id, enforce_owner)
+
+
+def read_job(
+    job_id: str, *, settings: Settings, api_key_id: str | None = None, enforce_owner: bool = False
+) -> tuple[JobRecord, list[dict[str, Any]] | None]:
+    """:func:`get_job`'s record and, for a succeeded job, :func:`job_results`' results, read
+    together (one Redis round trip)."""
+    backend = get_backend(settings)
+    record, results = (None, None)
+    if _JOB_ID.match(job_id):
+        record, results = backend.store.get_with_results(job_id)
+    record = _visible(record, job_id, backend, api_key_id, enforce_owner)
+    if results is None or record.state is not JobState.SUCCEEDED:
+        return record, None
+    return record, json.loads(results)
+
+
+def _visible(
+    record: JobRecord | None,
+    job_id: str,
+    backend: Backend,
+    api_key_id: str | None,
+    enforce_owner: bool,
+) -> JobRecord:
+    """The record as the caller may see it, reconciled with the queue; else 404."""
     if record is not None and enforce_owner and record.api_key_id != api_key_id:
         record = None
     if record is None:
@@ -343,8 +369,9 @@ def _no_dicom_output(store: JobStore, job_id: str, kind: DicomKind, index: int) 
 
 async def wait_for_job(
     job_id: str, *, settings: Settings, timeout_s: float, api_key_id: str | None = None
-) -> JobRecord:
-    """Wait until the job is final or ``timeout_s`` passed; returns the latest record.
+) -> tuple[JobRecord, list[dict[str, Any]] | None]:
+    """Wait until the job is final or ``timeout_s`` passed; returns the latest record and, when
+    it succeeded, its results (:func:`read_job`).
 
     Woken by the job-final announcement (``service.jobs.notify``) the moment the job ends, and
     re-reads the record at least every ``FALLBACK_POLL_S`` in case one is lost. Only the
@@ -353,8 +380,8 @@ async def wait_for_job(
     deadline = time.monotonic() + timeout_s
     backend = get_backend(settings)
 
-    def look() -> JobRecord:
-        return get_job(job_id, settings=settings, api_key_id=api_key_id, enforce_owner=True)
+    def look() -> tuple[JobRecord, list[dict[str, Any]] | None]:
+        return read_job(job_id, settings=settings, api_key_id=api_key_id, enforce_owner=True)
 
     if timeout_s <= 0:
         return await backend.call(look)
@@ -363,9 +390,9 @@ async def wait_for_job(
     with backend.waiters.watch(job_id) as finished:
         while True:
             finished.clear()
-            record = await backend.call(look)
+            record, results = await backend.call(look)
             remaining = deadline - time.monotonic()
             if record.state.final or remaining <= 0:
-                return record
+                return record, results
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(finished.wait(), min(remaining, FALLBACK_POLL_S))

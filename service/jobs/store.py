@@ -45,6 +45,7 @@ from service.jobs.notify import final_channel
 from service.jobs.state import JobRecord, JobState
 
 ImageKind = Literal["mask", "overlay"]
+Writes = Sequence[tuple[Mapping[str, bytes], int]]  # groups of items, each with its TTL (s)
 DicomKind = Literal["seg", "sr"]
 ArtefactKind = Literal[ImageKind, DicomKind, "display", "dicom_error"]
 
@@ -54,12 +55,24 @@ class KeyValue(Protocol):
 
     def get(self, key: str) -> bytes | None: ...
 
+    def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        """The values of ``keys`` in order (None where absent): one round trip."""
+
     def set_many(
         self, items: Mapping[str, bytes], ttl_s: int, announce: tuple[str, str] | None = None
     ) -> None:
         """Set every item with ``ttl_s``; then publish ``announce`` = (channel, message)
         (heard in process through ``MemoryKeyValue.subscribe``, from Redis through
         ``service.jobs.notify.RedisListener``)."""
+
+    def write(
+        self,
+        groups: Writes,
+        delete: Sequence[str] = (),
+        announce: tuple[str, str] | None = None,
+    ) -> None:
+        """One atomic step (one Redis transaction, one round trip): every group's items set
+        with its TTL, then ``delete`` removed, then ``announce`` published."""
 
     def set_nx(self, key: str, value: bytes, ttl_s: int) -> bool: ...
 
@@ -97,12 +110,27 @@ class MemoryKeyValue:
         with self._lock:
             return self._live(key)
 
+    def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        with self._lock:
+            return [self._live(key) for key in keys]
+
     def set_many(
         self, items: Mapping[str, bytes], ttl_s: int, announce: tuple[str, str] | None = None
     ) -> None:
-        expires = time.monotonic() + ttl_s
+        self.write([(items, ttl_s)], announce=announce)
+
+    def write(
+        self,
+        groups: Writes,
+        delete: Sequence[str] = (),
+        announce: tuple[str, str] | None = None,
+    ) -> None:
+        now = time.monotonic()
         with self._lock:
-            self._data.update({key: (value, expires) for key, value in items.items()})
+            for items, ttl_s in groups:
+                self._data.update({key: (value, now + ttl_s) for key, value in items.items()})
+            for key in delete:
+                self._data.pop(key, None)
             self._purge()
             callbacks = list(self._subscribers.get(announce[0], ())) if announce else []
         for callback in callbacks:
@@ -172,15 +200,31 @@ class RedisKeyValue:
 
     def get(self, key: str) -> bytes | None:
         with self._errors():
-            value = self.client.get(key)
-        return value if value is None or isinstance(value, bytes) else str(value).encode()
+            return _as_bytes(self.client.get(key))
+
+    def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        if not keys:
+            return []
+        with self._errors():
+            return [_as_bytes(value) for value in self.client.mget(keys)]
 
     def set_many(
         self, items: Mapping[str, bytes], ttl_s: int, announce: tuple[str, str] | None = None
     ) -> None:
+        self.write([(items, ttl_s)], announce=announce)
+
+    def write(
+        self,
+        groups: Writes,
+        delete: Sequence[str] = (),
+        announce: tuple[str, str] | None = None,
+    ) -> None:
         with self._errors(), self.client.pipeline(transaction=True) as pipe:
-            for key, value in items.items():
-                pipe.set(key, value, ex=ttl_s)
+            for items, ttl_s in groups:
+                for key, value in items.items():
+                    pipe.set(key, value, ex=ttl_s)
+            if delete:
+                pipe.delete(*delete)
             if announce is not None:
                 pipe.publish(*announce)
             pipe.execute()
@@ -209,6 +253,10 @@ class RedisKeyValue:
     def ping(self) -> None:
         with self._errors():
             self.client.ping()
+
+
+def _as_bytes(value: Any) -> bytes | None:
+    return value if value is None or isinstance(value, bytes) else str(value).encode()
 
 
 def redis_client(url: str, *, timeout_s: float = 5.0) -> redis.Redis:
@@ -252,38 +300,64 @@ class JobStore:
         return ":".join([self.namespace, "job", job_id, *map(str, parts)])
 
     def create(self, record: JobRecord, inputs: Sequence[bytes]) -> None:
-        """Store the uploads first, then the record, so a record never lacks its inputs."""
+        """Store the uploads and the record in one write, so a record never lacks its inputs."""
         uploads = {self.key(record.id, "input", i): data for i, data in enumerate(inputs)}
-        self.kv.set_many(uploads, self.ttls.upload)
-        self.save(record)
+        self.kv.write([(uploads, self.ttls.upload), self._record_item(record)])
 
     def get(self, job_id: str) -> JobRecord | None:
         data = self.kv.get(self.key(job_id))
         return None if data is None else JobRecord.model_validate_json(data)
+
+    def get_with_results(self, job_id: str) -> tuple[JobRecord | None, bytes | None]:
+        """The record and the stored results' JSON (None where absent), in one read."""
+        data, results = self.kv.get_many([self.key(job_id), self.key(job_id, "results")])
+        return None if data is None else JobRecord.model_validate_json(data), results
 
     @property
     def final_channel(self) -> str:
         """Where the id of every job that reaches a final state is announced."""
         return final_channel(self.namespace)
 
+    def _record_item(self, record: JobRecord) -> tuple[dict[str, bytes], int]:
+        return {self.key(record.id): record.model_dump_json().encode()}, self.ttls.record(
+            record.state
+        )
+
+    def _announce(self, record: JobRecord) -> tuple[str, str] | None:
+        return (self.final_channel, record.id) if record.state.final else None
+
     def save(self, record: JobRecord) -> None:
         """Store the record; a final one is announced on :attr:`final_channel` with it."""
-        data = record.model_dump_json().encode()
-        announce = (self.final_channel, record.id) if record.state.final else None
-        self.kv.set_many({self.key(record.id): data}, self.ttls.record(record.state), announce)
+        self.kv.write([self._record_item(record)], announce=self._announce(record))
+
+    def start(self, record: JobRecord, holder: str) -> None:
+        """A worker takes the job: ``holder``'s lease and the (running) record, one write."""
+        lease = {self.key(record.id, "lease"): holder.encode()}
+        self.kv.write([(lease, self.ttls.lease), self._record_item(record)])
+
+    def finish(
+        self,
+        record: JobRecord,
+        results: Sequence[str],
+        images: Sequence[Mapping[ArtefactKind, bytes]],
+        extra: Sequence[Mapping[ArtefactKind, bytes]] = (),
+    ) -> None:
+        """A succeeded attempt in one write: the results and artefacts, the final record
+        (announced), the uploads and the lease gone."""
+        gone = [*self._input_keys(record), self.key(record.id, "lease")]
+        groups = [self._results_item(record.id, results, images, extra), self._record_item(record)]
+        self.kv.write(groups, delete=gone, announce=self._announce(record))
 
     def inputs(self, record: JobRecord) -> list[bytes]:
         """The uploaded bytes, in order; raises :class:`UploadExpiredError` if any is gone."""
-        found = []
-        for i in range(record.total):
-            data = self.kv.get(self.key(record.id, "input", i))
+        found = self.kv.get_many(self._input_keys(record))
+        for i, data in enumerate(found):
             if data is None:
                 raise UploadExpiredError(
                     f"input {i} of job {record.id} is gone: uploads live {self.ttls.upload} s",
                     input_index=i,
                 )
-            found.append(data)
-        return found
+        return [data for data in found if data is not None]
 
     def discard(self, record: JobRecord) -> None:
         """Delete a record and its uploads (a job that was never dispatched)."""
@@ -295,13 +369,13 @@ class JobStore:
     def delete_inputs(self, record: JobRecord) -> None:
         self.kv.delete(*self._input_keys(record))
 
-    def put_results(
+    def _results_item(
         self,
         job_id: str,
         results: Sequence[str],
         images: Sequence[Mapping[ArtefactKind, bytes]],
-        extra: Sequence[Mapping[ArtefactKind, bytes]] = (),
-    ) -> None:
+        extra: Sequence[Mapping[ArtefactKind, bytes]],
+    ) -> tuple[dict[str, bytes], int]:
         """Results JSON (one AnalysisResult JSON text per input), the PNGs per input (``mask``,
         and ``overlay`` or the ``display`` it is drawn from) and ``extra`` artefacts per input
         (the DICOM SEG and SR), all with the results' TTL."""
@@ -309,7 +383,7 @@ class JobStore:
         for per_input in (images, extra):
             for i, artefacts in enumerate(per_input):
                 items |= {self.key(job_id, kind, i): data for kind, data in artefacts.items()}
-        self.kv.set_many(items, self.ttls.result)
+        return items, self.ttls.result
 
     def put_artefact(self, job_id: str, kind: ArtefactKind, index: int, data: bytes) -> None:
         """One more artefact of a succeeded job (an overlay drawn on request), with the TTL

@@ -29,7 +29,7 @@ from service.jobs.service import (
     submit_analysis,
     wait_for_job,
 )
-from service.jobs.state import JobRecord
+from service.jobs.state import JobRecord, JobState
 from service.jobs.store import DicomKind
 from service.routes.uploads import MULTIPART_BODY, read_images
 from service.schemas import AnalysisQuery, ArtefactQuery, JobPublic, ProblemPublic
@@ -66,9 +66,15 @@ def prefer_wait(prefer: str | None, cap_s: int) -> int | None:
 
 
 async def _public(
-    record: JobRecord, response: Response, settings: SettingsDep, wait: int | None
+    record: JobRecord,
+    response: Response,
+    settings: SettingsDep,
+    wait: int | None,
+    results: list[dict[str, Any]] | None = None,
 ) -> JobPublic:
-    results = await get_backend(settings).call(lambda: job_results(record, settings=settings))
+    """The job's public form; ``results``: read with the record (else read here)."""
+    if results is None and record.state is JobState.SUCCEEDED:
+        results = await get_backend(settings).call(lambda: job_results(record, settings=settings))
     response.headers["Location"] = f"/v1/analyses/{record.id}"
     response.headers["Cache-Control"] = "no-store"
     if wait is not None:
@@ -115,13 +121,14 @@ async def create_analysis(
     else:
         record = await run_in_threadpool(submit)
     wait = prefer_wait(prefer, settings.max_wait_s)
+    results = None
     if wait:
-        record = await wait_for_job(
+        record, results = await wait_for_job(
             record.id, settings=settings, timeout_s=wait, api_key_id=caller.key_id
         )
     if wait is not None and record.state.final:
         response.status_code = 200
-    return await _public(record, response, settings, wait)
+    return await _public(record, response, settings, wait, results)
 
 
 @router.get("/analyses/{job_id}", response_model=JobPublic, responses=PROBLEMS)
@@ -134,10 +141,10 @@ async def read_analysis(
 ) -> JobPublic:
     """The job: state, progress, and once succeeded one ``AnalysisResult`` per input."""
     wait = prefer_wait(prefer, settings.max_wait_s)
-    record = await wait_for_job(
+    record, results = await wait_for_job(
         job_id, settings=settings, timeout_s=wait or 0, api_key_id=caller.key_id
     )
-    return await _public(record, response, settings, wait)
+    return await _public(record, response, settings, wait, results)
 
 
 def _image(

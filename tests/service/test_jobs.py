@@ -19,13 +19,15 @@ from breastdx.cli import main as breastdx_main
 from models_registry.card import Stage
 from service.app import create_app
 from service.config import Settings, get_settings
-from service.errors import UnknownHookError
+from service.errors import UnknownHookError, UploadExpiredError
 from service.inference.result import Analysis
 from service.jobs import JobRecord, get_job, register_hook, submit_analysis
 from service.jobs.backend import close_backend, get_backend
 from service.jobs.hooks import HOOKS, StoredArtefact
 from service.jobs.queue import queue_name
-from service.jobs.store import MemoryKeyValue
+from service.jobs.state import InputInfo, JobState
+from service.jobs.store import JobStore, KeyValue, MemoryKeyValue, RedisKeyValue, Ttls
+from service.jobs.tasks import LeaseRenewer
 from tests.service import jobs_support as js
 
 NS = "t-jobs"
@@ -190,6 +192,66 @@ def test_memory_store_expires_and_counts() -> None:
     assert [kv.incr("c", 60) for _ in range(3)] == [1, 2, 3]
     time.sleep(1.1)
     assert kv.get("a") is None and kv.ttl("a") is None
+
+
+def _attempt_store(kind: str, db: redis.Redis) -> tuple[JobStore, list[str]]:
+    """A job store over ``kind`` (memory or the test Redis) and the final announcements it
+    makes (memory: heard by subscription; Redis: by a pub/sub client, read on demand)."""
+    heard: list[str] = []
+    kv: KeyValue
+    if kind == "memory":
+        kv = MemoryKeyValue()
+        kv.subscribe(f"{NS}:job-final", heard.append)
+    else:
+        kv = RedisKeyValue(db)
+    return JobStore(kv, NS, Ttls(result=600, failure=900, upload=300, lease=30)), heard
+
+
+@pytest.mark.parametrize("kind", ["memory", "redis"])
+def test_an_attempt_starts_and_finishes_in_one_write_each(kind: str, db: redis.Redis) -> None:
+    store, heard = _attempt_store(kind, db)
+    pubsub = db.pubsub(ignore_subscribe_messages=True)
+    pubsub.subscribe(f"{NS}:job-final")
+    inputs = [b"first", b"second"]
+    infos = [InputInfo(index=i, size_bytes=len(d), sha256="0" * 64) for i, d in enumerate(inputs)]
+    record = JobRecord(id="j1", stage=Stage.ULTRASOUND, model_ref="m@1", inputs=infos)
+    store.create(record, inputs)
+    assert store.get("j1") == record and store.inputs(record) == inputs
+    running = record.model_copy(update={"state": JobState.RUNNING, "attempts": 1})
+    store.start(running, "worker-a")
+    assert store.get("j1") == running and store.lease_holder("j1") == "worker-a"
+    assert store.kv.get_many([store.key("j1", "input", 1), "absent"]) == [b"second", None]
+    done = running.model_copy(update={"state": JobState.SUCCEEDED, "done": 2})
+    images = [{"mask": b"m0"}, {"mask": b"m1", "display": b"d1"}]
+    store.finish(done, ['{"a": 0}', '{"a": 1}'], images, [{"sr": b"s0"}, {}])
+    assert store.get("j1") == done and store.results("j1") == [{"a": 0}, {"a": 1}]
+    assert store.artefact("j1", "display", 1) == b"d1" and store.artefact("j1", "sr", 0) == b"s0"
+    assert store.lease_holder("j1") is None  # the lease went with the final record
+    with pytest.raises(UploadExpiredError, match="input 0 of job j1 is gone"):
+        store.inputs(done)  # the uploads too
+    if kind == "redis":
+        assert 590 <= db.ttl(store.key("j1")) <= 600  # a succeeded record: the results' TTL
+        assert 590 <= db.ttl(store.key("j1", "mask", 0)) <= 600
+        message = js.wait_until(lambda: pubsub.get_message(timeout=0.1), 5)
+        heard.append(message["data"].decode())
+    pubsub.close()
+    assert heard == ["j1"]  # announced once, when final
+
+
+def test_the_lease_renewer_renews_each_held_lease_until_its_deadline(db: redis.Redis) -> None:
+    store = JobStore(RedisKeyValue(db), NS, Ttls(result=60, failure=60, upload=60, lease=2))
+    renewer = LeaseRenewer()  # renews every max(0.5, lease / 3) s
+    lease = store.key("j2", "lease")
+    with renewer.holding(store, "j2", "worker-b", deadline_s=30):
+        store.renew_lease("j2", "worker-b")
+        time.sleep(3.0)  # longer than the 2 s lease: alive only if renewed
+        assert store.lease_holder("j2") == "worker-b" and db.pttl(lease) > 1000
+    time.sleep(2.5)
+    assert store.lease_holder("j2") is None  # no longer held: not renewed, expired
+    with renewer.holding(store, "j3", "worker-b", deadline_s=0.1):
+        store.renew_lease("j3", "worker-b")
+        time.sleep(3.0)  # past its deadline (a call stuck in native code): left to expire
+        assert store.lease_holder("j3") is None
 
 
 def test_in_process_backend_needs_no_redis(store: Path) -> None:

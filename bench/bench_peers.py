@@ -13,12 +13,14 @@ ONNX Runtime options, then the mask and display PNGs that breastdx stores per jo
 worker processes; BentoML: threads of its sync API). Triton is not here: PyPI's ``tritonserver``
 is a placeholder that refuses to install (``bench/constraints-bench.txt``).
 
-The client is one ``httpx.Client``: per server, ``--warmup`` requests, then ``--requests`` POSTs
-of the same image as a multipart ``file`` part at each concurrency level (breastdx with
-``Prefer: wait=30``), timed from send to the full answer; every answer's malignancy probability
-must equal breastdx's own on the runtime the answer names (else the request counts as an error;
-each server makes its own ``BREASTDX_RUNTIME`` choice, default auto, and each cell records the
-runtimes that answered). ``--rounds`` repeats the sequence of
+The client is ``bench/loadclient.py`` (the standard library's ``http.client``, one keep-alive
+connection per client thread, as ``bench/bench_service.py`` uses; its own CPU per request is
+about half ``httpx``'s, which on 2 cores the servers get back): per server, ``--warmup``
+requests, then ``--requests`` POSTs of the same image as a multipart ``file`` part at each
+concurrency level (breastdx with ``Prefer: wait=30``), timed from send to the full answer; every
+answer's malignancy probability must equal breastdx's own on the runtime the answer names (else
+the request counts as an error; each server makes its own ``BREASTDX_RUNTIME`` choice, default
+auto, and each cell records the runtimes that answered). ``--rounds`` repeats the sequence of
 servers and pools the figures (a loaded machine drifts; the final run wants the idle machine).
 
 Needs the bench environment (``make bench-peers`` makes ``.venv-bench`` and runs this):
@@ -49,7 +51,6 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
 
 BENCH = Path(__file__).resolve().parent
@@ -60,6 +61,9 @@ WAIT_S = 30
 READY_S = 240.0
 BATCH_WINDOW_MS = 5
 BATCH_MAX = 16
+sys.path.insert(0, str(ROOT))  # bench.loadclient, from a checkout
+from bench.loadclient import LoadClient, TransportError  # noqa: E402
+
 PACKAGES = ("onnxruntime", "numpy", "fastapi", "uvicorn", "uvloop", "litserve", "bentoml")
 
 
@@ -213,7 +217,7 @@ def _environment(
 @contextmanager
 def running(
     server: Server, stage: str, store: Path, parallel: int, tmp: Path
-) -> Iterator[tuple[httpx.Client, int]]:
+) -> Iterator[tuple[LoadClient, int]]:
     """The server in its own session on a free port, ready: a client on it, its pid."""
     port = free_port()
     python = sys.executable
@@ -225,8 +229,7 @@ def running(
         proc = subprocess.Popen(
             command, cwd=server.cwd, env=env, stdout=out, stderr=out, start_new_session=True
         )
-    limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
-    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=WAIT_S + 30, limits=limits)
+    client = LoadClient(f"http://127.0.0.1:{port}", timeout=WAIT_S + 30)
     try:
         _wait_ready(client, server, proc, log)
         yield client, proc.pid
@@ -235,13 +238,13 @@ def running(
         _stop(proc)
 
 
-def _wait_ready(client: httpx.Client, server: Server, proc: subprocess.Popen, log: Path) -> None:
+def _wait_ready(client: LoadClient, server: Server, proc: subprocess.Popen, log: Path) -> None:
     deadline = time.monotonic() + READY_S
     while True:
         try:
             if client.get(server.ready).status_code == 200:
                 return
-        except httpx.TransportError:
+        except TransportError:
             pass
         if proc.poll() is not None or time.monotonic() > deadline:
             tail = log.read_text(errors="replace")[-3000:]
@@ -288,15 +291,14 @@ def tree_cpu_s(root: int) -> float:
 Answer = tuple[float, float, int, str] | None
 
 
-def one_request(client: httpx.Client, server: Server, stage: str, image: bytes) -> Answer:
+def one_request(client: LoadClient, server: Server, stage: str, image: bytes) -> Answer:
     """One analysis, timed from send to the full answer; None on any failure."""
-    files = {"file": ("image.png", image, "image/png")}
     start = time.perf_counter()
     try:
-        response = client.post(
-            server.path.format(stage=stage), files=files, headers=dict(server.headers)
+        response = client.post_file(
+            server.path.format(stage=stage), image, headers=dict(server.headers)
         )
-    except httpx.TransportError:
+    except TransportError:
         return None
     seconds = time.perf_counter() - start
     if response.status_code != 200:
@@ -311,7 +313,7 @@ def one_request(client: httpx.Client, server: Server, stage: str, image: bytes) 
 
 
 def measure(
-    client: httpx.Client,
+    client: LoadClient,
     server: Server,
     cell: Cell,
     image: bytes,
@@ -527,7 +529,6 @@ def main(argv: list[str] | None = None) -> int:
         bentoml = Path(sys.executable).parent / "bentoml"
         if not bentoml.exists():
             parser.error("bentoml is not installed here: run scripts/setup-bench-env.sh")
-    sys.path.insert(0, str(ROOT))
     about = machine()
     print(f"# {about['cpu']}; {about['logical_cpus']} logical CPUs; load {about['load_average']}")
     print(f"# packages {about['packages']}")

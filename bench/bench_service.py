@@ -59,7 +59,6 @@ from pathlib import Path
 from typing import Any
 
 import cv2
-import httpx
 import numpy as np
 import onnxruntime as ort
 import redis
@@ -67,6 +66,7 @@ import redis
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout
 
+from bench.loadclient import CLIENTS, Client, Reply, TransportError  # noqa: E402
 from imaging import decode  # noqa: E402
 from imaging.preprocess import preprocess_decoded, select_frame  # noqa: E402
 from models_registry.card import Runtime, Stage  # noqa: E402
@@ -99,6 +99,7 @@ class Level:
     errors: int = 0
     wall_s: float = 0.0
     runtimes: Counter[str] = field(default_factory=Counter)  # model.runtime of the results
+    client_cpu_s: float = 0.0  # this process's CPU time while the cell ran: the client's own
 
     @property
     def throughput(self) -> float:
@@ -238,13 +239,12 @@ def bare_pipeline_rps(
         return requests / (time.perf_counter() - start)
 
 
-def submit(client: httpx.Client, stage: str, image: bytes, wait: bool = True) -> httpx.Response:
+def submit(client: Client, stage: str, image: bytes, wait: bool = True) -> Reply:
     headers = {"Prefer": f"wait={WAIT_S}"} if wait else {}
-    files = {"file": ("image.png", image, "image/png")}
-    return client.post(f"/v1/{stage}/analyses", files=files, headers=headers)
+    return client.post_file(f"/v1/{stage}/analyses", image, headers=headers)
 
 
-def follow(client: httpx.Client, response: httpx.Response, deadline: float) -> dict[str, object]:
+def follow(client: Client, response: Reply, deadline: float) -> dict[str, object]:
     """Poll a submitted job until it ends; its last body, ``state`` ``lost`` if it never did."""
     body = response.json()
     location = response.headers.get("Location") or f"/v1/analyses/{body['id']}"
@@ -253,7 +253,7 @@ def follow(client: httpx.Client, response: httpx.Response, deadline: float) -> d
             return {"state": "lost"}
         try:
             response = client.get(location, headers={"Prefer": f"wait={WAIT_S}"})
-        except httpx.TransportError:
+        except TransportError:
             continue
         if response.status_code != 200:
             return {"state": "lost" if response.status_code == 404 else "error"}
@@ -282,7 +282,7 @@ def _phases(body: dict[str, Any], e2e_ms: float) -> dict[str, float]:
     }
 
 
-def one_request(client: httpx.Client, stage: str, image: bytes) -> Outcome | None:
+def one_request(client: Client, stage: str, image: bytes) -> Outcome | None:
     """(seconds from send to a succeeded result, the pipeline's own ms, the phases); None on
     any error."""
     start = time.perf_counter()
@@ -291,7 +291,7 @@ def one_request(client: httpx.Client, stage: str, image: bytes) -> Outcome | Non
         if response.status_code not in (200, 202):
             return None
         body = follow(client, response, time.monotonic() + 120)
-    except httpx.TransportError:
+    except TransportError:
         return None
     if body.get("state") != "succeeded":
         return None
@@ -301,15 +301,16 @@ def one_request(client: httpx.Client, stage: str, image: bytes) -> Outcome | Non
     return seconds, float(result["timings_ms"]["total"]), _phases(body, seconds * 1000.0), runtime
 
 
-def measure(client: httpx.Client, level: Level, image: bytes, requests: int) -> Level:
+def measure(client: Client, level: Level, image: bytes, requests: int) -> Level:
     """Send ``requests`` requests, ``level.concurrency`` at a time (after two warm-up ones)."""
     for _ in range(2):
         one_request(client, level.stage, image)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     with ThreadPoolExecutor(level.concurrency) as pool:
         jobs = [pool.submit(one_request, client, level.stage, image) for _ in range(requests)]
         outcomes = [job.result() for job in jobs]
     level.wall_s = time.perf_counter() - start
+    level.client_cpu_s = time.process_time() - cpu
     level.latencies_s = [o[0] for o in outcomes if o is not None]
     level.pipeline_ms = [o[1] for o in outcomes if o is not None]
     level.phases_ms = [o[2] for o in outcomes if o is not None]
@@ -318,7 +319,7 @@ def measure(client: httpx.Client, level: Level, image: bytes, requests: int) -> 
     return level
 
 
-def soak(client: httpx.Client, stage: str, image: bytes, total: int) -> tuple[Counter[str], float]:
+def soak(client: Client, stage: str, image: bytes, total: int) -> tuple[Counter[str], float]:
     """Submit ``total`` jobs (no wait), then follow every id to its end: outcome counts, seconds."""
     start = time.perf_counter()
     with ThreadPoolExecutor(16) as pool:
@@ -355,14 +356,14 @@ def process(args: list[str], env: dict[str, str], log: Path) -> Iterator[subproc
                 proc.wait()
 
 
-def wait_ready(client: httpx.Client, proc: subprocess.Popen[bytes], log: Path) -> None:
+def wait_ready(client: Client, proc: subprocess.Popen[bytes], log: Path) -> None:
     """Until ``/readyz`` says ready (models verified, worker alive when queued), at most 120 s."""
     deadline = time.monotonic() + 120
     while True:
         try:
             if client.get("/readyz").status_code == 200:
                 return
-        except httpx.TransportError:
+        except TransportError:
             pass
         if proc.poll() is not None or time.monotonic() > deadline:
             raise SystemExit(f"breastdx serve did not get ready:\n{log.read_text()[-3000:]}")
@@ -370,7 +371,7 @@ def wait_ready(client: httpx.Client, proc: subprocess.Popen[bytes], log: Path) -
 
 
 @contextmanager
-def servers(mode: str, store: Path, logs: Path) -> Iterator[httpx.Client]:
+def servers(mode: str, store: Path, logs: Path, client_kind: str) -> Iterator[Client]:
     """``breastdx serve`` (and, queued, one ``breastdx worker``) with a client on its port."""
     env = {
         "BREASTDX_MODEL_STORE": str(store),
@@ -383,15 +384,13 @@ def servers(mode: str, store: Path, logs: Path) -> Iterator[httpx.Client]:
     if mode == "queued":
         redis.Redis.from_url(REDIS_URL).flushdb()
     port = free_port()
-    limits = httpx.Limits(max_connections=64)
     with ExitStack() as stack:
         log = logs / f"serve-{mode}.log"
         serve = stack.enter_context(process(["serve", "--port", str(port)], env, log))
         if mode == "queued":
             stack.enter_context(process(["worker"], env, logs / "worker.log"))
-        client = stack.enter_context(
-            httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=WAIT_S + 30, limits=limits)
-        )
+        client = CLIENTS[client_kind](f"http://127.0.0.1:{port}", timeout=WAIT_S + 30)
+        stack.callback(client.close)
         wait_ready(client, serve, log)
         yield client
     if mode == "queued":
@@ -421,18 +420,16 @@ def default_store(given: Path | None) -> Path:
 
 
 def print_levels(levels: list[Level]) -> None:
-    row = "{:<15} {:<10} {:>5} {:>5} {:>9} {:>9} {:>12} {:>8} {:>7}"
+    row = "{:<15} {:<10} {:>5} {:>5} {:>9} {:>9} {:>12} {:>8} {:>7} {:>14}"
     heads = ("stage", "mode", "conc", "n", "p50 ms", "p95 ms", "pipeline ms", "req/s", "errors")
-    print(row.format(*heads))
+    print(row.format(*heads, "client cpu ms"))
     for lv in levels:
         pipeline = f"{statistics.median(lv.pipeline_ms):.1f}" if lv.pipeline_ms else "-"
         rate = f"{len(lv.latencies_s) / lv.wall_s:.1f}" if lv.wall_s else "-"
         cells = (lv.stage, lv.mode, lv.concurrency, len(lv.latencies_s))
-        print(
-            row.format(
-                *cells, f"{lv.p_ms(50):.1f}", f"{lv.p_ms(95):.1f}", pipeline, rate, lv.errors
-            )
-        )
+        times = (f"{lv.p_ms(50):.1f}", f"{lv.p_ms(95):.1f}", pipeline, rate, lv.errors)
+        print(row.format(*cells, *times, f"{_client_cpu_ms(lv):.2f}"))
+    print("# client cpu ms: the bench's own CPU per request (its HTTP client, on the same cores)")
 
 
 def served_runtime(levels: list[Level], stage: str) -> str:
@@ -511,6 +508,7 @@ def report(
         "machine": machine(),
         "date": datetime.now().astimezone().isoformat(timespec="seconds"),
         "runtime_setting": os.environ.get("BREASTDX_RUNTIME", "auto"),
+        "client": args.client,
         "requests_per_cell": args.requests,
         "load_requests": args.load_requests,
         "bare_requests": args.bare_requests,
@@ -526,6 +524,7 @@ def report(
                 "p95_ms": lv.p_ms(95),
                 "pipeline_p50_ms": statistics.median(lv.pipeline_ms) if lv.pipeline_ms else None,
                 "throughput_rps": lv.throughput,
+                "client_cpu_ms_per_request": _client_cpu_ms(lv),
                 "runtimes": dict(lv.runtimes),
             }
             for lv in levels
@@ -534,6 +533,12 @@ def report(
         if soaked is None
         else {"requests": args.soak, "outcomes": dict(soaked[0]), "seconds": soaked[1]},
     }
+
+
+def _client_cpu_ms(level: Level) -> float:
+    """The bench's own CPU ms per request of the cell (the HTTP client, sharing the cores)."""
+    done = len(level.latencies_s) + level.errors
+    return level.client_cpu_s * 1000.0 / done if done else float("nan")
 
 
 def print_phases(levels: list[Level]) -> None:
@@ -591,6 +596,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--json", type=Path, metavar="FILE", help="write every figure here")
     parser.add_argument(
+        "--client", choices=sorted(CLIENTS), default="stdlib",
+        help="the load generator: stdlib (http.client, bench/loadclient.py) or httpx (the "
+        "earlier one, about twice its CPU per request)",
+    )  # fmt: skip
+    parser.add_argument(
         "--no-bare", dest="bare", action="store_false",
         help="skip the bare pipeline's throughput (the concurrency-16 reference)",
     )  # fmt: skip
@@ -624,7 +634,7 @@ def main(argv: list[str] | None = None) -> int:
     levels, soaked = [], None
     with tempfile.TemporaryDirectory(prefix="bench-service-") as tmp:
         for mode in modes:
-            with servers(mode, store, Path(tmp)) as client:
+            with servers(mode, store, Path(tmp), args.client) as client:
                 for stage, (image, _) in images.items():
                     for c in (int(c) for c in args.concurrency.split(",")):
                         n = args.requests if c == 1 else load_requests

@@ -52,6 +52,8 @@ def test_bench_service_writes_every_figure(tmp_path: Path) -> None:
     for mode, ratio in ratios.items():
         rps = levels[(mode, 16)]["throughput_rps"]
         assert math.isclose(ratio, rps / us["bare_pipeline_rps_c16"], rel_tol=1e-9)
+    assert figures["client"] == "stdlib"  # bench/loadclient.py, the lean default
+    assert all(lv["client_cpu_ms_per_request"] > 0 for lv in levels.values())
     assert figures["soak"] is None  # --soak 0, the default, skips it
     assert figures["requests_per_cell"] == 4 and figures["bare_requests"] == 8
     assert figures["load_requests"] == 6

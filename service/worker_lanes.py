@@ -20,6 +20,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import redis
 from rq.job import Job
@@ -38,7 +39,8 @@ PUBSUB_STOP_S = 2.0  # the longest a stopping worker waits for its pubsub thread
 
 
 class PromptPubsubStop(SimpleWorker):
-    """RQ's worker, whose pubsub thread stops within ``PUBSUB_STOP_S`` on shutdown.
+    """RQ's worker, whose pubsub thread stops within ``PUBSUB_STOP_S`` on shutdown and whose
+    heartbeat is one Redis round trip.
 
     RQ's ``unsubscribe`` sends UNSUBSCRIBE, then stops the pubsub thread, which (redis-py 8)
     waits without limit for that thread to leave its ``get_message(timeout=60)``. When the
@@ -46,6 +48,16 @@ class PromptPubsubStop(SimpleWorker):
     moment) it goes back to waiting for a message that never comes, and the worker takes a
     minute to stop: the "about 60 s to stop on SIGTERM" seen now and then. Here the flag is set
     first, so the reply ends the thread's wait, and the wait for it is bounded."""
+
+    def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
+        """RQ's heartbeat (three commands: the worker's last beat and two expiries), sent in one
+        round trip where RQ sends them one at a time (several times a job)."""
+        if pipeline is not None:
+            super().heartbeat(timeout, pipeline=pipeline)
+            return
+        with self.connection.pipeline(transaction=False) as pipe:
+            super().heartbeat(timeout, pipeline=pipe)
+            pipe.execute()
 
     def unsubscribe(self) -> None:
         thread = self.pubsub_thread

@@ -93,3 +93,25 @@ def test_lanes_run_queued_jobs_at_once_and_batch_their_model_runs(
     # idle lanes stop within a dequeue timeout, each RQ worker's pubsub thread within
     # PUBSUB_STOP_S (a minute before PromptPubsubStop, now and then); room for a loaded machine
     assert proc.returncode == 0 and stop_s < 30, stop_s
+
+
+@pytest.mark.parametrize("kind", ["main", "lane"])
+def test_a_heartbeat_is_one_round_trip_and_still_beats(
+    kind: str, db: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from service.worker import BreastdxWorker
+    from service.worker_lanes import LaneWorker
+
+    worker_class = BreastdxWorker if kind == "main" else LaneWorker
+    worker = worker_class(["t-heartbeat"], connection=db, name=f"beat-{kind}")
+    sent: list[int] = []
+    original = redis.connection.AbstractConnection.send_packed_command
+
+    def counted(self: Any, command: Any, check_health: bool = True) -> None:
+        sent.append(1)
+        original(self, command, check_health)
+
+    monkeypatch.setattr(redis.connection.AbstractConnection, "send_packed_command", counted)
+    worker.heartbeat(90)
+    assert len(sent) == 1  # RQ sends its three commands one at a time
+    assert db.hget(worker.key, "last_heartbeat") is not None and 80 < db.ttl(worker.key) <= 90

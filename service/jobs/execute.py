@@ -36,7 +36,7 @@ from service.dicom.artefacts import dicom_artefacts
 from service.errors import JobNotFoundError
 from service.inference import Analysis, CheckedInput, RunnerOptions, analyse_each
 from service.inference.batching import BatchPolicy
-from service.inference.render import encode_png, mask_png, overlay_png
+from service.inference.render import mask_png, overlay_png, pack_display
 from service.inference.runner import GPU_PROVIDER, default_providers
 from service.inference.runtime_choice import parse_runtime
 from service.jobs.hooks import run_hooks
@@ -240,7 +240,7 @@ def _images(analysis: Analysis) -> dict[ArtefactKind, bytes]:
     of a small model's post-processing, and most API clients never fetch it."""
     images: dict[ArtefactKind, bytes] = {"mask": mask_png(analysis)}
     if analysis.display is not None:
-        images["display"] = encode_png(analysis.display, fast=True)
+        images["display"] = pack_display(analysis.display)
     else:
         images["overlay"] = overlay_png(analysis)
     return images

@@ -396,3 +396,25 @@ def test_lesion_weighted_malignancy_lets_the_likely_lesion_pixels_speak() -> Non
     assert value == pytest.approx((4 * 0.9 + 0.5 * 0.1) / 4.5)
     assert lesion_weighted_malignancy(np.zeros((8, 8), np.float32), lesion_map, 0.3) == 0.3
     assert lesion_weighted_malignancy(mask, None, 0.3) == 0.3
+
+
+def test_a_display_image_is_kept_raw_up_to_its_limit_and_as_png_above() -> None:
+    from service.inference import render
+
+    rng = np.random.default_rng(0)
+    grey = rng.integers(0, 256, (37, 53), dtype=np.uint8)
+    rgb = rng.integers(0, 256, (20, 30, 3), dtype=np.uint8)
+    for image in (grey, rgb):
+        packed = render.pack_display(image)
+        assert not packed.startswith(b"\x89PNG") and len(packed) < image.nbytes + 32
+        assert np.array_equal(render.unpack_display(packed), image)
+    assert np.array_equal(render.unpack_display(render.encode_png(rgb)), rgb)  # stored before
+    big = np.zeros((2100, 2100), np.uint8)  # 4.4 MB: above RAW_DISPLAY_MAX_BYTES
+    big[500:900, 700:1000] = 200
+    packed = render.pack_display(big)
+    assert packed.startswith(b"\x89PNG") and len(packed) < big.nbytes // 100
+    assert np.array_equal(render.unpack_display(packed), big)
+    with pytest.raises(ValueError, match="not a display image"):
+        render.unpack_display(render.pack_display(grey)[:-1])
+    with pytest.raises(ValueError, match="uint8"):
+        render.pack_display(grey.astype(np.float32))

@@ -8,7 +8,7 @@ back to asyncio and h11 (``breastdx-h11``), the same with micro-batching forced 
 16) and, to tell the two apart, 16 job threads without batching (``breastdx-threads``),
 LitServe and BentoML (``bench/peers/``). Every peer runs breastdx's own request work
 (``bench/peers/common.py``: ``analyse_each`` on the stage's production model with the service's
-ONNX Runtime options, then the mask and display PNGs that breastdx stores per job) with
+ONNX Runtime options, then the mask PNG and display image breastdx stores per job) with
 ``--parallel`` analyses at a time (breastdx: its in-process job threads; LitServe: inference
 worker processes; BentoML: threads of its sync API). Triton is not here: PyPI's ``tritonserver``
 is a placeholder that refuses to install (``bench/constraints-bench.txt``).

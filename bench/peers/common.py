@@ -3,7 +3,7 @@
 ``analyse(data)`` runs ``service.inference.analyse_each`` (decode, frame, stage check,
 preprocessing from the card, the ONNX Runtime session, mask post-processing, the malignancy
 calibration) on the stage's production model with the service's session options, then encodes
-the mask PNG and the display PNG that ``breastdx serve`` stores with every job, and answers the
+the mask PNG and the display image that ``breastdx serve`` stores with every job, and answers the
 result JSON in the shape of breastdx's job (``{"state", "result": [AnalysisResult]}``).
 Settings come from the ``BREASTDX_*`` environment (model store, ONNX Runtime threads), the stage
 from ``BENCH_STAGE``.
@@ -24,7 +24,7 @@ from models_registry.card import Stage  # noqa: E402
 from service.config import Settings  # noqa: E402
 from service.inference import Analysis, analyse_each, get_runner  # noqa: E402
 from service.inference.pipeline import default_model_ref  # noqa: E402
-from service.inference.render import encode_png, mask_png, overlay_png  # noqa: E402
+from service.inference.render import mask_png, overlay_png, pack_display  # noqa: E402
 from service.jobs.backend import service_registry  # noqa: E402
 from service.jobs.execute import runner_options  # noqa: E402
 
@@ -60,7 +60,8 @@ class Work:
 
 
 def _stored_images(analysis: Analysis) -> list[bytes]:
-    """The two PNGs breastdx stores per job (``service.jobs.execute._images``)."""
+    """The two images breastdx stores per job (``service.jobs.execute._images``): the mask PNG
+    and the display image (raw pixels, ``pack_display``) or, without one, the overlay PNG."""
     if analysis.display is not None:
-        return [mask_png(analysis), encode_png(analysis.display, fast=True)]
+        return [mask_png(analysis), pack_display(analysis.display)]
     return [mask_png(analysis), overlay_png(analysis)]

@@ -38,11 +38,47 @@ class Reply:
 
 
 class _Headers(dict[str, str]):
-    def get(self, name: str, default: Any = None) -> Any:  # type: ignore[override]
+    def get(self, name: str, default: Any = None) -> Any:
         return super().get(name.lower(), default)
 
 
-class LoadClient:
+class _Client:
+    """What the benchmarks call: ``request``, ``get``, ``post_file``, ``close``."""
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> Reply:
+        raise NotImplementedError
+
+    def get(self, path: str, headers: dict[str, str] | None = None) -> Reply:
+        return self.request("GET", path, headers=headers)
+
+    def post_file(
+        self,
+        path: str,
+        data: bytes,
+        *,
+        filename: str = "image.png",
+        content_type: str = "image/png",
+        headers: dict[str, str] | None = None,
+    ) -> Reply:
+        """POST ``data`` as the ``file`` part of a ``multipart/form-data`` body."""
+        return self._post_file(path, data, (filename, content_type), headers or {})
+
+    def _post_file(
+        self, path: str, data: bytes, name: tuple[str, str], headers: dict[str, str]
+    ) -> Reply:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+
+class LoadClient(_Client):
     """Requests to one ``http://host:port``, safe to call from many threads at once."""
 
     def __init__(self, base_url: str, timeout: float = 60.0) -> None:
@@ -87,27 +123,16 @@ class LoadClient:
             return Reply(response.status, response.getheaders(), content)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def get(self, path: str, headers: dict[str, str] | None = None) -> Reply:
-        return self.request("GET", path, headers=headers)
-
-    def post_file(
-        self,
-        path: str,
-        data: bytes,
-        *,
-        filename: str = "image.png",
-        content_type: str = "image/png",
-        headers: dict[str, str] | None = None,
+    def _post_file(
+        self, path: str, data: bytes, name: tuple[str, str], headers: dict[str, str]
     ) -> Reply:
-        """POST ``data`` as the ``file`` part of a ``multipart/form-data`` body (encoded once
-        per image and name)."""
-        key = (hash(data), len(data), filename, content_type)
+        key = (hash(data), len(data), *name)  # the body is encoded once per image and name
         with self._lock:
             cached = self._bodies.get(key)
             if cached is None:
-                cached = self._bodies[key] = _multipart(data, filename, content_type)
+                cached = self._bodies[key] = _multipart(data, *name)
         body, boundary = cached
-        sent = {"Content-Type": f"multipart/form-data; boundary={boundary}", **(headers or {})}
+        sent = {"Content-Type": f"multipart/form-data; boundary={boundary}", **headers}
         return self.request("POST", path, body=body, headers=sent)
 
     def close(self) -> None:
@@ -127,7 +152,7 @@ def _multipart(data: bytes, filename: str, content_type: str) -> tuple[bytes, st
     return head + data + f"\r\n--{boundary}--\r\n".encode(), boundary
 
 
-class HttpxClient:
+class HttpxClient(_Client):
     """The same interface on ``httpx`` (the benchmarks' earlier client), for comparison."""
 
     def __init__(self, base_url: str, timeout: float = 60.0) -> None:
@@ -150,19 +175,10 @@ class HttpxClient:
             raise TransportError(f"{method} {path}: {type(exc).__name__}: {exc}") from exc
         return Reply(answer.status_code, list(answer.headers.items()), answer.content)
 
-    def get(self, path: str, headers: dict[str, str] | None = None) -> Reply:
-        return self.request("GET", path, headers=headers)
-
-    def post_file(
-        self,
-        path: str,
-        data: bytes,
-        *,
-        filename: str = "image.png",
-        content_type: str = "image/png",
-        headers: dict[str, str] | None = None,
+    def _post_file(
+        self, path: str, data: bytes, name: tuple[str, str], headers: dict[str, str]
     ) -> Reply:
-        files = {"file": (filename, data, content_type)}
+        files = {"file": (name[0], data, name[1])}
         try:
             answer = self._client.post(path, files=files, headers=headers)
         except self._httpx.TransportError as exc:
@@ -173,5 +189,5 @@ class HttpxClient:
         self._client.close()
 
 
-Client = LoadClient | HttpxClient
+Client = _Client
 CLIENTS: dict[str, type[Client]] = {"stdlib": LoadClient, "httpx": HttpxClient}

@@ -88,7 +88,24 @@ class KeyValue(Protocol):
 PURGE_INTERVAL_S = 1.0
 
 
-class MemoryKeyValue:
+class _Writes:
+    """``set_many`` as one :meth:`write` (a key-value implementation provides ``write``)."""
+
+    def write(
+        self,
+        groups: Writes,
+        delete: Sequence[str] = (),
+        announce: tuple[str, str] | None = None,
+    ) -> None:
+        raise NotImplementedError
+
+    def set_many(
+        self, items: Mapping[str, bytes], ttl_s: int, announce: tuple[str, str] | None = None
+    ) -> None:
+        self.write([(items, ttl_s)], announce=announce)
+
+
+class MemoryKeyValue(_Writes):
     """Process memory with lazy expiry (in-process mode and tests)."""
 
     def __init__(self) -> None:
@@ -113,11 +130,6 @@ class MemoryKeyValue:
     def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
         with self._lock:
             return [self._live(key) for key in keys]
-
-    def set_many(
-        self, items: Mapping[str, bytes], ttl_s: int, announce: tuple[str, str] | None = None
-    ) -> None:
-        self.write([(items, ttl_s)], announce=announce)
 
     def write(
         self,
@@ -181,7 +193,7 @@ class MemoryKeyValue:
             del self._data[key]
 
 
-class RedisKeyValue:
+class RedisKeyValue(_Writes):
     """Redis; every Redis error becomes :class:`QueueUnavailableError`."""
 
     def __init__(self, client: redis.Redis, retry_after_s: int = 5) -> None:
@@ -207,11 +219,6 @@ class RedisKeyValue:
             return []
         with self._errors():
             return [_as_bytes(value) for value in self.client.mget(keys)]
-
-    def set_many(
-        self, items: Mapping[str, bytes], ttl_s: int, announce: tuple[str, str] | None = None
-    ) -> None:
-        self.write([(items, ttl_s)], announce=announce)
 
     def write(
         self,

@@ -14,7 +14,9 @@ settings' ``namespace`` (``breastdx`` by default)::
     <ns>:job:<id>:overlay:<i>      overlay PNG                  result_ttl_s; drawn on the
                                                                 first GET
     <ns>:job:<id>:display:<i>      the image the overlay        result_ttl_s; the overlay is
-                                   is drawn on (PNG)            drawn from it on request
+                                   is drawn on (raw pixels      drawn from it on request
+                                   up to 4 MB, else PNG:
+                                   ``render.pack_display``)
     <ns>:job:<id>:seg:<i>          DICOM SEG (file format)      result_ttl_s; DICOM inputs only
     <ns>:job:<id>:sr:<i>           DICOM SR (file format)       result_ttl_s; DICOM inputs only
     <ns>:job:<id>:dicom_error:<i>  why no SEG/SR was built      result_ttl_s; JSON {code, message}

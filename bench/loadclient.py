@@ -52,6 +52,10 @@ class _Client:
         body: bytes | None = None,
         headers: dict[str, str] | None = None,
     ) -> Reply:
+        """One request; a failed connection raises :class:`TransportError`."""
+        return self._send(method, path, body, headers or {})
+
+    def _send(self, method: str, path: str, body: bytes | None, headers: dict[str, str]) -> Reply:
         raise NotImplementedError
 
     def get(self, path: str, headers: dict[str, str] | None = None) -> Reply:
@@ -98,18 +102,12 @@ class LoadClient(_Client):
             self._local.connection = connection
         return connection
 
-    def request(
-        self,
-        method: str,
-        path: str,
-        body: bytes | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> Reply:
-        """One request on this thread's connection (reconnected once if the server closed it)."""
+    def _send(self, method: str, path: str, body: bytes | None, headers: dict[str, str]) -> Reply:
+        """On this thread's connection (reconnected once if the server closed it)."""
         for attempt in (0, 1):
             connection = self._connection(fresh=attempt == 1)
             try:
-                connection.request(method, path, body=body, headers=headers or {})
+                connection.request(method, path, body=body, headers=headers)
                 response = connection.getresponse()
                 content = response.read()
             except (OSError, http.client.HTTPException) as exc:
@@ -162,13 +160,7 @@ class HttpxClient(_Client):
         limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
         self._client = httpx.Client(base_url=base_url, timeout=timeout, limits=limits)
 
-    def request(
-        self,
-        method: str,
-        path: str,
-        body: bytes | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> Reply:
+    def _send(self, method: str, path: str, body: bytes | None, headers: dict[str, str]) -> Reply:
         try:
             answer = self._client.request(method, path, content=body, headers=headers)
         except self._httpx.TransportError as exc:

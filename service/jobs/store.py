@@ -60,13 +60,6 @@ class KeyValue(Protocol):
     def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
         """The values of ``keys`` in order (None where absent): one round trip."""
 
-    def set_many(
-        self, items: Mapping[str, bytes], ttl_s: int, announce: tuple[str, str] | None = None
-    ) -> None:
-        """Set every item with ``ttl_s``; then publish ``announce`` = (channel, message)
-        (heard in process through ``MemoryKeyValue.subscribe``, from Redis through
-        ``service.jobs.notify.RedisListener``)."""
-
     def write(
         self,
         groups: Writes,
@@ -74,7 +67,9 @@ class KeyValue(Protocol):
         announce: tuple[str, str] | None = None,
     ) -> None:
         """One atomic step (one Redis transaction, one round trip): every group's items set
-        with its TTL, then ``delete`` removed, then ``announce`` published."""
+        with its TTL, then ``delete`` removed, then ``announce`` = (channel, message) published
+        (heard in process through ``MemoryKeyValue.subscribe``, from Redis through
+        ``service.jobs.notify.RedisListener``)."""
 
     def set_nx(self, key: str, value: bytes, ttl_s: int) -> bool: ...
 
@@ -90,24 +85,7 @@ class KeyValue(Protocol):
 PURGE_INTERVAL_S = 1.0
 
 
-class _Writes:
-    """``set_many`` as one :meth:`write` (a key-value implementation provides ``write``)."""
-
-    def write(
-        self,
-        groups: Writes,
-        delete: Sequence[str] = (),
-        announce: tuple[str, str] | None = None,
-    ) -> None:
-        raise NotImplementedError
-
-    def set_many(
-        self, items: Mapping[str, bytes], ttl_s: int, announce: tuple[str, str] | None = None
-    ) -> None:
-        self.write([(items, ttl_s)], announce=announce)
-
-
-class MemoryKeyValue(_Writes):
+class MemoryKeyValue:
     """Process memory with lazy expiry (in-process mode and tests)."""
 
     def __init__(self) -> None:
@@ -195,7 +173,7 @@ class MemoryKeyValue(_Writes):
             del self._data[key]
 
 
-class RedisKeyValue(_Writes):
+class RedisKeyValue:
     """Redis; every Redis error becomes :class:`QueueUnavailableError`."""
 
     def __init__(self, client: redis.Redis, retry_after_s: int = 5) -> None:
@@ -399,7 +377,7 @@ class JobStore:
         its results have left."""
         left = self.kv.ttl(self.key(job_id, "results"))
         if left:
-            self.kv.set_many({self.key(job_id, kind, index): data}, left)
+            self.kv.write([({self.key(job_id, kind, index): data}, left)])
 
     def results(self, job_id: str) -> list[dict[str, Any]] | None:
         data = self.kv.get(self.key(job_id, "results"))
@@ -428,7 +406,7 @@ class JobStore:
         self.kv.delete(f"{self.namespace}:idem:{scope}:{key_hash}")
 
     def renew_lease(self, job_id: str, holder: str) -> None:
-        self.kv.set_many({self.key(job_id, "lease"): holder.encode()}, self.ttls.lease)
+        self.kv.write([({self.key(job_id, "lease"): holder.encode()}, self.ttls.lease)])
 
     def lease_holder(self, job_id: str) -> str | None:
         data = self.kv.get(self.key(job_id, "lease"))

@@ -186,7 +186,7 @@ def test_hooks_run_after_success_in_process(store: Path) -> None:
 
 def test_memory_store_expires_and_counts() -> None:
     kv = MemoryKeyValue()
-    kv.set_many({"a": b"1"}, ttl_s=1)
+    kv.write([({"a": b"1"}, 1)])
     assert kv.get("a") == b"1" and kv.ttl("a") in {0, 1}
     assert kv.set_nx("n", b"x", 60) and not kv.set_nx("n", b"y", 60)
     assert [kv.incr("c", 60) for _ in range(3)] == [1, 2, 3]

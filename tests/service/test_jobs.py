@@ -208,8 +208,18 @@ def _attempt_store(kind: str, db: redis.Redis) -> tuple[JobStore, list[str]]:
 
 
 @pytest.mark.parametrize("kind", ["memory", "redis"])
-def test_an_attempt_starts_and_finishes_in_one_write_each(kind: str, db: redis.Redis) -> None:
+def test_an_attempt_starts_and_finishes_in_one_write_each(
+    kind: str, db: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
     store, heard = _attempt_store(kind, db)
+    sent: list[int] = []  # Redis round trips (commands or pipelines sent)
+    original = redis.connection.AbstractConnection.send_packed_command
+
+    def counted(self: Any, command: Any, check_health: bool = True) -> None:
+        sent.append(1)
+        original(self, command, check_health)
+
+    monkeypatch.setattr(redis.connection.AbstractConnection, "send_packed_command", counted)
     pubsub = db.pubsub(ignore_subscribe_messages=True)
     pubsub.subscribe(f"{NS}:job-final")
     inputs = [b"first", b"second"]
@@ -218,12 +228,16 @@ def test_an_attempt_starts_and_finishes_in_one_write_each(kind: str, db: redis.R
     store.create(record, inputs)
     assert store.get("j1") == record and store.inputs(record) == inputs
     running = record.model_copy(update={"state": JobState.RUNNING, "attempts": 1})
+    before = len(sent)
     store.start(running, "worker-a")
+    assert len(sent) - before == (1 if kind == "redis" else 0)  # lease and record together
     assert store.get("j1") == running and store.lease_holder("j1") == "worker-a"
     assert store.kv.get_many([store.key("j1", "input", 1), "absent"]) == [b"second", None]
     done = running.model_copy(update={"state": JobState.SUCCEEDED, "done": 2})
     images = [{"mask": b"m0"}, {"mask": b"m1", "display": b"d1"}]
+    before = len(sent)
     store.finish(done, ['{"a": 0}', '{"a": 1}'], images, [{"sr": b"s0"}, {}])
+    assert len(sent) - before == (1 if kind == "redis" else 0)  # one transaction
     assert store.get("j1") == done and store.results("j1") == [{"a": 0}, {"a": 1}]
     assert store.artefact("j1", "display", 1) == b"d1" and store.artefact("j1", "sr", 0) == b"s0"
     assert store.lease_holder("j1") is None  # the lease went with the final record

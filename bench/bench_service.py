@@ -25,8 +25,16 @@ generated one. Models: the shipped store (``models_registry/store``) when it hol
 
 Bare pipeline (``bare_pipeline_rps``): the same image through ``analyse_each`` in a plain loop,
 16 in flight on the in-process service's job threads, no HTTP, ``--bare-requests`` images (at
-least 500 by default: it is every ratio's denominator); ``throughput_vs_bare_c16`` is each
-mode's throughput at concurrency 16 over it. ``--modes ""`` measures only the model and the bare
+least 500 by default: it is every ratio's denominator), once before the service's cells and
+once after (a shared machine drifts within minutes: ``bare_pipeline_rps_c16_runs``);
+``throughput_vs_bare_c16`` is each mode's throughput at concurrency 16 over the mean of the
+two.
+
+CPU: every cell records the CPU time per request of the bench itself (the client), of the server
+process and, queued, of the worker and of the loopback Redis (``/proc``; the scheduler the worker
+forks is not counted); the bare pipeline records its CPU per image. On a machine whose cores the
+client, the server, the worker and Redis share, the throughput a mode can reach is about the
+cores over the sum of these, which is what the ratio to the bare pipeline comes down to. ``--modes ""`` measures only the model and the bare
 pipeline.
 
 ``--json FILE`` writes every figure of the run (see :func:`report`); ``--soak 0`` (the default)
@@ -100,6 +108,7 @@ class Level:
     wall_s: float = 0.0
     runtimes: Counter[str] = field(default_factory=Counter)  # model.runtime of the results
     client_cpu_s: float = 0.0  # this process's CPU time while the cell ran: the client's own
+    process_cpu_s: dict[str, float] = field(default_factory=dict)  # server, worker, redis
 
     @property
     def throughput(self) -> float:
@@ -176,7 +185,19 @@ class ModelTimes:
     batch: tuple[int, ...]
     per_runtime: dict[str, float]
     ort_default_ms: float
-    bare_rps: float = float("nan")  # the pipeline alone at concurrency 16 (bare_pipeline_rps)
+    bare_runs: list[float] = field(default_factory=list)  # bare_pipeline_rps, before and after
+    bare_cpu_ms: list[float] = field(default_factory=list)  # its CPU ms per image, each run
+
+    @property
+    def bare_rps(self) -> float:
+        """The pipeline alone at concurrency 16: the mean of its runs before and after the
+        service's (NaN when not measured)."""
+        return statistics.fmean(self.bare_runs) if self.bare_runs else float("nan")
+
+    def add_bare(self, run: tuple[float, float]) -> None:
+        """One run of :func:`bare_pipeline_rps`: requests/s and CPU ms per image."""
+        self.bare_runs.append(run[0])
+        self.bare_cpu_ms.append(run[1])
 
     def speedups(self) -> dict[str, float]:
         base = self.per_runtime[BASELINE]
@@ -217,14 +238,15 @@ def time_runtimes(
 
 def bare_pipeline_rps(
     stage: Stage, image: bytes, registry: Registry, ref: str, requests: int, concurrency: int = 16
-) -> float:
+) -> tuple[float, float]:
     """Requests/s of the pipeline alone (decode, stage check, preprocessing, model,
     post-processing: ``analyse_each``) over ``requests`` copies of ``image``, ``concurrency`` in
     flight on as many threads as the in-process service runs jobs (``inprocess_workers``), with
     its session options; no HTTP, no job store. The in-process and queued throughputs at
-    ``concurrency`` are compared with it."""
+    ``concurrency`` are compared with it. Returns the requests/s and the CPU ms per image (this
+    process's, every thread: the model's included)."""
     settings = Settings()
-    options = runner_options(settings)
+    options = runner_options(settings, stage)
 
     def one(_: int) -> None:
         outcome = analyse_each(stage, [image], registry=registry, model_ref=ref, options=options,
@@ -234,9 +256,10 @@ def bare_pipeline_rps(
 
     with ThreadPoolExecutor(max_workers=settings.inprocess_workers) as pool:
         list(pool.map(one, range(2)))  # warm-up
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         list(pool.map(one, range(requests)))  # the pool holds the rest queued: all in flight
-        return requests / (time.perf_counter() - start)
+        wall, cpu = time.perf_counter() - start, time.process_time() - cpu
+        return requests / wall, cpu * 1000.0 / requests
 
 
 def submit(client: Client, stage: str, image: bytes, wait: bool = True) -> Reply:
@@ -301,16 +324,33 @@ def one_request(client: Client, stage: str, image: bytes) -> Outcome | None:
     return seconds, float(result["timings_ms"]["total"]), _phases(body, seconds * 1000.0), runtime
 
 
-def measure(client: Client, level: Level, image: bytes, requests: int) -> Level:
-    """Send ``requests`` requests, ``level.concurrency`` at a time (after two warm-up ones)."""
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds process ``pid`` has used so far (Linux ``/proc``); NaN where
+    it cannot be read (another OS, a process gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measure(
+    client: Client, level: Level, image: bytes, requests: int, pids: dict[str, int] | None = None
+) -> Level:
+    """Send ``requests`` requests, ``level.concurrency`` at a time (after two warm-up ones);
+    ``pids``: processes (server, worker, Redis) whose CPU time the cell also records."""
     for _ in range(2):
         one_request(client, level.stage, image)
+    watched = {name: process_cpu_s(pid) for name, pid in (pids or {}).items()}
     start, cpu = time.perf_counter(), time.process_time()
     with ThreadPoolExecutor(level.concurrency) as pool:
         jobs = [pool.submit(one_request, client, level.stage, image) for _ in range(requests)]
         outcomes = [job.result() for job in jobs]
     level.wall_s = time.perf_counter() - start
     level.client_cpu_s = time.process_time() - cpu
+    level.process_cpu_s = {
+        name: process_cpu_s(pid) - watched[name] for name, pid in (pids or {}).items()
+    }
     level.latencies_s = [o[0] for o in outcomes if o is not None]
     level.pipeline_ms = [o[1] for o in outcomes if o is not None]
     level.phases_ms = [o[2] for o in outcomes if o is not None]
@@ -371,8 +411,12 @@ def wait_ready(client: Client, proc: subprocess.Popen[bytes], log: Path) -> None
 
 
 @contextmanager
-def servers(mode: str, store: Path, logs: Path, client_kind: str) -> Iterator[Client]:
-    """``breastdx serve`` (and, queued, one ``breastdx worker``) with a client on its port."""
+def servers(
+    mode: str, store: Path, logs: Path, client_kind: str
+) -> Iterator[tuple[Client, dict[str, int]]]:
+    """``breastdx serve`` (and, queued, one ``breastdx worker``) with a client on its port,
+    and the pids of the processes serving it (``server``; queued: ``worker`` and ``redis``, the
+    loopback Redis's own ``process_id``)."""
     env = {
         "BREASTDX_MODEL_STORE": str(store),
         "BREASTDX_ALLOW_ANONYMOUS": "true",
@@ -387,12 +431,14 @@ def servers(mode: str, store: Path, logs: Path, client_kind: str) -> Iterator[Cl
     with ExitStack() as stack:
         log = logs / f"serve-{mode}.log"
         serve = stack.enter_context(process(["serve", "--port", str(port)], env, log))
+        pids = {"server": serve.pid}
         if mode == "queued":
-            stack.enter_context(process(["worker"], env, logs / "worker.log"))
+            pids["worker"] = stack.enter_context(process(["worker"], env, logs / "worker.log")).pid
+            pids["redis"] = int(redis.Redis.from_url(REDIS_URL).info("server")["process_id"])
         client = CLIENTS[client_kind](f"http://127.0.0.1:{port}", timeout=WAIT_S + 30)
         stack.callback(client.close)
         wait_ready(client, serve, log)
-        yield client
+        yield client, pids
     if mode == "queued":
         redis.Redis.from_url(REDIS_URL).flushdb()
 
@@ -420,16 +466,20 @@ def default_store(given: Path | None) -> Path:
 
 
 def print_levels(levels: list[Level]) -> None:
-    row = "{:<15} {:<10} {:>5} {:>5} {:>9} {:>9} {:>12} {:>8} {:>7} {:>14}"
+    row = "{:<15} {:<10} {:>5} {:>5} {:>9} {:>9} {:>12} {:>8} {:>7} {:>14} {:>24}"
     heads = ("stage", "mode", "conc", "n", "p50 ms", "p95 ms", "pipeline ms", "req/s", "errors")
-    print(row.format(*heads, "client cpu ms"))
+    print(row.format(*heads, "client cpu ms", "server/worker/redis cpu"))
     for lv in levels:
         pipeline = f"{statistics.median(lv.pipeline_ms):.1f}" if lv.pipeline_ms else "-"
         rate = f"{len(lv.latencies_s) / lv.wall_s:.1f}" if lv.wall_s else "-"
         cells = (lv.stage, lv.mode, lv.concurrency, len(lv.latencies_s))
         times = (f"{lv.p_ms(50):.1f}", f"{lv.p_ms(95):.1f}", pipeline, rate, lv.errors)
-        print(row.format(*cells, *times, f"{_client_cpu_ms(lv):.2f}"))
-    print("# client cpu ms: the bench's own CPU per request (its HTTP client, on the same cores)")
+        others = "/".join(f"{ms:.2f}" for ms in _process_cpu_ms(lv).values()) or "-"
+        print(row.format(*cells, *times, f"{_client_cpu_ms(lv):.2f}", others))
+    print(
+        "# client cpu ms: the bench's own CPU per request (its HTTP client, on the same cores);"
+        " server/worker/redis cpu: each serving process's CPU ms per request (user + system)"
+    )
 
 
 def served_runtime(levels: list[Level], stage: str) -> str:
@@ -461,6 +511,8 @@ def stage_figures(levels: list[Level], stage: str, times: ModelTimes) -> dict[st
         "e2e_over_model": local / min(served, times.ort_default_ms),
         "queue_overhead_ms": queued - local,
         "bare_pipeline_rps_c16": times.bare_rps,
+        "bare_pipeline_rps_c16_runs": times.bare_runs,
+        "bare_pipeline_cpu_ms_per_image": times.bare_cpu_ms,
         "throughput_vs_bare_c16": {
             mode: rps / times.bare_rps for mode, rps in top.items() if times.bare_rps > 0
         },
@@ -470,7 +522,7 @@ def stage_figures(levels: list[Level], stage: str, times: ModelTimes) -> dict[st
 def print_targets(levels: list[Level], model_ms: dict[str, ModelTimes]) -> None:
     """Model-only time per runtime, speed-up over ONNX Runtime on CPU, the runtime the server
     ran, overhead (e2e p50 - its model-only p50, concurrency 1, in process), queue overhead."""
-    row = "{:<15} {:<26} {:<40} {:<10} {:>11} {:>15} {:>11} {:>9} {:>24}"
+    row = "{:<15} {:<26} {:<40} {:<10} {:>11} {:>15} {:>11} {:>17} {:>24}"
     heads = ("stage", "model", "model-only ms (x vs ORT CPU)", "served", "overhead ms",
              "e2e p50/model", "queue ms", "bare rps", "c16 vs bare")  # fmt: skip
     print("\n" + row.format(*heads))
@@ -481,8 +533,20 @@ def print_targets(levels: list[Level], model_ms: dict[str, ModelTimes]) -> None:
         ratios = ", ".join(f"{m} {r:.0%}" for m, r in fig["throughput_vs_bare_c16"].items())
         cells = (fig["served_runtime"], f"{fig['overhead_ms']:.1f}",
                  f"{fig['e2e_over_model']:.2f}x", f"{fig['queue_overhead_ms']:.1f}",
-                 f"{times.bare_rps:.1f}", ratios or "-")  # fmt: skip
+                 _bare_cell(times.bare_runs), ratios or "-")  # fmt: skip
         print(row.format(stage, times.ref, runtimes, *cells))
+    for stage, times in model_ms.items():
+        if times.bare_cpu_ms:
+            cpu = "/".join(f"{ms:.2f}" for ms in times.bare_cpu_ms)
+            print(f"# {stage}: the bare pipeline's CPU ms per image {cpu} (each run; the service's "
+                  "is the client's plus the serving processes' above)")  # fmt: skip
+
+
+def _bare_cell(runs: list[float]) -> str:
+    """The bare pipeline's mean throughput, with its runs where there are two."""
+    if len(runs) < 2:
+        return f"{statistics.fmean(runs):.1f}" if runs else "nan"
+    return f"{statistics.fmean(runs):.1f} ({'/'.join(f'{r:.0f}' for r in runs)})"
 
 
 def finite(value: Any) -> Any:
@@ -525,6 +589,7 @@ def report(
                 "pipeline_p50_ms": statistics.median(lv.pipeline_ms) if lv.pipeline_ms else None,
                 "throughput_rps": lv.throughput,
                 "client_cpu_ms_per_request": _client_cpu_ms(lv),
+                "process_cpu_ms_per_request": _process_cpu_ms(lv),
                 "runtimes": dict(lv.runtimes),
             }
             for lv in levels
@@ -539,6 +604,15 @@ def _client_cpu_ms(level: Level) -> float:
     """The bench's own CPU ms per request of the cell (the HTTP client, sharing the cores)."""
     done = len(level.latencies_s) + level.errors
     return level.client_cpu_s * 1000.0 / done if done else float("nan")
+
+
+def _process_cpu_ms(level: Level) -> dict[str, float]:
+    """CPU ms per request of the cell of each serving process (server, worker, redis)."""
+    done = len(level.latencies_s) + level.errors
+    return {
+        name: seconds * 1000.0 / done if done else float("nan")
+        for name, seconds in level.process_cpu_s.items()
+    }
 
 
 def print_phases(levels: list[Level]) -> None:
@@ -627,21 +701,27 @@ def main(argv: list[str] | None = None) -> int:
         batch = model_batch(Stage(stage), image, registry, ref)
         model_ms[stage] = time_runtimes(registry, ref, batch, runtimes)
         if args.bare:
-            model_ms[stage].bare_rps = bare_pipeline_rps(
-                Stage(stage), image, registry, ref, bare_requests
+            model_ms[stage].add_bare(
+                bare_pipeline_rps(Stage(stage), image, registry, ref, bare_requests)
             )
         print(f"# {stage}: {origin}, model batch {tuple(batch.shape)}")
     levels, soaked = [], None
     with tempfile.TemporaryDirectory(prefix="bench-service-") as tmp:
         for mode in modes:
-            with servers(mode, store, Path(tmp), args.client) as client:
+            with servers(mode, store, Path(tmp), args.client) as (client, pids):
                 for stage, (image, _) in images.items():
                     for c in (int(c) for c in args.concurrency.split(",")):
                         n = args.requests if c == 1 else load_requests
-                        levels.append(measure(client, Level(stage, mode, c), image, n))
+                        levels.append(measure(client, Level(stage, mode, c), image, n, pids))
                 if mode == "queued" and args.soak:
                     image = stage_image(Stage(args.soak_stage))[0]
                     soaked = soak(client, args.soak_stage, image, args.soak)
+    if args.bare and modes:  # again after the service's cells: the machine drifts
+        for stage, (image, _) in images.items():
+            ref = model_ms[stage].ref
+            model_ms[stage].add_bare(
+                bare_pipeline_rps(Stage(stage), image, registry, ref, bare_requests)
+            )
     print()
     print_levels(levels)
     print_targets(levels, model_ms)

@@ -41,14 +41,16 @@ def anonymous_exposure(host: str, allow_anonymous: bool, public_ok: bool) -> str
     )
 
 
-def require_runtime(requested: str) -> None:
-    """An explicit ``BREASTDX_RUNTIME`` must be installed: refuse to start otherwise."""
+def require_runtime(*requested: str) -> None:
+    """Each runtime named explicitly (``BREASTDX_RUNTIME``, ``BREASTDX_STAGE_RUNTIMES``) must be
+    installed: refuse to start otherwise."""
     from models_registry.card import Runtime
     from models_registry.errors import RuntimeUnavailableError
     from models_registry.runtime import installed
 
-    if requested != "auto" and not installed(Runtime(requested)):
-        raise RuntimeUnavailableError(requested, "its Python package does not import")
+    for name in sorted(set(requested)):
+        if name != "auto" and not installed(Runtime(name)):
+            raise RuntimeUnavailableError(name, "its Python package does not import")
 
 
 def serve_main(argv: list[str] | None = None) -> int:
@@ -73,7 +75,7 @@ def serve_main(argv: list[str] | None = None) -> int:
 
         settings = get_settings()
         configure_logging(settings.log_level)  # JSON lines; the access line carries request ids
-        require_runtime(settings.runtime)
+        require_runtime(*settings.runtimes())
         public_ok = args.public_ok or settings.i_know_anonymous_is_public
         refusal = anonymous_exposure(args.host, settings.allow_anonymous, public_ok)
         if refusal:

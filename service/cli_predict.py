@@ -82,14 +82,15 @@ def _registry(stores: list[str] | None) -> Registry:
 
 
 def _runtime(args: argparse.Namespace) -> str:
-    """``--runtime``, else ``BREASTDX_RUNTIME`` (the service's setting, default auto).
+    """``--runtime``, else the stage's runtime in the service's settings
+    (``BREASTDX_STAGE_RUNTIMES``, else ``BREASTDX_RUNTIME``, default auto).
 
     Raises:
         SettingsError: a ``BREASTDX_*`` variable does not parse.
     """
     from service.config import Settings, load_settings
 
-    return str(args.runtime or load_settings(Settings, "BREASTDX_").runtime)
+    return str(args.runtime or load_settings(Settings, "BREASTDX_").runtime_for(args.stage))
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -11,8 +11,13 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from breastdx.settings import SettingsError, load_settings
 from imaging.limits import DEFAULT_MAX_PIXELS
+from models_registry.card import Stage
 
-__all__ = ["Settings", "SettingsError", "get_settings", "load_settings"]
+__all__ = ["RuntimeName", "Settings", "SettingsError", "get_settings", "load_settings"]
+
+RuntimeName = Literal[
+    "auto", "onnxruntime", "openvino", "openvino-bf16", "onnxruntime-int8", "openvino-int8"
+]
 
 
 class Settings(BaseSettings):
@@ -86,15 +91,19 @@ class Settings(BaseSettings):
         description="ONNX Runtime threads spin-wait between runs: a little lower model latency "
         "on cores of their own, CPU taken from the web server and post-processing otherwise",
     )
-    runtime: Literal[
-        "auto", "onnxruntime", "openvino", "openvino-bf16", "onnxruntime-int8", "openvino-int8"
-    ] = Field(
+    runtime: RuntimeName = Field(
         default="auto",
         description="inference runtime per model: onnxruntime, openvino, or a reduced-precision "
         "one (openvino-bf16; onnxruntime-int8 and openvino-int8, which run the card's int8 file) "
         "for models whose card lists it in reduced_precision; or auto (the fastest installed one "
         "the card allows that passes the parity gate against ONNX Runtime on CPU, chosen at "
         "start; docs/deployment.md, 'Runtimes')",
+    )
+    stage_runtimes: dict[Stage, RuntimeName] = Field(
+        default_factory=dict,
+        description="the runtime of one stage's model where it differs from runtime, a JSON "
+        'object (e.g. {"histopathology": "onnxruntime-int8"}); a stage it does not name runs '
+        "on runtime",
     )
     batch_window_ms: float | None = Field(
         default=None,
@@ -136,6 +145,17 @@ class Settings(BaseSettings):
         if any(i < 0 for i in self.retry_intervals_s):
             raise ValueError("retry_intervals_s must be >= 0 seconds each")
         return self
+
+    def runtime_for(self, stage: Stage | str | None) -> str:
+        """The runtime ``stage``'s model runs on: its entry in ``stage_runtimes``, else
+        ``runtime`` (also for ``None``: no stage known)."""
+        if stage is None:
+            return self.runtime
+        return self.stage_runtimes.get(Stage(stage), self.runtime)
+
+    def runtimes(self) -> set[str]:
+        """Every runtime these settings name: ``runtime`` and each stage's."""
+        return {self.runtime, *self.stage_runtimes.values()}
 
     @property
     def queued(self) -> bool:

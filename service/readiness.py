@@ -93,7 +93,7 @@ def _load_in_process(
     labels, problems = {}, []
     for stage, ref in served.items():
         try:
-            runner = get_runner(ref, registry, runner_options(settings))
+            runner = get_runner(ref, registry, runner_options(settings, stage))
             if warm:
                 runner.warm()
         except RegistryError as exc:

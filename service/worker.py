@@ -190,7 +190,7 @@ def warm_up(settings: Settings, registry: Registry, stages: Sequence[Stage]) -> 
     for stage in stages:
         try:
             card = pin_model(stage, registry, None)
-            runner = get_runner(card.ref, registry, runner_options(settings))
+            runner = get_runner(card.ref, registry, runner_options(settings, stage))
             runner.warm()
         except NoModelForStageError:
             logger.warning("no model for stage %s; its jobs will fail", stage.value)

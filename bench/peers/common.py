@@ -39,7 +39,7 @@ class Work:
         self.settings = Settings()
         self.registry = service_registry(self.settings)
         self.ref = str(self.registry.resolve(default_model_ref(self.stage, self.registry)))
-        get_runner(self.ref, self.registry, runner_options(self.settings))
+        get_runner(self.ref, self.registry, runner_options(self.settings, self.stage))
 
     def analyse(self, data: bytes) -> tuple[int, dict[str, Any]]:
         """(HTTP status, JSON body) for one image."""
@@ -48,7 +48,7 @@ class Work:
             [data],
             registry=self.registry,
             model_ref=self.ref,
-            options=runner_options(self.settings),
+            options=runner_options(self.settings, self.stage),
             max_pixels=self.settings.max_pixels,
         )[0]
         if isinstance(outcome, BreastdxError):

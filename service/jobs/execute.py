@@ -28,7 +28,7 @@ import redis
 from rq.timeouts import JobTimeoutException
 
 from breastdx.errors import BreastdxError
-from models_registry.card import ModelCard
+from models_registry.card import ModelCard, Stage
 from models_registry.registry import Registry
 from models_registry.runtime import WORK
 from service.config import Settings
@@ -58,12 +58,13 @@ class Attempt:
     timeout_s: float | None = None
 
 
-def runner_options(settings: Settings) -> RunnerOptions:
-    """The session options every job and the worker's warm-up use (one cached session)."""
+def runner_options(settings: Settings, stage: Stage | str | None = None) -> RunnerOptions:
+    """The session options every job and the worker's warm-up use (one cached session);
+    ``stage``: whose runtime (``BREASTDX_STAGE_RUNTIMES``, else ``BREASTDX_RUNTIME``)."""
     return RunnerOptions(
         intra_op_threads=settings.ort_threads,
         allow_spinning=settings.ort_spinning,
-        runtime=parse_runtime(settings.runtime),
+        runtime=parse_runtime(settings.runtime_for(stage)),
         concurrent=concurrent_runs(settings),
     )
 
@@ -207,7 +208,7 @@ def _analyse(
         sources,
         registry=registry,
         model_ref=model,
-        options=runner_options(settings),
+        options=runner_options(settings, record.stage),
         max_pixels=settings.max_pixels,
         batching=batch_policy(settings),
     )

@@ -46,12 +46,22 @@ def test_bench_service_writes_every_figure(tmp_path: Path) -> None:
     }
     local = levels[("inprocess", 1)]["p50_ms"]
     assert math.isclose(us["overhead_ms"], local - us["served_model_ms"], rel_tol=1e-9)
-    assert us["bare_pipeline_rps_c16"] > 0
+    # the bare pipeline ran before and after the service's cells; the ratios use their mean
+    runs = us["bare_pipeline_rps_c16_runs"]
+    assert len(runs) == 2 and all(r > 0 for r in runs)
+    assert math.isclose(us["bare_pipeline_rps_c16"], sum(runs) / 2, rel_tol=1e-9)
     ratios = us["throughput_vs_bare_c16"]
     assert set(ratios) == {"inprocess", "queued"}
     for mode, ratio in ratios.items():
         rps = levels[(mode, 16)]["throughput_rps"]
         assert math.isclose(ratio, rps / us["bare_pipeline_rps_c16"], rel_tol=1e-9)
+    # CPU per request of each serving process, and the bare pipeline's per image
+    cpu = {key: lv["process_cpu_ms_per_request"] for key, lv in levels.items()}
+    assert set(cpu[("inprocess", 16)]) == {"server"}
+    assert set(cpu[("queued", 16)]) == {"server", "worker", "redis"}
+    assert cpu[("queued", 16)]["worker"] > 0 and cpu[("inprocess", 16)]["server"] > 0
+    assert len(us["bare_pipeline_cpu_ms_per_image"]) == 2
+    assert all(ms > 0 for ms in us["bare_pipeline_cpu_ms_per_image"])
     assert figures["client"] == "stdlib"  # bench/loadclient.py, the lean default
     assert all(lv["client_cpu_ms_per_request"] > 0 for lv in levels.values())
     assert figures["soak"] is None  # --soak 0, the default, skips it
@@ -78,6 +88,7 @@ def test_bench_service_without_modes_measures_the_model_and_the_bare_pipeline(
     assert figures["load_requests"] == 500  # higher levels default to the bare pipeline's count
     histo = figures["stages"]["histopathology"]
     assert histo["bare_pipeline_rps_c16"] > 0 and histo["throughput_vs_bare_c16"] == {}
+    assert len(histo["bare_pipeline_rps_c16_runs"]) == 1  # no service cells to bracket
 
 
 def test_bench_variants_times_every_runtime_the_card_allows(tmp_path: Path) -> None:

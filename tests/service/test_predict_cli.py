@@ -86,7 +86,8 @@ def test_predict_all_good_exits_zero_and_keeps_stems_apart(store: Path, tmp_path
 def test_predict_runs_on_the_runtime_asked_for(
     store: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """``--runtime``, else ``BREASTDX_RUNTIME``; the printed line and the result name it."""
+    """``--runtime``, else the stage's ``BREASTDX_STAGE_RUNTIMES`` entry, else
+    ``BREASTDX_RUNTIME``; the printed line and the result name it."""
     scan = write(tmp_path / "in", "scan.png", ultrasound_png(0, (100, 140)))
     argv = ["--stage", "ultrasound", str(scan), "--store", str(store)]
 
@@ -105,6 +106,12 @@ def test_predict_runs_on_the_runtime_asked_for(
     monkeypatch.setenv("BREASTDX_RUNTIME", "openvino")
     assert predict("env")["runtime"] == "openvino"
     assert predict("both", "--runtime", "onnxruntime")["runtime"] == "onnxruntime"
+    # the stage's own entry wins over BREASTDX_RUNTIME; another stage's entry does not apply
+    monkeypatch.setenv("BREASTDX_STAGE_RUNTIMES", '{"ultrasound": "onnxruntime"}')
+    assert predict("stage")["runtime"] == "onnxruntime"
+    monkeypatch.setenv("BREASTDX_STAGE_RUNTIMES", '{"histopathology": "onnxruntime"}')
+    assert predict("other-stage")["runtime"] == "openvino"
+    monkeypatch.delenv("BREASTDX_STAGE_RUNTIMES")
     monkeypatch.setenv("BREASTDX_RUNTIME", "tensorrt")
     assert main([*argv, "--out", str(tmp_path / "bad")]) == 1
     assert "invalid_settings" in capsys.readouterr().err

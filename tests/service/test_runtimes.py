@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from models_registry.card import Runtime
+from models_registry.card import Runtime, Stage
 from models_registry.errors import RuntimeNotAllowedError, RuntimeParityError
 from models_registry.registry import Registry
 from models_registry.runtime import OpenVinoSession, OrtSession
@@ -26,7 +26,9 @@ from service.app import create_app
 from service.config import Settings, SettingsError, load_settings
 from service.inference import clear_runners, get_runner
 from service.inference.runner import RunnerOptions, loaded_selections
-from service.inference.runtime_choice import AUTO, AUTO_TIE, _fastest
+from service.inference.runtime_choice import AUTO, AUTO_TIE, _fastest, parse_runtime
+from service.jobs.execute import runner_options
+from service.worker import warm_up
 from tests.conftest import REPO_ROOT
 from tests.runtime_support import register_copy, shipped_card, zero_tolerance
 from tests.service import jobs_support as js
@@ -91,6 +93,38 @@ def test_breastdx_runtime_onnxruntime_runs_onnxruntime(store: Path) -> None:
     with client(store, runtime="onnxruntime") as api:
         model = analyse(api)["result"][0]["model"]
     assert model["runtime"] == "onnxruntime" and model["device"] == "CPUExecutionProvider"
+
+
+def test_a_stage_runtime_overrides_breastdx_runtime_for_its_stage_only(store: Path) -> None:
+    """``BREASTDX_STAGE_RUNTIMES``: the named stage's model runs on its entry; a stage it does
+    not name keeps ``BREASTDX_RUNTIME``."""
+    with client(store, runtime="openvino", stage_runtimes={"ultrasound": "onnxruntime"}) as api:
+        model = analyse(api)["result"][0]["model"]
+        (served,) = api.get("/v1/models").json()["models"]
+    assert model["runtime"] == "onnxruntime" and served["runtime"]["requested"] == "onnxruntime"
+    clear_runners()
+    with client(store, runtime="openvino", stage_runtimes={"histopathology": "onnxruntime"}) as api:
+        model = analyse(api)["result"][0]["model"]
+    assert model["runtime"] == "openvino"
+
+
+def test_a_queue_worker_warms_each_stage_on_its_own_runtime(tmp_path: Path) -> None:
+    """The worker's start-up load honours the stage's runtime: one the card does not allow
+    stops it (no silent fallback), another stage's entry leaves this one on the default."""
+    card, _ = shipped_card()
+    only_ort = [{"runtime": "onnxruntime", "device": "CPUExecutionProvider",
+                 "parity": card.parity.model_dump(mode="json")}]  # fmt: skip
+    registry = register_copy(tmp_path / "store", runtimes=only_ort)
+    settings = Settings(model_store=tmp_path / "store", stage_runtimes={"ultrasound": "openvino"})
+    with pytest.raises(RuntimeNotAllowedError, match="not 'openvino'"):
+        warm_up(settings, registry, [Stage.ULTRASOUND])
+    clear_runners()
+    other = settings.model_copy(update={"stage_runtimes": {Stage.MAMMOGRAPHY: "openvino"}})
+    assert warm_up(other, registry, [Stage.ULTRASOUND]) == [f"{MODEL}@1"]
+    default = parse_runtime(other.runtime)  # BREASTDX_RUNTIME (the suite pins onnxruntime)
+    assert runner_options(other, Stage.ULTRASOUND).runtime == default
+    assert runner_options(other, "mammography").runtime == Runtime.OPENVINO
+    assert runner_options(other).runtime == default  # no stage: BREASTDX_RUNTIME
 
 
 def test_auto_times_every_passing_runtime_and_keeps_the_fastest(store: Path) -> None:
@@ -193,6 +227,26 @@ def test_a_bad_breastdx_runtime_is_a_settings_error(monkeypatch: pytest.MonkeyPa
     assert all(name in caught.value.message for name in ("auto", "onnxruntime", "openvino"))
 
 
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ('{"brain": "openvino"}', "BREASTDX_STAGE_RUNTIMES[brain]: Input should be 'mammography'"),
+        (
+            '{"ultrasound": "tensorrt"}',
+            "BREASTDX_STAGE_RUNTIMES[ultrasound]: Input should be 'auto'",
+        ),
+        ("histopathology=openvino", "BREASTDX_STAGE_RUNTIMES: not valid JSON"),
+    ],
+)
+def test_a_bad_stage_runtime_is_a_settings_error_naming_it(
+    value: str, message: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BREASTDX_STAGE_RUNTIMES", value)
+    with pytest.raises(SettingsError) as caught:
+        load_settings(Settings, "BREASTDX_")
+    assert caught.value.message.startswith(f"invalid settings: {message}")
+
+
 def _serve(env: dict[str, str], block_openvino: bool = False) -> subprocess.CompletedProcess[str]:
     code = (
         "import sys; sys.modules['openvino'] = None\n" if block_openvino else ""
@@ -213,3 +267,7 @@ def test_serve_refuses_to_start_on_a_bad_or_missing_runtime() -> None:
     missing = _serve({"BREASTDX_RUNTIME": "openvino"}, block_openvino=True)
     assert missing.returncode == 1, missing.stderr
     assert "runtime 'openvino' is not installed" in missing.stderr
+    one_stage = _serve({"BREASTDX_STAGE_RUNTIMES": '{"histopathology": "openvino-int8"}'},
+                       block_openvino=True)  # fmt: skip
+    assert one_stage.returncode == 1, one_stage.stderr
+    assert "runtime 'openvino-int8' is not installed" in one_stage.stderr

@@ -46,6 +46,8 @@ def test_bench_service_writes_every_figure(tmp_path: Path) -> None:
     }
     local = levels[("inprocess", 1)]["p50_ms"]
     assert math.isclose(us["overhead_ms"], local - us["served_model_ms"], rel_tol=1e-9)
+    # the requests' own inference time is inside their e2e time
+    assert 0 < us["overhead_vs_own_inference_ms"] < local
     # the bare pipeline ran before and after the service's cells; the ratios use their mean
     runs = us["bare_pipeline_rps_c16_runs"]
     assert len(runs) == 2 and all(r > 0 for r in runs)

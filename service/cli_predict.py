@@ -12,7 +12,8 @@ outputs cannot be built keeps its analysis and is reported as failed (exit 1).
 An input that fails (undecodable, not an image, wrong stage) gets ``<stem>.error.json`` and a
 line ``breastdx predict: NAME: CODE: message`` on stderr; the others are still analysed. Exit 0
 when every input was analysed, 1 when any failed (or the model could not be used), 2 on bad usage.
-The model runs on ``--runtime`` (default: ``BREASTDX_RUNTIME``, as the service; unset: ``auto``;
+The model runs on ``--runtime`` (default: the stage's ``BREASTDX_STAGE_RUNTIMES`` entry, else
+``BREASTDX_RUNTIME``, as the service; unset: ``auto``;
 docs/deployment.md, "Runtimes"); each result names the runtime that ran it.
 """
 
@@ -52,8 +53,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--runtime",
         choices=RUNTIME_CHOICES,
-        help="inference runtime (default: BREASTDX_RUNTIME, else auto: the fastest that passes "
-        "the parity gate)",
+        help="inference runtime (default: the stage's BREASTDX_STAGE_RUNTIMES entry, else "
+        "BREASTDX_RUNTIME, else auto: the fastest that passes the parity gate)",
     )
     parser.add_argument("--overlap", type=float, default=0.0, help="histopathology tile overlap")
     parser.add_argument("--aggregate", choices=["max", "top_k_mean"], default="top_k_mean")

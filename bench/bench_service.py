@@ -42,8 +42,12 @@ cores over the sum of these, which is what the ratio to the bare pipeline comes 
 ``--json FILE`` writes every figure of the run (see :func:`report`); ``--soak 0`` (the default)
 skips the soak. The servers run with the environment's ``BREASTDX_RUNTIME`` (default auto).
 
+``--files-per-request N`` sends N copies of the image in each request (a batch of patches, say):
+the shares then compare images/s with the bare pipeline's; the latency and phase figures are the
+request's.
+
 Usage: ``.venv/bin/python bench/bench_service.py [--store DIR] [--requests 30]
-[--load-requests 500] [--concurrency 1,4,16] [--modes inprocess,queued]
+[--load-requests 500] [--concurrency 1,4,16] [--files-per-request 1] [--modes inprocess,queued]
 [--stages ultrasound,...] [--soak 2000] [--runtimes onnxruntime,openvino] [--json run.json]``
 """
 
@@ -111,10 +115,18 @@ class Level:
     runtimes: Counter[str] = field(default_factory=Counter)  # model.runtime of the results
     client_cpu_s: float = 0.0  # this process's CPU time while the cell ran: the client's own
     process_cpu_s: dict[str, float] = field(default_factory=dict)  # server, worker, redis
+    files: int = 1  # images in each request (--files-per-request)
 
     @property
     def throughput(self) -> float:
+        """Requests per second."""
         return len(self.latencies_s) / self.wall_s if self.wall_s else float("nan")
+
+    @property
+    def images_per_s(self) -> float:
+        """Images per second: what the bare pipeline's throughput (one image a call) is
+        compared with."""
+        return self.throughput * self.files
 
     def p_ms(self, q: float) -> float:
         return float(np.percentile(self.latencies_s, q)) * 1000.0 if self.latencies_s else np.nan
@@ -264,9 +276,10 @@ def bare_pipeline_rps(
         return requests / wall, cpu * 1000.0 / requests
 
 
-def submit(client: Client, stage: str, image: bytes, wait: bool = True) -> Reply:
+def submit(client: Client, stage: str, image: bytes, wait: bool = True, files: int = 1) -> Reply:
+    """One analysis request of ``files`` copies of ``image``."""
     headers = {"Prefer": f"wait={WAIT_S}"} if wait else {}
-    return client.post_file(f"/v1/{stage}/analyses", image, headers=headers)
+    return client.post_file(f"/v1/{stage}/analyses", image, headers=headers, copies=files)
 
 
 def follow(client: Client, response: Reply, deadline: float) -> dict[str, object]:
@@ -307,21 +320,22 @@ def _phases(body: dict[str, Any], e2e_ms: float) -> dict[str, float]:
     }
 
 
-def one_request(client: Client, stage: str, image: bytes) -> Outcome | None:
-    """(seconds from send to a succeeded result, the pipeline's own ms, the phases); None on
-    any error."""
+def one_request(client: Client, stage: str, image: bytes, files: int = 1) -> Outcome | None:
+    """(seconds from send to a succeeded result, the pipeline's own ms, the phases; of the
+    first image where a request carries ``files`` copies); None on any error."""
     start = time.perf_counter()
     try:
-        response = submit(client, stage, image)
+        response = submit(client, stage, image, files=files)
         if response.status_code not in (200, 202):
             return None
         body = follow(client, response, time.monotonic() + 120)
     except TransportError:
         return None
-    if body.get("state") != "succeeded":
-        return None
+    results = body.get("result")
+    if body.get("state") != "succeeded" or not isinstance(results, list) or len(results) != files:
+        return None  # every image of the request analysed, or an error
     seconds = time.perf_counter() - start
-    result = body["result"][0]  # type: ignore[index]
+    result = results[0]
     runtime = str(result["model"].get("runtime"))
     return seconds, float(result["timings_ms"]["total"]), _phases(body, seconds * 1000.0), runtime
 
@@ -342,11 +356,14 @@ def measure(
     """Send ``requests`` requests, ``level.concurrency`` at a time (after two warm-up ones);
     ``pids``: processes (server, worker, Redis) whose CPU time the cell also records."""
     for _ in range(2):
-        one_request(client, level.stage, image)
+        one_request(client, level.stage, image, level.files)
     watched = {name: process_cpu_s(pid) for name, pid in (pids or {}).items()}
     start, cpu = time.perf_counter(), time.process_time()
     with ThreadPoolExecutor(level.concurrency) as pool:
-        jobs = [pool.submit(one_request, client, level.stage, image) for _ in range(requests)]
+        jobs = [
+            pool.submit(one_request, client, level.stage, image, level.files)
+            for _ in range(requests)
+        ]
         outcomes = [job.result() for job in jobs]
     level.wall_s = time.perf_counter() - start
     level.client_cpu_s = time.process_time() - cpu
@@ -482,6 +499,9 @@ def print_levels(levels: list[Level]) -> None:
         "# client cpu ms: the bench's own CPU per request (its HTTP client, on the same cores);"
         " server/worker/redis cpu: each serving process's CPU ms per request (user + system)"
     )
+    files = {lv.files for lv in levels}
+    if files != {1}:
+        print(f"# {', '.join(map(str, sorted(files)))} images per request: images/s = req/s x that")
 
 
 def served_runtime(levels: list[Level], stage: str) -> str:
@@ -500,7 +520,7 @@ def stage_figures(levels: list[Level], stage: str, times: ModelTimes) -> dict[st
     queued = p50.get((stage, "queued", 1), float("nan"))
     runtime = served_runtime(levels, stage)
     served = times.served_ms(runtime)
-    top = {(lv.mode): lv.throughput for lv in levels if lv.stage == stage and lv.concurrency == 16}
+    top = {lv.mode: lv.images_per_s for lv in levels if lv.stage == stage and lv.concurrency == 16}
     return {
         "model": times.ref,
         "batch": list(times.batch),
@@ -592,6 +612,7 @@ def report(
         "runtime_setting": os.environ.get("BREASTDX_RUNTIME", "auto"),
         "client": args.client,
         "requests_per_cell": args.requests,
+        "files_per_request": args.files_per_request,
         "load_requests": args.load_requests,
         "bare_requests": args.bare_requests,
         "stages": {stage: stage_figures(levels, stage, t) for stage, t in model_ms.items()},
@@ -606,6 +627,8 @@ def report(
                 "p95_ms": lv.p_ms(95),
                 "pipeline_p50_ms": statistics.median(lv.pipeline_ms) if lv.pipeline_ms else None,
                 "throughput_rps": lv.throughput,
+                "files_per_request": lv.files,
+                "images_per_s": lv.images_per_s,
                 "client_cpu_ms_per_request": _client_cpu_ms(lv),
                 "process_cpu_ms_per_request": _process_cpu_ms(lv),
                 "runtimes": dict(lv.runtimes),
@@ -676,6 +699,11 @@ def main(argv: list[str] | None = None) -> int:
         "throughput there is compared with the bare pipeline's over as many images)",
     )  # fmt: skip
     parser.add_argument("--concurrency", default="1,4,16")
+    parser.add_argument(
+        "--files-per-request", type=_positive, default=1, metavar="N",
+        help="images in each request (copies of the stage's image; default 1): the shares then "
+        "compare images/s with the bare pipeline's",
+    )  # fmt: skip
     parser.add_argument("--modes", default="inprocess,queued")
     parser.add_argument("--stages", default=",".join(s.value for s in Stage))
     parser.add_argument("--soak", type=int, default=0, help="queued requests to follow; 0: none")
@@ -730,7 +758,8 @@ def main(argv: list[str] | None = None) -> int:
                 for stage, (image, _) in images.items():
                     for c in (int(c) for c in args.concurrency.split(",")):
                         n = args.requests if c == 1 else load_requests
-                        levels.append(measure(client, Level(stage, mode, c), image, n, pids))
+                        level = Level(stage, mode, c, files=args.files_per_request)
+                        levels.append(measure(client, level, image, n, pids))
                 if mode == "queued" and args.soak:
                     image = stage_image(Stage(args.soak_stage))[0]
                     soaked = soak(client, args.soak_stage, image, args.soak)

@@ -69,12 +69,19 @@ class _Client:
         filename: str = "image.png",
         content_type: str = "image/png",
         headers: dict[str, str] | None = None,
+        copies: int = 1,
     ) -> Reply:
-        """POST ``data`` as the ``file`` part of a ``multipart/form-data`` body."""
-        return self._post_file(path, data, (filename, content_type), headers or {})
+        """POST ``data`` as the ``file`` part of a ``multipart/form-data`` body, ``copies``
+        times (one request carrying that many images)."""
+        return self._post_file(path, data, (filename, content_type), headers or {}, copies)
 
     def _post_file(
-        self, path: str, data: bytes, name: tuple[str, str], headers: dict[str, str]
+        self,
+        path: str,
+        data: bytes,
+        name: tuple[str, str],
+        headers: dict[str, str],
+        copies: int,
     ) -> Reply:
         raise NotImplementedError
 
@@ -90,7 +97,7 @@ class LoadClient(_Client):
         self.host, self.port = parts.hostname or "127.0.0.1", parts.port or 80
         self.timeout = timeout
         self._local = threading.local()
-        self._bodies: dict[tuple[int, int, str, str], tuple[bytes, str]] = {}
+        self._bodies: dict[tuple[int, int, str, str, int], tuple[bytes, str]] = {}
         self._lock = threading.Lock()
 
     def _connection(self, fresh: bool = False) -> http.client.HTTPConnection:
@@ -122,13 +129,18 @@ class LoadClient(_Client):
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _post_file(
-        self, path: str, data: bytes, name: tuple[str, str], headers: dict[str, str]
+        self,
+        path: str,
+        data: bytes,
+        name: tuple[str, str],
+        headers: dict[str, str],
+        copies: int,
     ) -> Reply:
-        key = (hash(data), len(data), *name)  # the body is encoded once per image and name
+        key = (hash(data), len(data), *name, copies)  # each body is encoded once
         with self._lock:
             cached = self._bodies.get(key)
             if cached is None:
-                cached = self._bodies[key] = _multipart(data, *name)
+                cached = self._bodies[key] = _multipart(data, *name, copies)
         body, boundary = cached
         sent = {"Content-Type": f"multipart/form-data; boundary={boundary}", **headers}
         return self.request("POST", path, body=body, headers=sent)
@@ -140,14 +152,15 @@ class LoadClient(_Client):
             self._local.connection = None
 
 
-def _multipart(data: bytes, filename: str, content_type: str) -> tuple[bytes, str]:
+def _multipart(data: bytes, filename: str, content_type: str, copies: int = 1) -> tuple[bytes, str]:
     boundary = uuid.uuid4().hex
     head = (
         f"--{boundary}\r\n"
         f'Content-Disposition: form-data; name="file"; filename="{filename}"\r\n'
         f"Content-Type: {content_type}\r\n\r\n"
     ).encode()
-    return head + data + f"\r\n--{boundary}--\r\n".encode(), boundary
+    part = head + data + b"\r\n"
+    return part * copies + f"--{boundary}--\r\n".encode(), boundary
 
 
 class HttpxClient(_Client):
@@ -168,9 +181,14 @@ class HttpxClient(_Client):
         return Reply(answer.status_code, list(answer.headers.items()), answer.content)
 
     def _post_file(
-        self, path: str, data: bytes, name: tuple[str, str], headers: dict[str, str]
+        self,
+        path: str,
+        data: bytes,
+        name: tuple[str, str],
+        headers: dict[str, str],
+        copies: int,
     ) -> Reply:
-        files = {"file": (name[0], data, name[1])}
+        files = [("file", (name[0], data, name[1]))] * copies
         try:
             answer = self._client.post(path, files=files, headers=headers)
         except self._httpx.TransportError as exc:

@@ -71,6 +71,32 @@ def test_bench_service_writes_every_figure(tmp_path: Path) -> None:
     assert figures["load_requests"] == 6
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_bench_service_sends_several_images_a_request(tmp_path: Path) -> None:
+    """``--files-per-request 3``: every request carries three images and gets three results (a
+    request short of them counts as an error), and the share compares images/s."""
+    store = js.build_store(tmp_path)
+    report = tmp_path / "files.json"
+    command = [sys.executable, "bench/bench_service.py", "--store", str(store), "--stages",
+               "histopathology", "--modes", "inprocess", "--requests", "3", "--concurrency",
+               "1,16", "--runtimes", "onnxruntime", "--bare-requests", "8", "--load-requests",
+               "6", "--files-per-request", "3", "--json", str(report)]  # fmt: skip
+    done = subprocess.run(
+        command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=500, check=False
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    figures = json.loads(report.read_text(encoding="utf-8"))
+    assert figures["files_per_request"] == 3
+    levels = {lv["concurrency"]: lv for lv in figures["levels"]}
+    assert all(lv["errors"] == 0 and lv["files_per_request"] == 3 for lv in levels.values())
+    top = levels[16]
+    assert math.isclose(top["images_per_s"], 3 * top["throughput_rps"], rel_tol=1e-9)
+    histo = figures["stages"]["histopathology"]
+    share = top["images_per_s"] / histo["bare_pipeline_rps_c16"]
+    assert math.isclose(histo["throughput_vs_bare_c16"]["inprocess"], share, rel_tol=1e-9)
+
+
 def test_bench_service_without_modes_measures_the_model_and_the_bare_pipeline(
     tmp_path: Path,
 ) -> None:

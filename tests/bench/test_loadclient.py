@@ -19,9 +19,10 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     seen: ClassVar[list[tuple[str, str, int]]] = []  # (method, path, client port)
 
-    def _answer(self, status: int, body: bytes, close: bool = False) -> None:
+    def _answer(self, status: int, body: bytes, close: bool = False, parts: int = 0) -> None:
         self.send_response(status)
         self.send_header("Content-Length", str(len(body)))
+        self.send_header("X-Parts", str(parts))
         self.send_header("X-Echo-Path", self.path)
         if close:
             self.send_header("Connection", "close")
@@ -45,7 +46,7 @@ class _Handler(BaseHTTPRequestHandler):
         )  # fmt: skip
         parser.write(self.rfile.read(length))
         parser.finalize()
-        self._answer(201, b"".join(parts))
+        self._answer(201, b"".join(parts), parts=len(parts))
 
     def log_message(self, *args: object) -> None:
         return
@@ -71,6 +72,18 @@ def test_posts_one_file_as_multipart_and_reads_the_answer(server: str, kind: str
     assert reply.headers.get("x-echo-path") == reply.headers.get("X-Echo-Path")
     assert reply.headers.get("X-Echo-Path") == "/v1/ultrasound/analyses"
     assert client.get("/readyz").json() == {"ok": True}
+    client.close()
+
+
+@pytest.mark.parametrize("kind", sorted(CLIENTS))
+def test_posts_copies_of_a_file_as_that_many_parts(server: str, kind: str) -> None:
+    """``copies``: one request carrying the image several times (a batch of patches)."""
+    client = CLIENTS[kind](server, timeout=10)
+    image = bytes(range(256)) * 8
+    for copies in (3, 1):
+        reply = client.post_file("/v1/histopathology/analyses", image, copies=copies)
+        assert reply.status_code == 201 and reply.headers.get("X-Parts") == str(copies)
+        assert reply.content == image * copies
     client.close()
 
 

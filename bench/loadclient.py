@@ -17,6 +17,7 @@ import http.client
 import json
 import threading
 import uuid
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -40,6 +41,16 @@ class Reply:
 class _Headers(dict[str, str]):
     def get(self, name: str, default: Any = None) -> Any:
         return super().get(name.lower(), default)
+
+
+@dataclass(frozen=True)
+class Upload:
+    """One image posted as the ``file`` part, ``copies`` times in one request."""
+
+    data: bytes
+    filename: str
+    content_type: str
+    copies: int = 1
 
 
 class _Client:
@@ -73,16 +84,9 @@ class _Client:
     ) -> Reply:
         """POST ``data`` as the ``file`` part of a ``multipart/form-data`` body, ``copies``
         times (one request carrying that many images)."""
-        return self._post_file(path, data, (filename, content_type), headers or {}, copies)
+        return self._post_file(path, Upload(data, filename, content_type, copies), headers or {})
 
-    def _post_file(
-        self,
-        path: str,
-        data: bytes,
-        name: tuple[str, str],
-        headers: dict[str, str],
-        copies: int,
-    ) -> Reply:
+    def _post_file(self, path: str, upload: Upload, headers: dict[str, str]) -> Reply:
         raise NotImplementedError
 
     def close(self) -> None:
@@ -97,7 +101,7 @@ class LoadClient(_Client):
         self.host, self.port = parts.hostname or "127.0.0.1", parts.port or 80
         self.timeout = timeout
         self._local = threading.local()
-        self._bodies: dict[tuple[int, int, str, str, int], tuple[bytes, str]] = {}
+        self._bodies: dict[Upload, tuple[bytes, str]] = {}
         self._lock = threading.Lock()
 
     def _connection(self, fresh: bool = False) -> http.client.HTTPConnection:
@@ -128,19 +132,11 @@ class LoadClient(_Client):
             return Reply(response.status, response.getheaders(), content)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _post_file(
-        self,
-        path: str,
-        data: bytes,
-        name: tuple[str, str],
-        headers: dict[str, str],
-        copies: int,
-    ) -> Reply:
-        key = (hash(data), len(data), *name, copies)  # each body is encoded once
-        with self._lock:
-            cached = self._bodies.get(key)
+    def _post_file(self, path: str, upload: Upload, headers: dict[str, str]) -> Reply:
+        with self._lock:  # each body is encoded once
+            cached = self._bodies.get(upload)
             if cached is None:
-                cached = self._bodies[key] = _multipart(data, *name, copies)
+                cached = self._bodies[upload] = _multipart(upload)
         body, boundary = cached
         sent = {"Content-Type": f"multipart/form-data; boundary={boundary}", **headers}
         return self.request("POST", path, body=body, headers=sent)
@@ -152,15 +148,15 @@ class LoadClient(_Client):
             self._local.connection = None
 
 
-def _multipart(data: bytes, filename: str, content_type: str, copies: int = 1) -> tuple[bytes, str]:
+def _multipart(upload: Upload) -> tuple[bytes, str]:
     boundary = uuid.uuid4().hex
     head = (
         f"--{boundary}\r\n"
-        f'Content-Disposition: form-data; name="file"; filename="{filename}"\r\n'
-        f"Content-Type: {content_type}\r\n\r\n"
+        f'Content-Disposition: form-data; name="file"; filename="{upload.filename}"\r\n'
+        f"Content-Type: {upload.content_type}\r\n\r\n"
     ).encode()
-    part = head + data + b"\r\n"
-    return part * copies + f"--{boundary}--\r\n".encode(), boundary
+    part = head + upload.data + b"\r\n"
+    return part * upload.copies + f"--{boundary}--\r\n".encode(), boundary
 
 
 class HttpxClient(_Client):
@@ -180,15 +176,8 @@ class HttpxClient(_Client):
             raise TransportError(f"{method} {path}: {type(exc).__name__}: {exc}") from exc
         return Reply(answer.status_code, list(answer.headers.items()), answer.content)
 
-    def _post_file(
-        self,
-        path: str,
-        data: bytes,
-        name: tuple[str, str],
-        headers: dict[str, str],
-        copies: int,
-    ) -> Reply:
-        files = [("file", (name[0], data, name[1]))] * copies
+    def _post_file(self, path: str, upload: Upload, headers: dict[str, str]) -> Reply:
+        files = [("file", (upload.filename, upload.data, upload.content_type))] * upload.copies
         try:
             answer = self._client.post(path, files=files, headers=headers)
         except self._httpx.TransportError as exc:

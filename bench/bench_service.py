@@ -641,19 +641,20 @@ def report(
     }
 
 
+def _per_request_ms(level: Level, cpu_s: float) -> float:
+    """``cpu_s`` seconds of CPU over the cell's requests (succeeded or not), in ms each."""
+    done = len(level.latencies_s) + level.errors
+    return cpu_s * 1000.0 / done if done else float("nan")
+
+
 def _client_cpu_ms(level: Level) -> float:
     """The bench's own CPU ms per request of the cell (the HTTP client, sharing the cores)."""
-    done = len(level.latencies_s) + level.errors
-    return level.client_cpu_s * 1000.0 / done if done else float("nan")
+    return _per_request_ms(level, level.client_cpu_s)
 
 
 def _process_cpu_ms(level: Level) -> dict[str, float]:
     """CPU ms per request of the cell of each serving process (server, worker, redis)."""
-    done = len(level.latencies_s) + level.errors
-    return {
-        name: seconds * 1000.0 / done if done else float("nan")
-        for name, seconds in level.process_cpu_s.items()
-    }
+    return {name: _per_request_ms(level, s) for name, s in level.process_cpu_s.items()}
 
 
 def print_phases(levels: list[Level]) -> None:

@@ -35,7 +35,8 @@ def _parser() -> argparse.ArgumentParser:
         type=Path,
         action="append",
         required=True,
-        help="a trainer checkpoint or a registered model.onnx (card.json beside it); twice or more",
+        help="a trainer checkpoint or a registered model.onnx (card.json beside it; an ensemble's "
+        "file joins as its networks); twice or more",
     )
     parser.add_argument("--out", type=Path, required=True, help="the ensemble's run folder")
     add_rebuild_arguments(parser)  # how an ONNX member is rebuilt, as breastdx warm-start does

@@ -7,8 +7,11 @@
 A member is a trainer checkpoint (``best.pt``: its weights and the config it trained with) or a
 registered ONNX file with its ``card.json`` beside it (the card's training config names the
 network; the weights are rebuilt by ``training.onnx_weights.rebuild_from_onnx`` and checked
-against the file). Every member must see the same input as the ensemble's config: the same stage
-and task, input size, channels and preprocessing. The ensemble (``training.models.ensemble``)
+against the file). A member that is itself an ensemble (a shipped ensemble's file, say) gives
+its networks, each a member of its own: a new run then joins them with the weight each of them
+has (1/N of N networks), not half the vote, and the members' checkpoints need not be kept.
+Every member must see the same input as the ensemble's config: the same stage and task, input
+size, channels and preprocessing. The ensemble (``training.models.ensemble``)
 averages the members' logits; ``training.trainer.score_fixed`` then writes the run folder a
 training run leaves (``best.pt``, ``metrics.json`` with the temperature fitted on validation),
 so ``breastdx export`` gives it an operating point, a parity gate and a card like any model.
@@ -129,6 +132,44 @@ def load_member(
     return _from_checkpoint(path)
 
 
+ENSEMBLE_MODELS = frozenset({"ensemble", "classifier_ensemble"})
+
+
+def flatten(member: Member) -> list[Member]:
+    """An ensemble member as its networks (see the module doc); any other as itself.
+
+    Each network keeps its weights (``members.<i>.`` in the ensemble's state dict) and the
+    ensemble's config with its own ``name``, ``width`` and ``options``; the ensemble's recorded
+    training time is shared equally, since its card does not break it down.
+    """
+    model = member.config.model
+    if model.name not in ENSEMBLE_MODELS:
+        return [member]
+    records = list(model.options.get("members") or ())
+    networks = []
+    for index, record in enumerate(records):
+        prefix = f"members.{index}."
+        state = {k.removeprefix(prefix): v for k, v in member.state.items() if k.startswith(prefix)}
+        own = model.model_copy(
+            update={
+                "name": str(record["name"]),
+                "width": record.get("width"),
+                "options": dict(record.get("options") or {}),
+            }
+        )
+        networks.append(
+            Member(
+                source=f"{member.source} network {index + 1} of {len(records)}",
+                config=member.config.model_copy(update={"model": own}),
+                state=state,
+                hardware=member.hardware,
+                duration_s=member.duration_s / len(records),
+                git_commit=member.git_commit,
+            )
+        )
+    return networks
+
+
 def _check_fits(member: Member, base: TrainConfig) -> None:
     """The member must see what the ensemble feeds it and give what the ensemble reports."""
     theirs, ours = member.config, base
@@ -197,7 +238,8 @@ def build_ensemble(
                 f"--out {output_dir} holds member {path}: scoring would replace that run's "
                 "best.pt; name another folder"
             )
-    members = [load_member(p, base, n=n, seed=seed, tolerance=tolerance) for p in paths]
+    loaded = [load_member(p, base, n=n, seed=seed, tolerance=tolerance) for p in paths]
+    members = [network for member in loaded for network in flatten(member)]
     for member in members:
         _check_fits(member, base)
     config = ensemble_config(base, members, output_dir)

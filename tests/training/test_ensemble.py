@@ -72,6 +72,28 @@ def built(members: tuple[Path, ExportResult], config_file: Path, folder: Path) -
     return out
 
 
+@pytest.fixture(scope="module")
+def exported_ensemble(built: Path, folder: Path) -> ExportResult:
+    """The ensemble's run exported (model.onnx + model.card.json), as a release would ship it."""
+    return export_checkpoint(
+        built / "best.pt",
+        folder / "ens-export" / "model.onnx",
+        parity_images=split_images(built, "test", 4),
+    )
+
+
+@pytest.fixture(scope="module")
+def member_files(members: tuple[Path, ExportResult], folder: Path) -> tuple[Path, Path]:
+    """Each member's own file: seed 0's export, and seed 1's checkpoint exported."""
+    checkpoint, exported = members
+    own = export_checkpoint(
+        checkpoint,
+        folder / "member1" / "model.onnx",
+        parity_images=split_images(checkpoint.parent, "test", 4),
+    )
+    return exported.onnx_path, own.onnx_path
+
+
 def _onnx(path: Path, batch: np.ndarray) -> dict[str, np.ndarray]:
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs()]
@@ -122,33 +144,56 @@ def test_an_ensemble_that_cannot_be_is_refused_with_the_rule(
 
 
 def test_the_run_folder_exports_a_file_that_averages_the_members(
-    built: Path, members: tuple[Path, ExportResult], folder: Path
+    built: Path,
+    members: tuple[Path, ExportResult],
+    exported_ensemble: ExportResult,
+    member_files: tuple[Path, Path],
 ) -> None:
-    out = built
-    metrics = json.loads((out / "metrics.json").read_text())
+    metrics = json.loads((built / "metrics.json").read_text())
     assert metrics["temperature"] is not None and metrics["val"]["dice"] >= 0
-    best = out / "best.pt"
-    result = export_checkpoint(
-        best, folder / "ens-export" / "model.onnx", parity_images=split_images(out, "test", 4)
-    )
-    card = result.draft
+    card = exported_ensemble.draft
     assert card.architecture.name == "ensemble"
     assert len(card.architecture.options["members"]) == 2
     assert any("An ensemble of 2 networks" in item for item in card.limitations)
     assert card.training.duration_s >= members[1].draft.training.duration_s  # theirs summed
     # the ensemble's file against its members' own: the mean of their logits
-    checkpoint_member = export_checkpoint(
-        members[0],
-        folder / "member1" / "model.onnx",
-        parity_images=split_images(members[0].parent, "test", 4),
-    )
     batch = np.random.default_rng(3).random((3, 1, 32, 32), dtype=np.float32)
-    got = _onnx(result.onnx_path, batch)
-    one, two = _onnx(members[1].onnx_path, batch), _onnx(checkpoint_member.onnx_path, batch)
+    got = _onnx(exported_ensemble.onnx_path, batch)
+    one, two = (_onnx(path, batch) for path in member_files)
     assert set(got) == set(one)
     for name, value in got.items():
         # the ONNX member was rebuilt from its file (batch norms un-folded): equal within 1e-3
         np.testing.assert_allclose(value, (one[name] + two[name]) / 2, atol=2e-3, rtol=0)
+
+
+def test_an_ensemble_file_joins_as_its_networks_each_with_an_equal_vote(
+    members: tuple[Path, ExportResult],
+    exported_ensemble: ExportResult,
+    member_files: tuple[Path, Path],
+    config_file: Path,
+    folder: Path,
+) -> None:
+    """A shipped ensemble's file plus a new run: three networks at 1/3 each, not 1/2 + 1/4 +
+    1/4 (the new run here is seed 1 again, so its weight shows: 2/3 of the vote, not 3/4)."""
+    checkpoint, _ = members
+    out = folder / "grown"
+    argv = ["--config", str(config_file), "--out", str(out), "--n", "8"]
+    argv += ["--member", str(exported_ensemble.onnx_path), "--member", str(checkpoint)]
+    assert main(argv) == 0
+    result = export_checkpoint(
+        out / "best.pt", folder / "grown-export" / "model.onnx",
+        parity_images=split_images(out, "test", 4),
+    )  # fmt: skip
+    assert len(result.draft.architecture.options["members"]) == 3
+    assert any("An ensemble of 3 networks" in item for item in result.draft.limitations)
+    state = torch.load(out / "best.pt", map_location="cpu", weights_only=False)
+    sources = [member["source"] for member in state["members"]]
+    assert sources[0].endswith("network 1 of 2") and sources[1].endswith("network 2 of 2")
+    batch = np.random.default_rng(4).random((2, 1, 32, 32), dtype=np.float32)
+    got = _onnx(result.onnx_path, batch)
+    one, two = (_onnx(path, batch) for path in member_files)
+    for name, value in got.items():  # rebuilt twice from ONNX: equal within a few 1e-3
+        np.testing.assert_allclose(value, (one[name] + 2 * two[name]) / 3, atol=4e-3, rtol=0)
 
 
 def test_the_cli_answers_members_that_do_not_fit_with_a_message(

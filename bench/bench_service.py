@@ -16,7 +16,10 @@ defaults; the ratio e2e / model-only is taken against the faster of the service'
 ONNX Runtime's defaults on the runtime the server reported in its results (``model.runtime``).
 ``overhead_ms``: in-process e2e p50 at concurrency 1 minus that runtime's model-only p50;
 ``overhead_vs_own_inference_ms``: the same e2e p50 minus the requests' own median
-``timings_ms.inference`` (free of the drift between two timings minutes apart). Queue
+``timings_ms.inference`` (free of the drift between two timings minutes apart);
+``refused_upload_ms``: the p50 of as many requests at concurrency 1, in process, each carrying
+an upload of the image's size that is no image (zeros), answered 415 once its multipart body is
+parsed: the HTTP path without a job, the floor under the overhead. Queue
 overhead: queued p50 - in-process p50 at concurrency 1. ``--soak N`` then submits N queued
 requests (16 at a time, no wait) and follows every job id to its end: refused submissions, failed
 jobs and lost jobs (gone, or not ``succeeded``/``failed`` within the deadline).
@@ -201,6 +204,7 @@ class ModelTimes:
     ort_default_ms: float
     bare_runs: list[float] = field(default_factory=list)  # bare_pipeline_rps, before and after
     bare_cpu_ms: list[float] = field(default_factory=list)  # its CPU ms per image, each run
+    refused_upload_ms: float = float("nan")  # refused_upload_p50_ms, in process (the module doc)
 
     @property
     def bare_rps(self) -> float:
@@ -280,6 +284,22 @@ def submit(client: Client, stage: str, image: bytes, wait: bool = True, files: i
     """One analysis request of ``files`` copies of ``image``."""
     headers = {"Prefer": f"wait={WAIT_S}"} if wait else {}
     return client.post_file(f"/v1/{stage}/analyses", image, headers=headers, copies=files)
+
+
+def refused_upload_p50_ms(client: Client, stage: str, size: int, requests: int) -> float:
+    """p50 ms of ``requests`` sequential POSTs of ``size`` zero bytes sent as a PNG: parsed and
+    refused (415) without a job, decoding or a model; NaN unless every one was a 415."""
+    junk, times = bytes(size), []
+    for _ in range(requests):
+        start = time.perf_counter()
+        try:
+            status = submit(client, stage, junk).status_code
+        except TransportError:
+            return float("nan")
+        if status != 415:
+            return float("nan")
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1000.0
 
 
 def follow(client: Client, response: Reply, deadline: float) -> dict[str, object]:
@@ -531,6 +551,7 @@ def stage_figures(levels: list[Level], stage: str, times: ModelTimes) -> dict[st
         "served_model_ms": served,
         "overhead_ms": local - served,
         "overhead_vs_own_inference_ms": local - _own_inference_ms(levels, stage),
+        "refused_upload_ms": times.refused_upload_ms,
         "e2e_over_model": local / min(served, times.ort_default_ms),
         "queue_overhead_ms": queued - local,
         "bare_pipeline_rps_c16": times.bare_rps,
@@ -574,6 +595,10 @@ def print_targets(levels: list[Level], model_ms: dict[str, ModelTimes]) -> None:
         "e2e p50 - the requests' own median inference time (no drift between the two timings)"
     )
     for stage, times in model_ms.items():
+        if np.isfinite(times.refused_upload_ms):
+            floor = times.refused_upload_ms
+            print(f"# {stage}: an upload of the image's size refused after parsing (415, no job) "
+                  f"{floor:.2f} ms p50: the HTTP path's floor in the overhead")  # fmt: skip
         if times.bare_cpu_ms:
             cpu = "/".join(f"{ms:.2f}" for ms in times.bare_cpu_ms)
             print(f"# {stage}: the bare pipeline's CPU ms per image {cpu} (each run; the service's "
@@ -761,6 +786,10 @@ def main(argv: list[str] | None = None) -> int:
                         n = args.requests if c == 1 else load_requests
                         level = Level(stage, mode, c, files=args.files_per_request)
                         levels.append(measure(client, level, image, n, pids))
+                    if mode == "inprocess":  # the HTTP path's floor, same upload size
+                        model_ms[stage].refused_upload_ms = refused_upload_p50_ms(
+                            client, stage, len(image), args.requests
+                        )
                 if mode == "queued" and args.soak:
                     image = stage_image(Stage(args.soak_stage))[0]
                     soaked = soak(client, args.soak_stage, image, args.soak)

@@ -48,6 +48,10 @@ def test_bench_service_writes_every_figure(tmp_path: Path) -> None:
     assert math.isclose(us["overhead_ms"], local - us["served_model_ms"], rel_tol=1e-9)
     # the requests' own inference time is inside their e2e time
     assert 0 < us["overhead_vs_own_inference_ms"] < local
+    # an upload of the image's size that is no image: refused (415) with no job, so below the
+    # analysed requests' time (NaN, written as null, unless every one was a 415)
+    assert 0 < us["refused_upload_ms"] < local
+    assert "refused after parsing (415, no job)" in done.stdout
     # the bare pipeline ran before and after the service's cells; the ratios use their mean
     runs = us["bare_pipeline_rps_c16_runs"]
     assert len(runs) == 2 and all(r > 0 for r in runs)

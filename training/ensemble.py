@@ -132,9 +132,6 @@ def load_member(
     return _from_checkpoint(path)
 
 
-ENSEMBLE_MODELS = frozenset({"ensemble", "classifier_ensemble"})
-
-
 def flatten(member: Member) -> list[Member]:
     """An ensemble member as its networks (see the module doc); any other as itself.
 
@@ -142,8 +139,10 @@ def flatten(member: Member) -> list[Member]:
     ensemble's config with its own ``name``, ``width`` and ``options``; the ensemble's recorded
     training time is shared equally, since its card does not break it down.
     """
+    from training.models.ensemble import is_ensemble
+
     model = member.config.model
-    if model.name not in ENSEMBLE_MODELS:
+    if not is_ensemble(model.name):
         return [member]
     records = list(model.options.get("members") or ())
     networks = []

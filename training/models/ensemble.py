@@ -51,6 +51,11 @@ def _member_class(ensemble: str, record: Any, index: int) -> type[BreastdxModel]
     return cls
 
 
+def is_ensemble(name: str) -> bool:
+    """True when the registered network ``name`` is an ensemble of others."""
+    return issubclass(MODELS.get(name), _Ensemble)
+
+
 class _Ensemble(BreastdxModel):
     """The members' outputs averaged (logits); see the module docstring."""
 

@@ -282,6 +282,12 @@ class Training(_Frozen):
     seed: int
     hardware: Text = Field(description='e.g. "1x NVIDIA H200, 16 CPU cores"')
     duration_s: float = Field(ge=0.0)
+    epochs: int | None = Field(
+        default=None,
+        ge=1,
+        description="epochs trained: fewer than the config's optim.epochs where the run stopped "
+        "early or its schedule was fitted to its time budget (time_budget_fit)",
+    )
     framework: str | None = Field(default=None, description='e.g. "torch 2.13.0"')
 
 

@@ -204,7 +204,11 @@ class TrainConfig(_Section):
     threads: int | None = Field(default=None, ge=1)  # torch CPU threads; None: torch's default
     cache: bool = True  # decode + preprocess each image once per run (augmentation stays per epoch)
     ema_decay: float | None = Field(default=None, gt=0, lt=1)  # weights' moving average, validated
-    time_budget_min: float | None = Field(default=None, gt=0)  # stop after the epoch passing it
+    time_budget_min: float | None = Field(default=None, gt=0)  # stop before an epoch passes it
+    # true: on a machine too slow for every epoch within time_budget_min, end the schedule on the
+    # last epoch that fits at the pace measured (a cosine schedule anneals to its end there)
+    # instead of stopping it mid-way; where every epoch fits, nothing changes
+    time_budget_fit: bool = False
     crops: CropConfig | None = None  # train on crops (training.crops); None: whole images
     # Train only the parameters under these module names (e.g. [presence_head] on top of a
     # trained network given as model.pretrained); the rest stays frozen, its batch norms and
@@ -235,6 +239,8 @@ class TrainConfig(_Section):
 
     @model_validator(mode="after")
     def _task_rules(self) -> TrainConfig:
+        if self.time_budget_fit and self.time_budget_min is None:
+            raise ValueError("time_budget_fit fits the schedule to time_budget_min: set both")
         valid = SEGMENTATION_METRICS if self.task is Task.SEGMENTATION else CLASSIFICATION_METRICS
         if self.monitor is not None and self.monitor not in valid:
             raise ValueError(f"monitor {self.monitor!r} is not a {self.task} metric; use {valid}")

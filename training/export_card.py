@@ -339,16 +339,21 @@ def _metrics(report: dict[str, Any], evaluation: EvaluationSet) -> list[Metric]:
     return [m for m in found if m is not None]
 
 
+def _history(run: TrainedRun) -> list[dict[str, str]]:
+    """The rows of the run's ``history.csv``, one per epoch trained ([] when it is absent)."""
+    path = run.run_dir / HISTORY_FILE
+    if not path.is_file():
+        return []
+    with path.open(newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
 def run_duration(run: TrainedRun) -> float:
     """Sum of the epochs' ``seconds`` in ``history.csv`` (0 when the file is absent); an
     ensemble's checkpoint (``training.ensemble``) records its members' summed time instead."""
     if run.state.get("duration_s") is not None:
         return float(run.state["duration_s"])
-    path = run.run_dir / HISTORY_FILE
-    if not path.is_file():
-        return 0.0
-    with path.open(newline="", encoding="utf-8") as handle:
-        return float(sum(float(row.get("seconds") or 0.0) for row in csv.DictReader(handle)))
+    return float(sum(float(row.get("seconds") or 0.0) for row in _history(run)))
 
 
 def _commit(text: Any) -> str:
@@ -375,6 +380,7 @@ def _training(run: TrainedRun, report: dict[str, Any]) -> Training:
         seed=run.config.seed,
         hardware=str(hardware),
         duration_s=round(run_duration(run), 3),
+        epochs=len(_history(run)) or None,  # an ensemble's members keep theirs
         framework=f"torch {torch.__version__}",
     )
 

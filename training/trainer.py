@@ -1,6 +1,8 @@
 """The training loop: one ``train(config)`` for every stage, on CPU or CUDA.
 
 AdamW, optional cosine or plateau schedule, mixed precision with a gradient scaler on CUDA only,
+a time budget (``time_budget_min``: the run stops before an epoch would pass it; with
+``time_budget_fit`` a machine too slow for every epoch ends a shortened schedule there instead),
 early stopping on a validation metric (Dice for segmentation, balanced accuracy or AUC for
 classification), ``last.pt``/``best.pt`` checkpoints with resume, a per-epoch CSV log,
 learning-curve plots, and a final evaluation of the best weights on the test split written to
@@ -79,6 +81,7 @@ class _Run:
     shuffle: torch.Generator
     stopper: ckpt.EarlyStopping
     out: Path
+    horizon: int  # the run's last epoch: optim.epochs, or fewer where fitted to a time budget
     ema: torch.optim.swa_utils.AveragedModel | None = None
 
     @property
@@ -196,6 +199,7 @@ def _setup(config: TrainConfig, data: DataSplits, model: nn.Module) -> _Run:
         shuffle=shuffle,
         stopper=ckpt.EarlyStopping(config.optim.patience),
         out=Path(config.output_dir),
+        horizon=config.optim.epochs,
         ema=ema,
     )
 
@@ -290,6 +294,7 @@ def _checkpoint_state(run: _Run, epoch: int, metric: float, commit: str | None) 
         "metric": metric,
         "monitor": run.config.monitor_metric,
         "early_stopping": run.stopper.state_dict(),
+        "fitted_epochs": run.horizon if run.horizon < run.config.optim.epochs else None,
         "config": config_to_dict(run.config),
         "git_commit": commit,
         "hardware": _hardware(run),
@@ -306,6 +311,8 @@ def _resume(run: _Run, path: Path) -> int:
         run.scheduler.load_state_dict(state["scheduler"])
     run.scaler.load_state_dict(state["scaler"])
     run.stopper.load_state_dict(state["early_stopping"])
+    if state.get("fitted_epochs"):  # the schedule was fitted to a time budget: it stays short
+        run.horizon = min(run.horizon, int(state["fitted_epochs"]))
     logger.info("resumed from %s at epoch %d", path, state["epoch"])
     changed = _changed_keys(state.get("config", {}), config_to_dict(run.config))
     if changed:
@@ -360,14 +367,16 @@ def _one_epoch(run: _Run, epoch: int, commit: str | None) -> dict[str, float]:
 
 
 def _fit(run: _Run, start: int, commit: str | None) -> tuple[int, bool]:
-    """Epochs ``start + 1 .. epochs``; returns the last epoch and whether it stopped early."""
-    monitor, total = run.config.monitor_metric, run.config.optim.epochs
+    """Epochs ``start + 1 .. run.horizon``; returns the last epoch and whether it stopped early
+    (on its monitor, or where the time budget ended it before its schedule did)."""
+    monitor, total = run.config.monitor_metric, run.horizon
     epochs = progress(
         range(start + 1, total + 1), enabled=run.config.progress, total=total - start, desc="run"
     )
     log: EpochLog | None = None
     epoch = start
     began, budget = time.monotonic(), run.config.time_budget_min
+    seconds: list[float] = []
     for epoch in epochs:
         row = _one_epoch(run, epoch, commit)
         names = [k[4:] for k in row if k.startswith("val_") and k != "val_loss"]
@@ -375,21 +384,58 @@ def _fit(run: _Run, start: int, commit: str | None) -> tuple[int, bool]:
         log.append(row)
         plot_curves(log.read(), monitor, run.out / CURVES)
         elapsed = time.monotonic() - began
-        per_epoch = elapsed / (epoch - start)
+        seconds.append(row["seconds"])
+        pace = epoch_pace(seconds)
+        if budget is not None and run.config.time_budget_fit and len(seconds) > 1:
+            horizon = fitted_horizon(run.horizon, epoch, elapsed, pace, budget)
+            _fit_to_budget(run, horizon, pace)
         logger.info(
             "epoch %d/%d: train loss %.4f, val loss %.4f, val %s %.4f (best %.4f at %d); "
             "%.0f s, %.1f img/s, elapsed %s, ETA %s",
-            epoch, total, row["train_loss"], row["val_loss"], monitor, row[f"val_{monitor}"],
-            run.stopper.best, run.stopper.best_epoch, row["seconds"], row["train_img_per_s"],
-            _clock(elapsed), _clock(per_epoch * (total - epoch)),
+            epoch, run.horizon, row["train_loss"], row["val_loss"], monitor,
+            row[f"val_{monitor}"], run.stopper.best, run.stopper.best_epoch, row["seconds"],
+            row["train_img_per_s"], _clock(elapsed), _clock(pace * (run.horizon - epoch)),
         )  # fmt: skip
-        if budget is not None and elapsed + per_epoch > budget * 60:
+        if epoch >= run.horizon:
+            return epoch, False  # the schedule, fitted to the budget, ends here
+        if budget is not None and elapsed + pace > budget * 60:
             logger.info("time budget of %.0f min reached after epoch %d", budget, epoch)
             return epoch, True
         if run.stopper.should_stop:
             logger.info("early stop: no better %s for %d epochs", monitor, run.stopper.patience)
             return epoch, True
     return epoch, run.stopper.should_stop
+
+
+def epoch_pace(seconds: list[float]) -> float:
+    """Seconds an epoch from this process's epochs: the mean, leaving out the first (which fills
+    the decode cache) once there are others."""
+    return float(np.mean(seconds[1:] if len(seconds) > 1 else seconds))
+
+
+def fitted_horizon(
+    horizon: int, epoch: int, elapsed_s: float, pace_s: float, budget_min: float
+) -> int:
+    """The last epoch of a schedule fitted to a time budget: this epoch plus the whole epochs
+    that fit in what is left of the budget at ``pace_s`` an epoch; never later than ``horizon``
+    (the schedule only shortens, so its learning rate never rises again) nor before ``epoch``."""
+    left = budget_min * 60 - elapsed_s
+    fits = epoch + max(int(left // pace_s), 0) if pace_s > 0 else horizon
+    return max(epoch, min(horizon, fits))
+
+
+def _fit_to_budget(run: _Run, horizon: int, pace_s: float) -> None:
+    """Shorten the run to ``horizon`` epochs; a cosine schedule then anneals to 0 there."""
+    if horizon >= run.horizon:
+        return
+    logger.info(
+        "time budget of %.0f min: the schedule fitted to %d of %d epochs (%.0f s an epoch here)",
+        run.config.time_budget_min, horizon, run.config.optim.epochs, pace_s,
+    )  # fmt: skip
+    run.horizon = horizon
+    if isinstance(run.scheduler, torch.optim.lr_scheduler.CosineAnnealingLR):
+        # stepped once per epoch, recursively: from here on it follows a cosine to 0 at horizon
+        run.scheduler.T_max = horizon
 
 
 def _hardware(run: _Run) -> str:
@@ -556,7 +602,7 @@ def _train(
     else:  # a fresh run: nothing of an earlier run in this folder may be mistaken for its own
         for name in (HISTORY, CURVES, ckpt.LAST, ckpt.BEST, METRICS_FILE):
             (out / name).unlink(missing_ok=True)
-    done = start >= config.optim.epochs or (start > 0 and run.stopper.should_stop)
+    done = start >= run.horizon or (start > 0 and run.stopper.should_stop)
     last, stopped = (
         (start, run.stopper.should_stop) if done else _fit(run, start, ckpt.git_commit())
     )

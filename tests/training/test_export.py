@@ -101,6 +101,8 @@ def test_card_draft_carries_the_training_contract(exported: ExportResult, checkp
     assert dice.ci_low is not None and dice.ci_level == 0.95
     assert draft.training.config == run.config.model_dump(mode="json")
     assert draft.training.seed == 0 and draft.training.duration_s > 0
+    epochs = len((run_dir / "history.csv").read_text().splitlines()) - 1  # a row per epoch
+    assert draft.training.epochs == epochs >= 1
     assert draft.provenance[0].name.startswith("synthetic")  # a synthetic run is carded so
     assert "Not for clinical use" in draft.intended_use
     assert json.loads(exported.card_path.read_text())["parity"]["n_images"] == 2

@@ -19,7 +19,7 @@ from training.checkpoint import load_checkpoint
 from training.cli_train import main as train_main
 from training.config import ConfigError, TrainConfig, config_from_dict, save_config
 from training.torch_dataset import DataSplits, Item, SampleDataset, build_splits
-from training.trainer import train
+from training.trainer import train, train_epoch
 
 SIZE = 32
 
@@ -334,6 +334,98 @@ def test_time_budget_stops_after_the_epoch_that_passes_it(tmp_path: Path) -> Non
     config = updated(make_config(tmp_path, epochs=50), time_budget_min=1e-4)
     result = train(config, data=make_data(config), model=unet(config))
     assert result.last_epoch == 1 and result.stopped_early
+
+
+class KilledError(Exception):
+    """The process training a run died (stands for a kill: the checkpoints stay as they were)."""
+
+
+class EpochClock:
+    """A stand-in for the trainer's ``time``: the clock moves only while an epoch trains, by
+    ``first_s`` for a process's first epoch (the one that fills the decode cache), ``then_s`` for
+    each one after; ``stop_at``: the epoch whose training is interrupted (a killed process)."""
+
+    def __init__(self, first_s: float, then_s: float, stop_at: int | None = None) -> None:
+        self.now, self.epochs, self.first_s, self.then_s, self.stop_at = (
+            0.0,
+            0,
+            first_s,
+            then_s,
+            stop_at,
+        )
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def install(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        import training.trainer as trainer
+
+        real = train_epoch  # the trainer's own, not an earlier clock's stand-in
+
+        def timed(run: Any, epoch: int) -> float:
+            if epoch == self.stop_at:
+                raise KilledError(f"killed in epoch {epoch}")
+            loss = real(run, epoch)
+            self.now += self.first_s if self.epochs == 0 else self.then_s
+            self.epochs += 1
+            return loss
+
+        monkeypatch.setattr(trainer, "time", self)
+        monkeypatch.setattr(trainer, "train_epoch", timed)
+
+
+def budget_config(out: Path, fit: bool) -> TrainConfig:
+    """20 cosine epochs in a 10-minute budget at 120 s for the first epoch and 60 s after: 9 fit."""
+    config = make_config(out, epochs=20, scheduler="cosine", patience=50)
+    return updated(config, time_budget_min=10.0, time_budget_fit=fit)
+
+
+def test_time_budget_fit_anneals_the_schedule_by_the_last_epoch_that_fits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without the fit a slow machine stops the cosine mid-way (learning rate still 0.65 of its
+    start); with it the same 9 epochs end the schedule (its last learning rate near 0), and the
+    checkpoint keeps the shortened schedule."""
+    rates = {}
+    for fit in (False, True):
+        EpochClock(120.0, 60.0).install(monkeypatch)
+        config = budget_config(tmp_path / str(fit), fit)
+        result = train(config, data=make_data(config), model=unet(config))
+        assert result.last_epoch == 9 and result.stopped_early is not fit
+        rates[fit] = [float(r["lr"]) for r in read_history(tmp_path / str(fit))]
+    assert rates[False][:3] == pytest.approx(rates[True][:3])  # fitted after epoch 2
+    assert rates[False][-1] == pytest.approx(0.01 * 0.5 * (1 + np.cos(np.pi * 8 / 20)))
+    assert rates[True][-1] < 0.001 and rates[True] == sorted(rates[True], reverse=True)
+    state = load_checkpoint(tmp_path / "True" / "last.pt")
+    assert state["fitted_epochs"] == 9 and state["scheduler"]["T_max"] == 9
+    assert load_checkpoint(tmp_path / "False" / "last.pt")["fitted_epochs"] is None
+
+
+def test_a_fitted_run_resumes_to_its_fitted_end_as_a_straight_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Killed in epoch 5 and resumed (a new process: its first epoch is slow again), a run
+    fitted to 9 epochs ends at 9, not at the config's 20, with the straight run's learning rates;
+    a finished fitted run resumed trains nothing."""
+    EpochClock(120.0, 60.0).install(monkeypatch)
+    straight = budget_config(tmp_path / "straight", fit=True)
+    train(straight, data=make_data(straight), model=unet(straight))
+    config = budget_config(tmp_path / "killed", fit=True)
+    EpochClock(120.0, 60.0, stop_at=5).install(monkeypatch)
+    with pytest.raises(KilledError):
+        train(config, data=make_data(config), model=unet(config))
+    EpochClock(120.0, 60.0).install(monkeypatch)
+    result = train(config, data=make_data(config), model=unet(config), resume=True)
+    assert (result.epochs_run, result.last_epoch, result.stopped_early) == (5, 9, False)
+    lr = [float(r["lr"]) for r in read_history(tmp_path / "killed")]
+    assert lr == pytest.approx([float(r["lr"]) for r in read_history(tmp_path / "straight")])
+    again = train(config, data=make_data(config), model=unet(config), resume=True)
+    assert again.epochs_run == 0 and again.last_epoch == 9
+
+
+def test_time_budget_fit_needs_a_budget(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="time_budget_fit"):
+        updated(make_config(tmp_path), time_budget_fit=True)
 
 
 def test_cached_dataset_decodes_each_item_once() -> None:

@@ -121,7 +121,7 @@ def runtime_checks(card: ModelCard, path: Path) -> list[Check]:
     (the service would never run the file on it)."""
     from models_registry.errors import RegistryError
     from models_registry.parity import gate, gate_inputs, reference_outputs
-    from models_registry.runtime import installed, open_session
+    from models_registry.runtime import open_session, unavailable
 
     checks: list[Check] = []
     batch = gate_inputs(card)
@@ -130,8 +130,9 @@ def runtime_checks(card: ModelCard, path: Path) -> list[Check]:
         if runtime is Runtime.ONNXRUNTIME or not card.allows(runtime):
             continue
         name = f"runtime {runtime.value}"
-        if not installed(runtime):
-            checks.append(Check(name, True, "not installed here; not checked"))
+        reason = unavailable(runtime)
+        if reason is not None:
+            checks.append(Check(name, True, f"not available here ({reason}); not checked"))
             continue
         try:
             reference = reference if reference is not None else reference_outputs(card, path, batch)

@@ -178,6 +178,23 @@ class RuntimeUnavailableError(RegistryError):
         )
 
 
+class RuntimeUnsupportedError(RuntimeUnavailableError):
+    """A runtime was asked for whose precision this CPU does not compute: ``openvino-bf16`` on a
+    CPU without bf16 units, where OpenVINO would run float32 under the bf16 name (and a card's
+    bf16 figures would be float32's)."""
+
+    code = "runtime_unsupported"
+    title = "Inference runtime not supported by this CPU"
+
+    def __init__(self, runtime: str, reason: str) -> None:
+        RegistryError.__init__(
+            self,
+            f"runtime {runtime!r} cannot run on this CPU: {reason}; choose another runtime "
+            "(BREASTDX_RUNTIME=auto chooses among those this CPU runs)",
+            runtime=runtime,
+        )
+
+
 class RuntimeLoadError(RegistryError):
     """A runtime refused to load a registered ONNX file."""
 

@@ -10,7 +10,8 @@
   to 1e-2 (docs/deployment.md, "Runtimes"); float32 keeps them within 1e-6 of ONNX Runtime.
 - ``openvino-bf16``: the same at ``INFERENCE_PRECISION_HINT bf16`` (reduced precision: a card
   allows it only with its evaluated figures, ``ModelCard.reduced_precision``). On a CPU without
-  bf16 units OpenVINO computes in float32 instead.
+  bf16 units OpenVINO would compute in float32 under that name, so there it is unavailable
+  (:func:`unavailable`): ``auto`` leaves it out and a request for it is refused.
 
 Both runtimes are imported lazily: a process pays only for the ones it opens. A runtime that is
 not installed raises :class:`RuntimeUnavailableError`.
@@ -33,7 +34,11 @@ from typing import Any
 import numpy as np
 
 from models_registry.card import INT8_FILE, Runtime
-from models_registry.errors import RuntimeLoadError, RuntimeUnavailableError
+from models_registry.errors import (
+    RuntimeLoadError,
+    RuntimeUnavailableError,
+    RuntimeUnsupportedError,
+)
 
 GPU_PROVIDER = "CUDAExecutionProvider"
 CPU_PROVIDER = "CPUExecutionProvider"
@@ -105,17 +110,43 @@ def _module(runtime: Runtime) -> Any:
 
 
 def installed(runtime: Runtime) -> bool:
-    """True when ``runtime``'s Python package imports in this environment."""
+    """True when ``runtime``'s Python package imports in this environment and this CPU computes
+    its precision (:func:`unavailable`)."""
+    return unavailable(runtime) is None
+
+
+def unavailable(runtime: Runtime) -> str | None:
+    """Why ``runtime`` cannot run here (its package does not import; ``openvino-bf16``: a CPU
+    without bf16 units, where OpenVINO would silently compute float32); None where it can."""
     try:
         _module(runtime)
     except RuntimeUnavailableError:
-        return False
-    return True
+        return f"its Python package {_MODULES[runtime]!r} does not import"
+    return _unsupported(runtime)
+
+
+def _unsupported(runtime: Runtime) -> str | None:
+    """Why this CPU does not compute ``runtime``'s precision (its package imports); None: it can."""
+    if runtime is Runtime.OPENVINO_BF16 and "BF16" not in openvino_capabilities():
+        return (
+            "OpenVINO's CPU plugin computes " + ", ".join(sorted(openvino_capabilities()))
+            + " here, not BF16 (the CPU has no AVX512-BF16 or AMX units), so it would run "
+            "float32 under the bf16 name"
+        )  # fmt: skip
+    return None
+
+
+@cache
+def openvino_capabilities() -> frozenset[str]:
+    """What OpenVINO's CPU plugin computes on this CPU (``OPTIMIZATION_CAPABILITIES``: FP32,
+    INT8, and BF16 only where the CPU has bf16 units)."""
+    names = _openvino_core().get_property(OPENVINO_DEVICE, "OPTIMIZATION_CAPABILITIES")
+    return frozenset(str(name) for name in names)
 
 
 def installed_runtimes(*, reduced_precision: bool = False) -> tuple[Runtime, ...]:
     """The float32 runtimes this environment can open, ONNX Runtime first; with
-    ``reduced_precision`` the reduced-precision ones too."""
+    ``reduced_precision`` the reduced-precision ones this CPU computes too."""
     return tuple(
         r for r in Runtime if (reduced_precision or not r.reduced_precision) and installed(r)
     )
@@ -324,9 +355,13 @@ def open_session(
 
     Raises:
         RuntimeUnavailableError: the runtime's package is not installed.
+        RuntimeUnsupportedError: this CPU does not compute the runtime's precision.
         RuntimeLoadError: the runtime refused the file.
     """
     options = options or RuntimeOptions()
+    reason = _unsupported(runtime) if runtime is Runtime.OPENVINO_BF16 else None
+    if reason is not None:
+        raise RuntimeUnsupportedError(runtime.value, reason)
     path = artifact_path(Path(path), runtime)
     if runtime.engine is Runtime.ONNXRUNTIME:
         return OrtSession(path, options, runtime)

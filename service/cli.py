@@ -43,14 +43,18 @@ def anonymous_exposure(host: str, allow_anonymous: bool, public_ok: bool) -> str
 
 def require_runtime(*requested: str) -> None:
     """Each runtime named explicitly (``BREASTDX_RUNTIME``, ``BREASTDX_STAGE_RUNTIMES``) must be
-    installed: refuse to start otherwise."""
+    installed and computed by this CPU: refuse to start otherwise."""
     from models_registry.card import Runtime
-    from models_registry.errors import RuntimeUnavailableError
-    from models_registry.runtime import installed
+    from models_registry.errors import RuntimeUnavailableError, RuntimeUnsupportedError
+    from models_registry.runtime import installed, unavailable
 
-    for name in sorted(set(requested)):
-        if name != "auto" and not installed(Runtime(name)):
+    for name in sorted(set(requested) - {"auto"}):
+        runtime = Runtime(name)
+        if not installed(runtime.engine):  # the float32 runtime of its package
             raise RuntimeUnavailableError(name, "its Python package does not import")
+        reason = unavailable(runtime)
+        if reason is not None:
+            raise RuntimeUnsupportedError(name, reason)
 
 
 def serve_main(argv: list[str] | None = None) -> int:

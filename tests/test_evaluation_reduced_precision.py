@@ -13,9 +13,14 @@ from pathlib import Path
 import pytest
 
 from models_registry.card import Runtime
-from models_registry.errors import RuntimeNotAllowedError
+from models_registry.errors import RuntimeNotAllowedError, RuntimeUnsupportedError
 from models_registry.registry import Registry
-from models_registry.runtime import OpenVinoSession, installed_runtimes
+from models_registry.runtime import (
+    OpenVinoSession,
+    installed_runtimes,
+    open_session,
+    openvino_capabilities,
+)
 from models_registry.store import DirectoryStore
 from service.inference import clear_runners, get_runner
 from service.inference.runner import RunnerOptions
@@ -24,6 +29,17 @@ from tests.service.jobs_support import build_store
 from tests.test_evaluation import _evaluate, _split, make_busi
 
 BF16 = Runtime.OPENVINO_BF16
+CPU_FLAGS = {
+    flag
+    for line in Path("/proc/cpuinfo").read_text().splitlines()
+    if line.startswith("flags")
+    for flag in line.split(":", 1)[1].split()
+}
+BF16_UNITS = bool(CPU_FLAGS & {"avx512_bf16", "amx_bf16"})
+needs_bf16_units = pytest.mark.skipif(
+    not BF16_UNITS,
+    reason="this CPU has no bf16 units: openvino-bf16 is refused here (tested below)",
+)
 
 
 @pytest.fixture(scope="module")
@@ -37,11 +53,39 @@ def _fresh_runners() -> None:
     clear_runners()
 
 
-def test_openvino_bf16_is_opened_only_where_asked() -> None:
+def test_openvino_says_bf16_exactly_where_the_cpu_has_bf16_units() -> None:
+    assert ("BF16" in openvino_capabilities()) is BF16_UNITS, (openvino_capabilities(), CPU_FLAGS)
+
+
+def test_openvino_bf16_is_opened_only_where_asked_and_computed() -> None:
     assert BF16 not in installed_runtimes()  # export and benchmarks: float32 runtimes
-    assert BF16 in installed_runtimes(reduced_precision=True)
+    assert (BF16 in installed_runtimes(reduced_precision=True)) is BF16_UNITS
 
 
+@pytest.mark.skipif(BF16_UNITS, reason="this CPU computes bf16: openvino-bf16 runs (tested above)")
+def test_without_bf16_units_openvino_bf16_is_refused_not_run_as_float32(
+    store: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """On such a CPU OpenVINO would run float32 under the bf16 name (and an evaluation would
+    register float32's figures as bf16's): opening it, evaluating with it and serving with it
+    are refused with the reason; ``auto`` leaves it out."""
+    model = Registry([DirectoryStore(store)]).load("us-tiny@1")
+    with pytest.raises(RuntimeUnsupportedError, match="no AVX512-BF16 or AMX") as refused:
+        open_session(model.onnx_path, BF16)
+    assert refused.value.code == "runtime_unsupported" and "auto" in refused.value.message
+    data = make_busi(tmp_path / "busi")
+    split = _split(tmp_path / "us.json", [("benign (1)", "test")], {"benign (1)": "benign"})
+    args = ["--stage", "ultrasound", str(data), "--split", str(split), "--model", "us-tiny@1"]
+    code, _ = _evaluate(store, tmp_path / "bf16", *args, "--runtime", "openvino-bf16")
+    assert code != 0 and "cannot run on this CPU" in capsys.readouterr().err
+    from service.cli import require_runtime
+
+    with pytest.raises(RuntimeUnsupportedError):
+        require_runtime("auto", "openvino-bf16")
+    require_runtime("auto", "openvino")  # float32 OpenVINO runs here
+
+
+@needs_bf16_units
 def test_evaluate_lists_a_reduced_precision_runtime_only_from_its_figures(
     store: Path, tmp_path: Path
 ) -> None:

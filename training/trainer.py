@@ -388,7 +388,9 @@ def _fit(run: _Run, start: int, commit: str | None) -> tuple[int, bool]:
         pace = epoch_pace(seconds)
         if budget is not None and run.config.time_budget_fit and len(seconds) > 1:
             horizon = fitted_horizon(run.horizon, epoch, elapsed, pace, budget)
-            _fit_to_budget(run, horizon, pace)
+            if _fit_to_budget(run, horizon, pace):  # the epoch's checkpoint predates it
+                state = _checkpoint_state(run, epoch, row[f"val_{monitor}"], commit)
+                ckpt.save_checkpoint(run.out / ckpt.LAST, state)
         logger.info(
             "epoch %d/%d: train loss %.4f, val loss %.4f, val %s %.4f (best %.4f at %d); "
             "%.0f s, %.1f img/s, elapsed %s, ETA %s",
@@ -424,10 +426,11 @@ def fitted_horizon(
     return max(epoch, min(horizon, fits))
 
 
-def _fit_to_budget(run: _Run, horizon: int, pace_s: float) -> None:
-    """Shorten the run to ``horizon`` epochs; a cosine schedule then anneals to 0 there."""
+def _fit_to_budget(run: _Run, horizon: int, pace_s: float) -> bool:
+    """Shorten the run to ``horizon`` epochs (a cosine schedule then anneals to 0 there); True
+    when that changed it."""
     if horizon >= run.horizon:
-        return
+        return False
     logger.info(
         "time budget of %.0f min: the schedule fitted to %d of %d epochs (%.0f s an epoch here)",
         run.config.time_budget_min, horizon, run.config.optim.epochs, pace_s,
@@ -436,6 +439,7 @@ def _fit_to_budget(run: _Run, horizon: int, pace_s: float) -> None:
     if isinstance(run.scheduler, torch.optim.lr_scheduler.CosineAnnealingLR):
         # stepped once per epoch, recursively: from here on it follows a cosine to 0 at horizon
         run.scheduler.T_max = horizon
+    return True
 
 
 def _hardware(run: _Run) -> str:

@@ -404,19 +404,20 @@ def test_time_budget_fit_anneals_the_schedule_by_the_last_epoch_that_fits(
 def test_a_fitted_run_resumes_to_its_fitted_end_as_a_straight_run(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Killed in epoch 5 and resumed (a new process: its first epoch is slow again), a run
-    fitted to 9 epochs ends at 9, not at the config's 20, with the straight run's learning rates;
-    a finished fitted run resumed trains nothing."""
+    """Killed in epoch 3, right after the fit (epoch 2's checkpoint must carry it), and resumed
+    (a new process: its first epoch is slow again), a run fitted to 9 epochs ends at 9, not at
+    the config's 20, with the straight run's learning rates; a finished fitted run resumed
+    trains nothing."""
     EpochClock(120.0, 60.0).install(monkeypatch)
     straight = budget_config(tmp_path / "straight", fit=True)
     train(straight, data=make_data(straight), model=unet(straight))
     config = budget_config(tmp_path / "killed", fit=True)
-    EpochClock(120.0, 60.0, stop_at=5).install(monkeypatch)
+    EpochClock(120.0, 60.0, stop_at=3).install(monkeypatch)
     with pytest.raises(KilledError):
         train(config, data=make_data(config), model=unet(config))
     EpochClock(120.0, 60.0).install(monkeypatch)
     result = train(config, data=make_data(config), model=unet(config), resume=True)
-    assert (result.epochs_run, result.last_epoch, result.stopped_early) == (5, 9, False)
+    assert (result.epochs_run, result.last_epoch, result.stopped_early) == (7, 9, False)
     lr = [float(r["lr"]) for r in read_history(tmp_path / "killed")]
     assert lr == pytest.approx([float(r["lr"]) for r in read_history(tmp_path / "straight")])
     again = train(config, data=make_data(config), model=unet(config), resume=True)

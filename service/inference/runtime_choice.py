@@ -8,7 +8,8 @@
   :class:`RuntimeParityError`): never a silent fallback.
 - ``auto`` opens every installed runtime the card allows, drops those that miss the gate (a
   warning names the figures) and, where more than one passes, times those on the gate inputs
-  (:data:`WARMUP_RUNS` warm-up runs, the median of :data:`TIMED_RUNS`) and keeps the fastest;
+  (:data:`WARMUP_RUNS` warm-up runs each, then :data:`TIMED_RUNS` rounds of one run of each,
+  interleaved; the median per runtime) and keeps the fastest;
   ONNX Runtime on CPU alone is kept untimed. Runtimes within :data:`AUTO_TIE` of the fastest
   count as tied and the first of them in a fixed order wins (:class:`Runtime`'s: ONNX Runtime on
   CPU, the reference, first, then float32 before reduced precision), so that processes and
@@ -213,7 +214,8 @@ def _auto(card: ModelCard, path: Path, options: RuntimeOptions) -> Selection:
     if len(passing) == 1:  # nothing to choose between: no timing
         return Selection(AUTO, reference_session, tuple(trials))
     timed = batch if card.task is Task.CLASSIFICATION else batch[:1]  # a typical request
-    times = [_median_ms(s, card, timed) if s in passing else None for s in sessions]
+    medians = dict(zip(passing, median_ms_each(passing, card, timed), strict=True))
+    times = [medians.get(s) for s in sessions]
     trials = [replace(t, model_ms=ms) for t, ms in zip(trials, times, strict=True)]
     return Selection(
         AUTO, _fastest(passing, [times[sessions.index(s)] for s in passing]), tuple(trials)
@@ -229,13 +231,20 @@ def _fastest(passing: list[Session], times: list[float | None]) -> Session:
     )
 
 
-def _median_ms(session: Session, card: ModelCard, batch: np.ndarray) -> float:
+def median_ms_each(sessions: list[Session], card: ModelCard, batch: np.ndarray) -> list[float]:
+    """Each session's median run time on ``batch``, the sessions' runs interleaved (round by
+    round, each round in another order): a burst of other work at start-up (another model
+    compiling, the machine's neighbours) then slows every candidate alike instead of whichever
+    was being timed, which made processes of the same machine choose differently."""
     names, feeds = [o.name for o in card.outputs], {card.input.name: batch}
-    for _ in range(WARMUP_RUNS):  # first-run allocations and kernel choice
-        session.run(names, feeds)
-    times = []
-    for _ in range(TIMED_RUNS):
-        start = time.perf_counter()
-        session.run(names, feeds)
-        times.append((time.perf_counter() - start) * 1000.0)
-    return statistics.median(times)
+    for session in sessions:
+        for _ in range(WARMUP_RUNS):  # first-run allocations and kernel choice
+            session.run(names, feeds)
+    times: list[list[float]] = [[] for _ in sessions]
+    for round_ in range(TIMED_RUNS):
+        shift = round_ % len(sessions)
+        for index in [*range(shift, len(sessions)), *range(shift)]:
+            start = time.perf_counter()
+            sessions[index].run(names, feeds)
+            times[index].append((time.perf_counter() - start) * 1000.0)
+    return [statistics.median(t) for t in times]

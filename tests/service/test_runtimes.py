@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
@@ -26,7 +27,13 @@ from service.app import create_app
 from service.config import Settings, SettingsError, load_settings
 from service.inference import clear_runners, get_runner
 from service.inference.runner import RunnerOptions, loaded_selections
-from service.inference.runtime_choice import AUTO, AUTO_TIE, _fastest, parse_runtime
+from service.inference.runtime_choice import (
+    AUTO,
+    AUTO_TIE,
+    _fastest,
+    median_ms_each,
+    parse_runtime,
+)
 from service.jobs.execute import runner_options
 from service.worker import warm_up
 from tests.conftest import REPO_ROOT
@@ -159,6 +166,39 @@ def test_auto_breaks_near_ties_by_a_fixed_order() -> None:
     assert _fastest(sessions[:2], [10.0, 9.5]).runtime is Runtime.ONNXRUNTIME  # within 10 %
     assert _fastest(sessions[:2], [10.0, 8.0]).runtime is Runtime.OPENVINO
     assert 0.09 < AUTO_TIE < 0.11
+
+
+class _Clocked:
+    """A stand-in session that takes ``ms`` a run on a shared clock, more while a burst of
+    other work lasts (the clock's first ``burst_runs`` timed runs, whichever session runs)."""
+
+    def __init__(self, runtime: Runtime, ms: float, clock: dict[str, float]) -> None:
+        self.runtime, self.ms, self.clock = runtime, ms, clock
+
+    def run(self, names: Any, feeds: Any) -> list[Any]:
+        slow = self.clock["warm"] >= 2 * 3 and self.clock["burst_runs"] > 0  # after warm-ups
+        self.clock["warm"] += 1
+        self.clock["burst_runs"] -= slow
+        self.clock["now"] += (self.ms + (40.0 if slow else 0.0)) / 1000.0
+        return []
+
+
+def test_auto_times_the_candidates_interleaved_so_a_burst_slows_them_alike(
+    store: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A burst of other work over the first 6 timed runs: timed one runtime after the other it
+    would fall on OpenVINO's 7 runs alone (median 48 ms against 12: ONNX Runtime chosen); timed
+    in rounds it falls on both alike and the medians stay 8 and 12."""
+    import service.inference.runtime_choice as choice
+
+    clock = {"now": 0.0, "warm": 0, "burst_runs": 6}
+    monkeypatch.setattr(choice.time, "perf_counter", lambda: clock["now"])
+    card = Registry([store]).card(MODEL)
+    fast, slow = _Clocked(Runtime.OPENVINO, 8.0, clock), _Clocked(Runtime.ONNXRUNTIME, 12.0, clock)
+    sessions: list[Any] = [fast, slow]
+    medians = median_ms_each(sessions, card, np.zeros((1, 1, 8, 8), np.float32))
+    assert medians == pytest.approx([8.0, 12.0])
+    assert _fastest(sessions, [8.0, 12.0]) is fast
 
 
 def test_auto_chooses_at_start_not_on_the_first_request(store: Path) -> None:

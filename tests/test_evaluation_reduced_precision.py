@@ -27,15 +27,11 @@ from service.inference.runner import RunnerOptions
 from service.inference.runtime_choice import AUTO
 from tests.service.jobs_support import build_store
 from tests.test_evaluation import _evaluate, _split, make_busi
+from training.amp_choice import BF16_FLAGS, cpu_flags
 
 BF16 = Runtime.OPENVINO_BF16
-CPU_FLAGS = {
-    flag
-    for line in Path("/proc/cpuinfo").read_text().splitlines()
-    if line.startswith("flags")
-    for flag in line.split(":", 1)[1].split()
-}
-BF16_UNITS = bool(CPU_FLAGS & {"avx512_bf16", "amx_bf16"})
+CPU_FLAGS = cpu_flags() or frozenset()
+BF16_UNITS = bool(CPU_FLAGS & BF16_FLAGS)
 needs_bf16_units = pytest.mark.skipif(
     not BF16_UNITS,
     reason="this CPU has no bf16 units: openvino-bf16 is refused here (tested below)",

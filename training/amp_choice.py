@@ -6,7 +6,9 @@ training speed"), so no fixed setting suits every machine a ship config may trai
 ``bf16_is_faster`` times a few training steps (forward, backward, an optimiser step) of a copy
 of the model on a random batch of the run's shape, with and without autocast, in the run's
 memory format and threads, and says which was faster. The model, its optimiser and every random
-generator of the run are left untouched (a copy, and a private generator for the batch).
+generator of the run are left untouched (a copy, and a private generator for the batch). Where
+Linux's CPU flags name no bf16 unit (``avx512_bf16``, ``amx_bf16``) nothing is timed: bf16 is
+emulated there (on the AVX2-only AMD EPYC a U-Net step took 23 s against 2.2 in float32).
 """
 
 from __future__ import annotations
@@ -14,11 +16,34 @@ from __future__ import annotations
 import copy
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
 
 STEPS = 3  # timed steps per setting, after one warm-up step
+# Linux's names of the units that compute bf16 (without them torch emulates it, about 10-25x
+# slower than float32 on an AVX2-only CPU: docs/benchmarks.md)
+BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
+
+
+def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str] | None:
+    """The CPU's feature flags as Linux lists them; None where they are unknown (no such file)."""
+    try:
+        text = cpuinfo.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith("flags") and ":" in line:
+            return frozenset(line.split(":", 1)[1].split())
+    return None
+
+
+def lacks_bf16_units() -> bool:
+    """True where the CPU's flags are known and name no bf16 unit: bf16 autocast would be
+    emulated there, so ``amp: auto`` need not time it (a few such steps took 1.5 minutes)."""
+    flags = cpu_flags()
+    return flags is not None and not flags & BF16_FLAGS
 
 
 @dataclass(frozen=True)

@@ -149,17 +149,21 @@ def _scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer) -> Any:
 def _amp(config: TrainConfig, device: torch.device, model: nn.Module) -> bool:
     """Whether the run uses autocast: the config's flag, CUDA's default, or on a CPU with
     ``amp: auto`` what a few timed training steps say is faster (``training.amp_choice``;
-    measured again when a run resumes)."""
+    measured again when a run resumes), float32 untimed on a CPU without bf16 units."""
     if config.amp != "auto":
         return config.amp if config.amp is not None else device.type == "cuda"
     if device.type != "cpu":
         return True
-    from training.amp_choice import bf16_is_faster
+    from training import amp_choice
 
+    if amp_choice.lacks_bf16_units():
+        logger.info("amp: auto chose float32 (no bf16 units on this CPU, AVX512-BF16 or AMX: "
+                    "bf16 autocast would be emulated; not timed)")  # fmt: skip
+        return False
     side = config.crops.size if config.crops is not None else None
     height, width = (side, side) if side else config.preprocess.input_size
     shape = (config.optim.batch_size, config.preprocess.channels, height, width)
-    timing = bf16_is_faster(model, shape, channels_last=config.channels_last)
+    timing = amp_choice.bf16_is_faster(model, shape, channels_last=config.channels_last)
     logger.info("amp: auto chose %s", timing.describe())
     return timing.bf16
 

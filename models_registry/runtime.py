@@ -136,6 +136,19 @@ def _unsupported(runtime: Runtime) -> str | None:
     return None
 
 
+def require(runtime: Runtime) -> None:
+    """Nothing where ``runtime`` can run here; else its typed error.
+
+    Raises:
+        RuntimeUnavailableError: its package does not import.
+        RuntimeUnsupportedError: this CPU does not compute its precision.
+    """
+    _module(runtime)
+    reason = _unsupported(runtime)
+    if reason is not None:
+        raise RuntimeUnsupportedError(runtime.value, reason)
+
+
 @cache
 def openvino_capabilities() -> frozenset[str]:
     """What OpenVINO's CPU plugin computes on this CPU (``OPTIMIZATION_CAPABILITIES``: FP32,
@@ -359,9 +372,7 @@ def open_session(
         RuntimeLoadError: the runtime refused the file.
     """
     options = options or RuntimeOptions()
-    reason = _unsupported(runtime) if runtime is Runtime.OPENVINO_BF16 else None
-    if reason is not None:
-        raise RuntimeUnsupportedError(runtime.value, reason)
+    require(runtime)
     path = artifact_path(Path(path), runtime)
     if runtime.engine is Runtime.ONNXRUNTIME:
         return OrtSession(path, options, runtime)

@@ -45,16 +45,10 @@ def require_runtime(*requested: str) -> None:
     """Each runtime named explicitly (``BREASTDX_RUNTIME``, ``BREASTDX_STAGE_RUNTIMES``) must be
     installed and computed by this CPU: refuse to start otherwise."""
     from models_registry.card import Runtime
-    from models_registry.errors import RuntimeUnavailableError, RuntimeUnsupportedError
-    from models_registry.runtime import installed, unavailable
+    from models_registry.runtime import require
 
     for name in sorted(set(requested) - {"auto"}):
-        runtime = Runtime(name)
-        if not installed(runtime.engine):  # the float32 runtime of its package
-            raise RuntimeUnavailableError(name, "its Python package does not import")
-        reason = unavailable(runtime)
-        if reason is not None:
-            raise RuntimeUnsupportedError(name, reason)
+        require(Runtime(name))  # RuntimeUnavailableError / RuntimeUnsupportedError
 
 
 def serve_main(argv: list[str] | None = None) -> int:

@@ -44,15 +44,6 @@ def files(*images: bytes, media_type: str = "application/octet-stream") -> Files
     return [("file", (f"image-{i}", data, media_type)) for i, data in enumerate(images)]
 
 
-def poll(client: TestClient, location: str, timeout_s: float = 30) -> dict[str, Any]:
-    def final() -> dict[str, Any] | None:
-        body: dict[str, Any] = client.get(location).json()
-        return body if body["state"] in {"succeeded", "failed"} else None
-
-    found: dict[str, Any] = js.wait_until(final, timeout_s)
-    return found
-
-
 def test_submit_answers_202_then_get_finishes_in_process(client: TestClient) -> None:
     response = client.post("/v1/ultrasound/analyses", files=files(js.ultrasound_png(1)))
     assert response.status_code == 202
@@ -61,7 +52,7 @@ def test_submit_answers_202_then_get_finishes_in_process(client: TestClient) -> 
     assert body["state"] in {"queued", "running", "succeeded"} and body["stage"] == "ultrasound"
     assert body["links"]["self"] == response.headers["location"]
     assert body["model"] == "us-tiny@1" and body["progress"]["total"] == 1
-    done = poll(client, response.headers["location"])
+    done = js.poll_final(client, response.headers["location"])
     assert done["state"] == "succeeded" and done["attempts"] == 1
     assert done["progress"] == {"done": 1, "total": 1}
     result = AnalysisResult.model_validate(done["result"][0])
@@ -121,7 +112,7 @@ def test_prefer_wait_is_capped_and_times_out_to_202(store: Path) -> None:
         if response.json()["state"] != "succeeded":
             assert early.status_code == 409
             assert early.json()["type"] == "urn:breastdx:problem:job_not_finished"
-        assert poll(client, location)["state"] == "succeeded"
+        assert js.poll_final(client, location)["state"] == "succeeded"
 
 
 def test_mask_and_overlay_png_per_input(client: TestClient) -> None:
@@ -248,7 +239,7 @@ def test_full_in_process_pool_answers_503(store: Path) -> None:
         busy = client.post("/v1/mammography/analyses", files=files(js.mammogram_png()))
         assert busy.status_code == 503 and int(busy.headers["retry-after"]) >= 1
         assert busy.json()["type"] == "urn:breastdx:problem:service_busy"
-        assert poll(client, first.headers["location"])["state"] == "succeeded"
+        assert js.poll_final(client, first.headers["location"])["state"] == "succeeded"
 
 
 def test_a_finished_job_frees_its_in_process_slot_at_once(store: Path) -> None:
@@ -287,7 +278,8 @@ def test_in_process_job_past_its_time_limit_fails_at_the_limit(store: Path) -> N
         assert waited < 2.5  # woken at the limit, not when the slow model finished
         # the attempt runs on and ends; its result does not replace the failure
         later = client.post("/v1/mammography/analyses", files=files(js.mammogram_png()))
-        assert poll(client, later.headers["location"])["state"] == "succeeded"  # slot freed
+        done = js.poll_final(client, later.headers["location"])
+        assert done["state"] == "succeeded"  # the slot was freed
         assert client.get(body["links"]["self"]).json()["state"] == "failed"
         assert client.get(f"/v1/analyses/{body['id']}/mask.png").status_code == 409
 

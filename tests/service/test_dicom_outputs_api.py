@@ -83,11 +83,7 @@ def submit(client: TestClient, stage: str, *images: bytes, wait: bool = True) ->
 
 
 def succeeded(client: TestClient, body: dict[str, Any]) -> dict[str, Any]:
-    def final() -> dict[str, Any] | None:
-        found: dict[str, Any] = client.get(body["links"]["self"]).json()
-        return found if found["state"] in {"succeeded", "failed"} else None
-
-    done: dict[str, Any] = body if body["state"] == "succeeded" else js.wait_until(final, 60)
+    done = body if body["state"] == "succeeded" else js.poll_final(client, body["links"]["self"])
     assert done["state"] == "succeeded", done
     return done
 

@@ -44,11 +44,6 @@ def client(store: Path, db: redis.Redis) -> Iterator[TestClient]:
         yield client
 
 
-def finished(client: TestClient, job_ids: list[str]) -> list[dict[str, Any]] | None:
-    bodies = [client.get(f"/v1/analyses/{job_id}").json() for job_id in job_ids]
-    return bodies if all(b["state"] in {"succeeded", "failed"} for b in bodies) else None
-
-
 def test_lanes_run_queued_jobs_at_once_and_batch_their_model_runs(
     client: TestClient, store: Path, db: redis.Redis
 ) -> None:
@@ -68,7 +63,7 @@ def test_lanes_run_queued_jobs_at_once_and_batch_their_model_runs(
     )
     proc = js.start_worker(env)
     try:
-        bodies = js.wait_until(lambda: finished(client, job_ids), timeout_s=120, every_s=0.2)
+        bodies = [js.poll_final(client, f"/v1/analyses/{job_id}", 120) for job_id in job_ids]
         names = {w.name for w in Worker.all(connection=db)}
         stopped_at = time.monotonic()
         proc.send_signal(signal.SIGTERM)

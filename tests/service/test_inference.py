@@ -20,6 +20,7 @@ pytest.importorskip("torch")
 
 from imaging import NotAnImageError, decode
 from imaging.preprocess import preprocess_decoded
+from models_registry.card import Activation
 from models_registry.errors import ModelIntegrityError
 from models_registry.registry import Registry
 from models_registry.store import DirectoryStore
@@ -42,7 +43,7 @@ from service.inference import (
     pin_model,
 )
 from service.inference.result import SCHEMA_PATH, render_schema
-from service.inference.runner import CPU_PROVIDER, default_providers
+from service.inference.runner import CPU_PROVIDER, activate_map, default_providers
 from tests.imaging import dicom_factory as dcm
 from tests.training import tiny_runs
 from training.data.synthetic_draw import he_patch, ultrasound_background
@@ -206,6 +207,23 @@ def test_malignancy_is_the_calibrated_onnx_output(registry: Registry) -> None:
     assert result.malignancy is not None
     assert result.malignancy.probability == pytest.approx(expected, abs=1e-5)
     assert result.malignancy.temperature == runner.card.calibration.temperature
+
+
+def test_mask_maps_are_the_onnx_logits_activated_in_float32(registry: Registry) -> None:
+    """The runner's mask is the logistic of the model's mask logits, as float32 (computed in
+    float32: float64 cost eight times as long), equal to float64's within one float32 step, and
+    saturating without overflow or NaN at logits of any size."""
+    runner = get_runner("us-tiny", registry)
+    chw, _, _ = preprocess_decoded(decode(ultrasound_png(7)), runner.card.preprocess_config())
+    outputs = runner.run(chw[None])
+    mask = runner.mask(outputs)
+    assert mask is not None and mask.dtype == np.float32 and mask.shape == (1, *chw.shape[1:])
+    expected = 1.0 / (1.0 + np.exp(-outputs["mask_logits"][:, 0].astype(np.float64)))
+    np.testing.assert_allclose(mask, expected, rtol=0, atol=1.2e-7)
+    extreme = np.array([[[[-1e4, -90.0, 0.0, 90.0, 1e4]]]], np.float32)
+    probs = activate_map(extreme, Activation.SIGMOID, 0.7)
+    assert probs.dtype == np.float32 and probs.shape == (1, 1, 5)
+    assert probs[0, 0].tolist() == [0.0, 0.0, 0.5, 1.0, 1.0]
 
 
 def test_multiframe_dicom_records_frame_and_spacing_without_phi(registry: Registry) -> None:

@@ -42,6 +42,7 @@ from service.inference.stages import (
     WrongStageError,
     _modality,
     _refuse,
+    chroma,
     stage_rule,
 )
 
@@ -146,9 +147,9 @@ def tissue_facts(rgb: np.ndarray) -> TissueFacts:
     step = max(1, max(rgb.shape[:2]) // SAMPLE_SIDE)
     sample = rgb[::step, ::step]  # (h', w', 3)
     luma = sample @ _LUMA  # (h', w')
-    chroma = sample.max(axis=2) - sample.min(axis=2)  # (h', w')
-    white = (luma >= WHITE_LUMA) & (chroma < WHITE_CHROMA)
-    return TissueFacts(float(white.mean()), float(luma.std()), float(chroma.max()))
+    spread = chroma(sample)  # (h', w')
+    white = (luma >= WHITE_LUMA) & (spread < WHITE_CHROMA)
+    return TissueFacts(float(white.mean()), float(luma.std()), float(spread.max()))
 
 
 def is_background(patch: np.ndarray) -> bool:

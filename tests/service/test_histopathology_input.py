@@ -23,7 +23,7 @@ from models_registry.registry import Registry
 from models_registry.store import DirectoryStore
 from service.inference import WrongStageError, analyse, clear_runners
 from service.inference import histopathology as histo
-from service.inference.stages import STAGE_RULES, Stage, check_stage
+from service.inference.stages import STAGE_RULES, Stage, check_stage, chroma
 from tests.imaging.test_preprocess_pad import PAD_IMAGENET
 from tests.training import tiny_runs
 from training.data.synthetic_draw import he_patch
@@ -162,3 +162,17 @@ def test_serving_pads_an_edge_patch_as_training_does() -> None:
     batch = histo.window_batch(patch, plan, config)  # (1, 3, 50, 50)
     expected = normalise(prepare(patch, config).image, config)
     np.testing.assert_array_equal(batch[0], expected)  # the pixels training's dataset makes
+
+
+@pytest.mark.parametrize(
+    ("shape", "dtype"),
+    [((50, 50, 3), np.float32), ((13, 50, 3), np.float64), ((7, 5, 4), np.uint8)],
+)
+def test_chroma_is_each_pixels_channel_range(shape: tuple[int, ...], dtype: type) -> None:
+    """The colour statistics' channel range, taken channel by channel, is numpy's max - min over
+    the last axis, in the image's own type."""
+    rng = np.random.default_rng(3)
+    image = (rng.random(shape) * (255 if dtype is np.uint8 else 1)).astype(dtype)
+    spread = chroma(image)
+    assert spread.dtype == image.dtype and spread.shape == shape[:2]
+    np.testing.assert_array_equal(spread, image.max(axis=2) - image.min(axis=2))

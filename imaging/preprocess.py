@@ -26,7 +26,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from imaging.geometry import Crop, Flip, Geometry, Interpolation, Op, Pad, Resize
-from imaging.mammo import BT601, breast_region, canonical_flip_needed
+from imaging.mammo import breast_region, canonical_flip_needed, to_grey
 from imaging.record import DecodedImage, Laterality
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # torchvision's ImageNet statistics, RGB
@@ -180,7 +180,7 @@ def prepare(
     image = _check_display_image(image)  # (H, W) or (H, W, 3)
     original_hw = (image.shape[0], image.shape[1])
     if config.channels == 1 and image.ndim == 3:
-        image = np.tensordot(image, BT601, axes=([2], [0]))  # (H, W)
+        image = to_grey(image)  # (H, W)
     cropped, ops = _spatial_ops(image, config, laterality)
     crop_ops = [op for op in ops if isinstance(op, Crop)]
     rest = Geometry(cropped.shape[:2], tuple(op for op in ops if not isinstance(op, Crop)))

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING
 import cv2
 import numpy as np
 
+from imaging.mammo import to_grey
 from imaging.preprocess import PreprocessConfig, preprocess, to_uint8
 from models_registry.card import ModelCard, Stage
 from service.inference.stages import (
@@ -56,7 +57,6 @@ BACKGROUND_FRACTION = 0.8
 UNIFORM_LUMA_STD = 0.02  # a patch whose luma varies less than this shows no structure
 LOW_TISSUE = "low_tissue"  # warning code: the start of the warning's text
 SOURCE_PATCH_HW: dict[str, tuple[int, int]] = {"idc": (50, 50)}  # training data set -> patch
-_LUMA = np.array([0.299, 0.587, 0.114], np.float32)  # ITU-R BT.601
 
 
 class Aggregate(StrEnum):
@@ -146,7 +146,7 @@ def tissue_facts(rgb: np.ndarray) -> TissueFacts:
     """``TissueFacts`` of an RGB ``(h, w, 3)`` [0, 1] image (large ones on ~512 x 512 samples)."""
     step = max(1, max(rgb.shape[:2]) // SAMPLE_SIDE)
     sample = rgb[::step, ::step]  # (h', w', 3)
-    luma = sample @ _LUMA  # (h', w')
+    luma = to_grey(sample)  # (h', w')
     spread = chroma(sample)  # (h', w')
     white = (luma >= WHITE_LUMA) & (spread < WHITE_CHROMA)
     return TissueFacts(float(white.mean()), float(luma.std()), float(spread.max()))

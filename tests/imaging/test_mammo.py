@@ -12,6 +12,7 @@ import pytest
 
 from imaging.geometry import Crop, Flip, Interpolation
 from imaging.mammo import (
+    BT601,
     BreastRegion,
     ChestWallSide,
     NoBreastFoundError,
@@ -19,6 +20,7 @@ from imaging.mammo import (
     canonical_flip_needed,
     chest_wall_side,
     prepare_mammogram,
+    to_grey,
 )
 from imaging.record import Laterality
 
@@ -215,3 +217,18 @@ def test_mias_chest_wall_side_matches_laterality(mias: tuple) -> None:
         else:
             assert case.region.chest_wall is expected, case.name
     assert unknown <= 0.02 * len(cases)
+
+
+def test_to_grey_is_the_bt601_luma_in_float32() -> None:
+    """RGB -> grey is the BT.601 weighted sum (within one float32 step), for float64 input and a
+    strided view alike; grey passes through as float32; other shapes are refused."""
+    rng = np.random.default_rng(5)
+    rgb = rng.random((61, 90, 3))  # float64
+    for image in (rgb, rgb[::2, ::3]):
+        grey = to_grey(image)
+        assert grey.dtype == np.float32 and grey.shape == image.shape[:2]
+        np.testing.assert_allclose(grey, image @ BT601.astype(np.float64), rtol=0, atol=2.4e-7)
+    plain = rng.random((5, 7)).astype(np.float32)
+    np.testing.assert_array_equal(to_grey(plain), plain)
+    with pytest.raises(ValueError, match="must be"):
+        to_grey(rng.random((5, 7, 4)))

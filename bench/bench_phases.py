@@ -25,7 +25,7 @@ import json
 import statistics
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout
@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT))  # run from a checkout
 from bench.bench_service import machine  # noqa: E402
 from breastdx.errors import BreastdxError  # noqa: E402
 from models_registry.store import SHIPPED_STORE  # noqa: E402
-from service.config import Settings  # noqa: E402
+from service.config import RuntimeName, Settings  # noqa: E402
 from service.inference import Stage, analyse  # noqa: E402
 from service.jobs.backend import get_backend  # noqa: E402
 from service.jobs.execute import runner_options  # noqa: E402
@@ -54,7 +54,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--stage", required=True, choices=[s.value for s in Stage])
     parser.add_argument("--store", type=Path, default=SHIPPED_STORE)
     parser.add_argument("--model", default=None, help="NAME[@VERSION]; default: the stage's")
-    parser.add_argument("--runtime", default="auto", help="as BREASTDX_RUNTIME (default auto)")
+    parser.add_argument(
+        "--runtime", default="auto", choices=get_args(RuntimeName), help="as BREASTDX_RUNTIME"
+    )
     parser.add_argument("--runs", type=_positive, default=40, help="recorded analyses per image")
     parser.add_argument("--warm", type=_positive, default=3, help="unrecorded analyses first")
     parser.add_argument("--json", type=Path, default=None, help="write the medians here")

@@ -47,3 +47,11 @@ def test_bench_phases_names_an_image_it_cannot_analyse(tmp_path: Path) -> None:
     missing = tmp_path / "absent.png"
     done = run("--stage", "ultrasound", str(missing), "--store", str(store), "--runs", "1")
     assert done.returncode == 2 and str(missing) in done.stderr and "Traceback" not in done.stderr
+
+
+def test_bench_phases_refuses_an_unknown_runtime_by_name(tmp_path: Path) -> None:
+    image = tmp_path / "grey.png"
+    image.write_bytes(js.ultrasound_png(1))
+    done = run("--stage", "ultrasound", str(image), "--runtime", "tensorrt", "--runs", "1")
+    assert done.returncode == 2 and "invalid choice: 'tensorrt'" in done.stderr
+    assert "Traceback" not in done.stderr
